@@ -1,0 +1,273 @@
+"""The ``pathoseg`` command: parses arguments, calls the library, nothing more."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+from pathoseg.errors import PathosegError
+
+DEFAULT_RUNS = Path("runs")
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default="lite0", help="preset (lite0, lite1, lite2, mobilenet_v2, resnet50, "
+                   "resnet101) or any segmentation_models_pytorch encoder name")
+    p.add_argument("--weights", default="default", choices=("default", "imagenet", "none"),
+                   help="default: offline ImageNet weights where shipped (lite*), else random init")
+    p.add_argument("--output-stride", type=int, default=16, choices=(8, 16))
+
+
+def _add_train_args(p: argparse.ArgumentParser) -> None:
+    from pathoseg.engine.train import TrainConfig
+
+    d = TrainConfig()
+    p.add_argument("--epochs", type=int, default=d.epochs)
+    p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument("--crop", type=int, default=d.crop, help="training crop side at working scale")
+    p.add_argument("--scale", type=float, default=d.scale, help="working resolution as a fraction of native")
+    p.add_argument("--lr", type=float, default=d.lr)
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--budget", type=float, default=None, metavar="MINUTES", help="cap training wall time")
+
+
+def _add_predict_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--tta", action="store_true", help="average over flips (3x slower, slightly better)")
+    p.add_argument("--tile", type=int, default=None, help="predict in windows of this side (large images)")
+    p.add_argument("--instances", default="components", choices=("components", "watershed"))
+    p.add_argument("--min-size", type=int, default=200, help="drop predicted glands smaller than this (pixels)")
+
+
+def _train_config(args: argparse.Namespace):
+    from pathoseg.engine.train import TrainConfig
+    from pathoseg.models import ModelConfig
+
+    return TrainConfig(
+        model=ModelConfig(args.model, args.output_stride, args.weights), epochs=args.epochs,
+        batch_size=args.batch_size, crop=args.crop, scale=args.scale, lr=args.lr, seed=args.seed,
+        budget_minutes=args.budget,
+    )
+
+
+def _predict_configs(args: argparse.Namespace, scale: float):
+    from pathoseg.engine.postprocess import InstanceConfig
+    from pathoseg.engine.predict import PredictConfig
+
+    return (PredictConfig(scale=scale, tta=args.tta, tile=args.tile),
+            InstanceConfig(method=args.instances, min_size=args.min_size))
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from pathoseg.pipeline.training import find_glas, plan_data, run_training
+
+    data = find_glas(args.data)
+    if data is None:
+        raise PathosegError("no data: pass --data DIR (GlaS or images/ + masks/)")
+    plan = plan_data(data, args.split, args.split_file, args.seed, args.val_fraction)
+    result = run_training(plan, _train_config(args), Path(args.out), args.device, args.resume)
+    best = max((h["val_iou"] for h in result.history), default=float("nan"))
+    print(f"best validation IoU {best:.4f}; checkpoints in {args.out} (best.pt, last.pt), log {args.out}/history.csv")
+
+
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    from pathoseg.engine.checkpoint import load_model
+    from pathoseg.engine.device import choose_device
+    from pathoseg.pipeline.evaluation import (
+        evaluate_parts,
+        folder_segmenter,
+        metrics_lines,
+        model_segmenter,
+        write_outputs,
+    )
+    from pathoseg.pipeline.training import find_glas, plan_data
+
+    parts = args.split_part.split(",") if args.split_part else None
+    out = Path(args.out)
+    if args.predictions:
+        data = find_glas(args.data)
+        if data is None:
+            raise PathosegError("--predictions needs --data (the ground truth)")
+        plan = plan_data(data, args.split, args.split_file)
+        segment, history = folder_segmenter(Path(args.predictions)), None
+    elif args.checkpoint:
+        device = choose_device(args.device)
+        model, ckpt = load_model(args.checkpoint, device)
+        if args.data:
+            plan = plan_data(args.data, args.split, args.split_file)
+        elif ckpt.split:
+            from pathoseg.data.splits import Split
+
+            data = find_glas(None)
+            if data is None:
+                raise PathosegError("pass --data: the checkpoint's data set was not found")
+            plan = plan_data(data, args.split, args.split_file)
+            plan.split = Split.from_dict(ckpt.split, args.checkpoint)
+        else:
+            raise PathosegError("pass --data")
+        pcfg, icfg = _predict_configs(args, ckpt.scale)
+        segment, history = model_segmenter(model, pcfg, icfg, device), ckpt.history
+    else:
+        raise PathosegError("pass a checkpoint (--checkpoint best.pt) or --predictions DIR")
+    results = [r for r in evaluate_parts(plan.data, plan.split, segment, parts, keep_pictures=not args.no_pictures)]
+    json_path = Path(args.json) if args.json else None
+    outputs = write_outputs(results, out, "pathoseg evaluation", history, json_path=json_path,
+                            pictures=not args.no_pictures)
+    print("\n".join(metrics_lines(outputs.metrics)))
+    print(f"metrics: {outputs.metrics_json}" + (f"; report: {outputs.report}" if outputs.report else ""))
+
+
+def cmd_predict(args: argparse.Namespace) -> None:
+    from pathoseg.data.folder import images_in
+    from pathoseg.engine.checkpoint import load_model
+    from pathoseg.engine.device import choose_device
+    from pathoseg.pipeline.prediction import predict_files
+
+    device = choose_device(args.device)
+    model, ckpt = load_model(args.checkpoint, device)
+    images = [p for src in args.inputs for p in images_in(src)]
+    pcfg, icfg = _predict_configs(args, ckpt.scale)
+    predict_files(model, images, Path(args.out), pcfg, icfg, device)
+    print(f"{len(images)} images -> {args.out}/masks, {args.out}/instances, {args.out}/overlays")
+
+
+def cmd_visualize(args: argparse.Namespace) -> None:
+    from pathoseg.data.images import read_image, read_mask
+    from pathoseg.viz.figures import Panel, panel_figure, save_figure
+    from pathoseg.viz.overlay import overlap_image
+
+    image, gt, pred = read_image(args.image), read_mask(args.mask), read_mask(args.prediction)
+    for path, m in ((args.mask, gt), (args.prediction, pred)):
+        if m.shape != image.shape[:2]:
+            raise PathosegError(f"size {m.shape[1]}x{m.shape[0]} does not match the image", path)
+    from pathoseg.metrics import pixel_counts
+
+    iou = pixel_counts(gt, pred).iou
+    name = Path(args.image).stem
+    out = Path(args.out or f"{name}_overlap.png")
+    save_figure(panel_figure(Panel(overlap_image(image, gt, pred), f"{name} — IoU {iou:.4f}")), out)
+    print(f"IoU {iou:.4f}; overlap picture: {out}")
+
+
+def cmd_data(args: argparse.Namespace) -> None:
+    if args.action == "check":
+        from pathoseg.data import load_dataset
+        from pathoseg.data.check import check_dataset
+
+        print("\n".join(check_dataset(load_dataset(args.path)).lines()))
+    elif args.action == "synth":
+        from pathoseg.data.synthetic import write_synthetic
+
+        out = write_synthetic(args.path, args.n, args.seed)
+        print(f"wrote {args.n} synthetic images with masks to {out}")
+    elif args.action == "split":
+        from pathoseg.data import load_dataset
+        from pathoseg.data.splits import make_split
+
+        split = make_split(load_dataset(args.path), args.kind, args.seed, args.val_fraction)
+        out = split.save(args.out)
+        sizes = ", ".join(f"{k} {len(v)}" for k, v in split.test.items())
+        print(f"{split.kind} split: train {len(split.train)}, val {len(split.val)}, {sizes} -> {out}")
+
+
+def cmd_demo(args: argparse.Namespace) -> None:
+    from pathoseg.pipeline.demo import demo_config, run_demo
+
+    cfg = None
+    if args.epochs or args.budget:
+        cfg = demo_config(args.quick, synthetic=False)
+        cfg = replace(cfg, epochs=args.epochs or cfg.epochs, budget_minutes=args.budget or cfg.budget_minutes)
+    result = run_demo(Path(args.out), args.data, args.quick, args.device, cfg)
+    metrics = result.outputs.metrics
+    headline = metrics.get("test") or next(iter(metrics.values()))
+    print(f"\nIoU (pooled over {headline['n_images']} test images): {headline['iou_pooled']:.4f}"
+          f"   object F1 {headline['f1']:.3f}, object Dice {headline['object_dice']:.3f}")
+    print(f"report: {result.outputs.report}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pathoseg", description="Gland segmentation in H&E histology (DeepLabV3+).")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("demo", help="train, evaluate and write a report in one go (GlaS if found, else synthetic)")
+    p.add_argument("--data", help="GlaS folder (default: $PATHOSEG_DATA or ../shared/data/glas)")
+    p.add_argument("--out", default=str(DEFAULT_RUNS / "demo"))
+    p.add_argument("--quick", action="store_true", help="about 3 minutes instead of 15")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--budget", type=float, metavar="MINUTES")
+    p.add_argument("--device")
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("train", help="train DeepLabV3+")
+    p.add_argument("--data", help="GlaS folder or images/ + masks/ folder")
+    p.add_argument("--out", default=str(DEFAULT_RUNS / "train"))
+    p.add_argument("--split", default="official", choices=("official", "random"))
+    p.add_argument("--split-file", help="read the split from this JSON (written there if missing)")
+    p.add_argument("--val-fraction", type=float, default=0.1)
+    p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
+    p.add_argument("--device")
+    _add_model_args(p)
+    _add_train_args(p)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="pixel and GlaS object metrics per test part, pictures, report")
+    p.add_argument("checkpoint", nargs="?", help="a best.pt / last.pt from pathoseg train")
+    p.add_argument("--predictions", help="folder of <name>.png predictions to score instead of a model")
+    p.add_argument("--data", help="data set (default: the checkpoint's, GlaS)")
+    p.add_argument("--split", default="official", choices=("official", "random"))
+    p.add_argument("--split-file")
+    p.add_argument("--split-part", "--part", dest="split_part", help="testA, testB, test (comma-separated)")
+    p.add_argument("--out", default=str(DEFAULT_RUNS / "evaluate"))
+    p.add_argument("--json", help="also write the metrics JSON here")
+    p.add_argument("--no-pictures", action="store_true")
+    p.add_argument("--device")
+    _add_predict_args(p)
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("predict", help="segment images: masks, instance maps, overlays")
+    p.add_argument("checkpoint")
+    p.add_argument("inputs", nargs="+", help="image files or folders")
+    p.add_argument("--out", default=str(DEFAULT_RUNS / "predict"))
+    p.add_argument("--device")
+    _add_predict_args(p)
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("visualize", help="overlap picture of a ground truth and a prediction")
+    p.add_argument("image")
+    p.add_argument("mask", help="ground truth (label map or 0/255)")
+    p.add_argument("prediction", help="prediction (label map or 0/255)")
+    p.add_argument("--out", help="PNG to write (default NAME_overlap.png)")
+    p.set_defaults(func=cmd_visualize)
+
+    p = sub.add_parser("data", help="check a data set, write a synthetic one, or write a split")
+    p.add_argument("action", choices=("check", "synth", "split"))
+    p.add_argument("path", help="data set folder (for synth: where to write)")
+    p.add_argument("--n", type=int, default=40, help="synth: number of images")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--kind", default="official", choices=("official", "random"), help="split kind")
+    p.add_argument("--val-fraction", type=float, default=0.1)
+    p.add_argument("--out", default="split.json", help="split: JSON to write")
+    p.set_defaults(func=cmd_data)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        args.func(args)
+    except PathosegError as exc:
+        if args.debug:
+            raise
+        print(f"pathoseg: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("pathoseg: interrupted (checkpoints written so far are complete)", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,73 @@
+"""Checkpoints that carry the model config, training config, split and history."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from pathoseg.errors import PathosegError
+from pathoseg.io import atomic_path
+from pathoseg.models import GlandSegmenter, ModelConfig, build_model
+
+FORMAT = "pathoseg-checkpoint-v1"
+
+
+@dataclass
+class Checkpoint:
+    model_config: ModelConfig
+    state_dict: dict[str, torch.Tensor]
+    scale: float  # working resolution as a fraction of native
+    train_config: dict[str, Any] = field(default_factory=dict)
+    split: dict[str, Any] | None = None
+    epoch: int = 0
+    metrics: dict[str, float] = field(default_factory=dict)
+    history: list[dict[str, float]] = field(default_factory=list)
+    optimizer: dict[str, Any] | None = None
+    scheduler: dict[str, Any] | None = None
+
+    def save(self, path: str | Path) -> Path:
+        payload = {"format": FORMAT, **self.__dict__, "model_config": self.model_config.to_dict()}
+        with atomic_path(path) as tmp:
+            torch.save(payload, tmp)
+        return Path(path)
+
+    def build(self, device: torch.device | str = "cpu") -> GlandSegmenter:
+        """The model with these weights, in eval mode; no pretrained weights are fetched."""
+        config = ModelConfig(**{**self.model_config.__dict__, "weights": "none"})
+        model = build_model(config)
+        try:
+            model.load_state_dict(self.state_dict)
+        except RuntimeError:
+            raise PathosegError(f"checkpoint weights do not fit preset {config.preset}") from None
+        model.config = self.model_config
+        return model.to(device).eval()
+
+
+def load_checkpoint(path: str | Path) -> Checkpoint:
+    path = Path(path)
+    if not path.is_file():
+        raise PathosegError("checkpoint not found", path)
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises pickle, zip and runtime errors alike
+        raise PathosegError(f"not a readable checkpoint ({type(exc).__name__})", path) from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise PathosegError("not a pathoseg checkpoint (another architecture or tool?)", path)
+    payload.pop("format")
+    try:
+        payload["model_config"] = ModelConfig(**payload["model_config"])
+        ckpt = Checkpoint(**payload)
+    except TypeError as exc:
+        raise PathosegError(f"checkpoint is incomplete ({exc})", path) from None
+    return ckpt
+
+
+def load_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[GlandSegmenter, Checkpoint]:
+    ckpt = load_checkpoint(path)
+    try:
+        return ckpt.build(device), ckpt
+    except PathosegError as exc:
+        raise PathosegError(str(exc), path) from None

@@ -1,0 +1,223 @@
+"""Training DeepLabV3+: augmented crops, BCE + Dice, AdamW with warm-up and cosine decay,
+validation each epoch, best/last checkpoints, resume, optional wall-clock budget."""
+
+from __future__ import annotations
+
+import csv
+import math
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import segmentation_models_pytorch as smp
+import torch
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from pathoseg.data.cache import IGNORE, CropDataset, ScaledPair
+from pathoseg.data.transforms import train_transform
+from pathoseg.engine.checkpoint import Checkpoint
+from pathoseg.engine.predict import _forward
+from pathoseg.io import atomic_path
+from pathoseg.models import GlandSegmenter, ModelConfig
+
+
+@dataclass
+class TrainConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    epochs: int = 40
+    batch_size: int = 8
+    crop: int = 224
+    scale: float = 0.5
+    lr: float = 2e-3
+    weight_decay: float = 1e-4
+    warmup: float = 0.05  # fraction of training spent warming up the learning rate
+    repeats: int = 1  # random crops per image per epoch
+    seed: int = 0
+    budget_minutes: float | None = None  # stop (and finish the schedule) by this wall time
+    workers: int = 0
+    progress: bool = True
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class EpochRecord:
+    epoch: int
+    train_loss: float
+    val_iou: float
+    lr: float
+    seconds: float
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def lr_at(progress: float, base_lr: float, warmup: float) -> float:
+    """Linear warm-up, then cosine decay to 1% of ``base_lr``; ``progress`` in [0, 1]."""
+    if progress < warmup:
+        return base_lr * (0.1 + 0.9 * progress / warmup)
+    p = min(1.0, (progress - warmup) / max(1e-8, 1 - warmup))
+    return base_lr * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * p)))
+
+
+class SegmentationLoss(torch.nn.Module):
+    """BCE + soft Dice on gland vs background; pixels labelled IGNORE do not count."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.bce = smp.losses.SoftBCEWithLogitsLoss(ignore_index=IGNORE)
+        self.dice = smp.losses.DiceLoss("binary", from_logits=True, ignore_index=IGNORE)
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        target = target.unsqueeze(1)
+        return self.bce(logits, target.float()) + self.dice(logits, target)
+
+
+@torch.inference_mode()
+def validate(model: GlandSegmenter, pairs: Sequence[ScaledPair], device: torch.device) -> float:
+    """Pooled IoU over whole validation images at the working scale."""
+    model.eval()
+    inter = union = 0
+    for pair in pairs:
+        x = torch.from_numpy(pair.image).to(device).permute(2, 0, 1)[None].float().div_(255)
+        pred = (_forward(model, x, tta=False)[0, 0] > 0).cpu().numpy()
+        valid = pair.target != IGNORE
+        gt = pair.target == 1
+        inter += int((pred & gt & valid).sum())
+        union += int(((pred | gt) & valid).sum())
+    return inter / union if union else 1.0
+
+
+def write_history(path: Path, history: Sequence[dict]) -> None:
+    if not history:
+        return
+    with atomic_path(path) as tmp, tmp.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(history[0]))
+        writer.writeheader()
+        writer.writerows(history)
+
+
+EpochCallback = Callable[[EpochRecord, GlandSegmenter], None]
+
+
+@dataclass
+class FitState:
+    """What a resumed run needs: where it stopped and the optimiser's memory."""
+
+    epoch: int = 0
+    elapsed: float = 0.0
+    history: list[dict] = field(default_factory=list)
+    best_iou: float = -1.0
+    optimizer: dict | None = None
+
+
+def fit(model: GlandSegmenter, train_pairs: Sequence[ScaledPair], val_pairs: Sequence[ScaledPair],
+        cfg: TrainConfig, device: torch.device, state: FitState | None = None,
+        on_epoch: Callable[[EpochRecord, GlandSegmenter, FitState, torch.optim.Optimizer], None] | None = None,
+        ) -> FitState:
+    """Train ``model`` in place. The schedule runs on progress = max(epoch, time) fraction,
+    so a wall-clock budget still ends with a fully decayed learning rate."""
+    state = state or FitState()
+    seed_everything(cfg.seed + state.epoch)
+    model.to(device)
+    loader = DataLoader(
+        CropDataset(train_pairs, train_transform(cfg.crop), cfg.repeats),
+        batch_size=cfg.batch_size, shuffle=True, drop_last=len(train_pairs) * cfg.repeats > cfg.batch_size,
+        num_workers=cfg.workers, pin_memory=device.type == "cuda",
+        persistent_workers=cfg.workers > 0,
+    )
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if state.optimizer:
+        optimizer.load_state_dict(state.optimizer)
+    loss_fn = SegmentationLoss()
+    budget_s = cfg.budget_minutes * 60 if cfg.budget_minutes else None
+    steps_per_epoch = max(1, len(loader))
+    amp = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
+    bar = tqdm(total=cfg.epochs, initial=state.epoch, desc="training", unit="epoch",
+               disable=not cfg.progress, dynamic_ncols=True)
+    while state.epoch < cfg.epochs:
+        model.train()
+        start = time.perf_counter()
+        losses = []
+        for step, (x, y) in enumerate(loader):
+            progress = (state.epoch + step / steps_per_epoch) / cfg.epochs
+            if budget_s:
+                progress = max(progress, (state.elapsed + time.perf_counter() - start) / budget_s)
+            for group in optimizer.param_groups:
+                group["lr"] = lr_at(min(progress, 1.0), cfg.lr, cfg.warmup)
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            with amp:
+                loss = loss_fn(model(x).float(), y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            losses.append(loss.item())
+        val_iou = validate(model, val_pairs, device) if val_pairs else float("nan")
+        seconds = time.perf_counter() - start
+        state.elapsed += seconds
+        state.epoch += 1
+        record = EpochRecord(state.epoch, float(np.mean(losses)), val_iou,
+                             optimizer.param_groups[0]["lr"], seconds)
+        state.history.append(asdict(record))
+        bar.update(1)
+        bar.set_postfix(loss=f"{record.train_loss:.3f}", val_iou=f"{val_iou:.3f}")
+        if on_epoch:
+            on_epoch(record, model, state, optimizer)
+        if budget_s and state.elapsed >= budget_s:
+            break
+    bar.close()
+    return state
+
+
+@dataclass
+class TrainResult:
+    best: Path
+    last: Path
+    history: list[dict]
+    state: FitState
+
+
+def train_to_dir(model: GlandSegmenter, train_pairs: Sequence[ScaledPair], val_pairs: Sequence[ScaledPair],
+                 cfg: TrainConfig, device: torch.device, out: Path, split: dict | None = None,
+                 state: FitState | None = None) -> TrainResult:
+    """:func:`fit` plus ``best.pt``, ``last.pt`` and ``history.csv`` written each epoch.
+
+    Without validation images the best checkpoint is the last one.
+    """
+    out.mkdir(parents=True, exist_ok=True)
+    best, last = out / "best.pt", out / "last.pt"
+
+    def checkpoint(st: FitState, model: GlandSegmenter, opt: dict | None) -> Checkpoint:
+        return Checkpoint(
+            model_config=model.config, state_dict={k: v.detach().cpu() for k, v in model.state_dict().items()},
+            scale=cfg.scale, train_config=cfg.to_dict(), split=split, epoch=st.epoch,
+            metrics={"val_iou": st.history[-1]["val_iou"] if st.history else float("nan"),
+                     "best_val_iou": st.best_iou, "elapsed": st.elapsed},
+            history=list(st.history), optimizer=opt,
+        )
+
+    def on_epoch(record: EpochRecord, model: GlandSegmenter, st: FitState, opt: torch.optim.Optimizer) -> None:
+        improved = not val_pairs or record.val_iou > st.best_iou
+        if improved:
+            st.best_iou = record.val_iou if val_pairs else st.best_iou
+        checkpoint(st, model, opt.state_dict()).save(last)
+        if improved:
+            checkpoint(st, model, None).save(best)
+        write_history(out / "history.csv", st.history)
+
+    state = fit(model, train_pairs, val_pairs, cfg, device, state, on_epoch)
+    return TrainResult(best, last, state.history, state)
+
+
+def resume_state(ckpt: Checkpoint) -> FitState:
+    return FitState(epoch=ckpt.epoch, elapsed=float(ckpt.metrics.get("elapsed", 0.0)),
+                    history=list(ckpt.history), best_iou=float(ckpt.metrics.get("best_val_iou", -1.0)),
+                    optimizer=ckpt.optimizer)

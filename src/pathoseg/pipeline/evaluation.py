@@ -1,0 +1,188 @@
+"""``pathoseg evaluate``: pixel and GlaS object metrics per test part, overlap pictures, report."""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from tqdm import tqdm
+
+from pathoseg.data.images import read_mask
+from pathoseg.data.samples import Sample, SampleSet
+from pathoseg.data.splits import Split
+from pathoseg.engine.postprocess import InstanceConfig, to_instances
+from pathoseg.engine.predict import PredictConfig, predict_probs
+from pathoseg.errors import PathosegError
+from pathoseg.io import atomic_path, write_json
+from pathoseg.metrics import ObjectTally, object_metrics, object_tally, pixel_counts, pixel_summary
+from pathoseg.metrics.pixel import PixelCounts
+from pathoseg.models import GlandSegmenter
+from pathoseg.viz.figures import (
+    Panel,
+    figure_png_bytes,
+    gallery_figure,
+    learning_curve_figure,
+    panel_figure,
+    save_figure,
+)
+from pathoseg.viz.overlay import overlap_image
+from pathoseg.viz.report import Report, image_html
+
+METRIC_KEYS = ("iou_pooled", "iou_mean", "dice_pooled", "dice_mean", "f1", "object_dice", "object_hausdorff")
+
+
+@dataclass
+class ImageResult:
+    name: str
+    part: str
+    grade: str
+    counts: PixelCounts
+    tally: ObjectTally
+    overlap: np.ndarray | None = field(default=None, repr=False)  # picture, kept for the gallery
+
+    @property
+    def iou(self) -> float:
+        return self.counts.iou
+
+    def row(self) -> dict:
+        return {"name": self.name, "part": self.part, "grade": self.grade, "iou": self.counts.iou,
+                "dice": self.counts.dice, "tp": self.tally.tp, "fp": self.tally.fp, "fn": self.tally.fn}
+
+
+def score_image(sample: Sample, part: str, gt: np.ndarray, seg: np.ndarray,
+                image: np.ndarray | None = None) -> ImageResult:
+    if gt.shape != seg.shape:
+        raise PathosegError(
+            f"prediction size {seg.shape[::-1]} does not match ground truth {gt.shape[::-1]}", sample.name
+        )
+    picture = overlap_image(image, gt, seg) if image is not None else None
+    return ImageResult(sample.name, part, sample.grade, pixel_counts(gt, seg), object_tally(gt, seg), picture)
+
+
+def summarize(results: Sequence[ImageResult]) -> dict[str, float]:
+    return {**pixel_summary(r.counts for r in results), **object_metrics(r.tally for r in results),
+            "n_images": len(results)}
+
+
+def summarize_parts(results: Sequence[ImageResult]) -> dict[str, dict]:
+    """One entry per part, plus ``test`` for all parts together when there are several."""
+    parts: dict[str, list[ImageResult]] = {}
+    for r in results:
+        parts.setdefault(r.part, []).append(r)
+    table = {p: summarize(rs) for p, rs in parts.items()}
+    if len(parts) > 1:
+        table["test"] = summarize(results)
+    return table
+
+
+Segmenter = Callable[[Sample, np.ndarray], np.ndarray]  # (sample, image) -> instance labels
+
+
+def evaluate_parts(data: SampleSet, split: Split, segment: Segmenter, parts: Sequence[str] | None = None,
+                   progress: bool = True, keep_pictures: bool = True) -> list[ImageResult]:
+    """Score ``segment`` on the chosen test parts of the split (all parts by default)."""
+    chosen = list(parts or split.test)
+    unknown = [p for p in chosen if p not in split.test]
+    if unknown:
+        raise PathosegError(f"split has no part {unknown[0]!r}; it has {', '.join(split.test)}")
+    jobs = [(data[n], p) for p in chosen for n in split.test[p]]
+    results = []
+    for sample, part in tqdm(jobs, desc="evaluating", unit="img", disable=not progress, leave=False):
+        image, gt = sample.load()
+        if gt is None:
+            raise PathosegError("evaluation needs a mask", sample.image_path)
+        results.append(score_image(sample, part, gt, segment(sample, image), image if keep_pictures else None))
+    return results
+
+
+def model_segmenter(model: GlandSegmenter, pcfg: PredictConfig, icfg: InstanceConfig,
+                    device: torch.device) -> Segmenter:
+    return lambda sample, image: to_instances(predict_probs(model, image, pcfg, device), icfg)
+
+
+def folder_segmenter(pred_dir: Path) -> Segmenter:
+    """Precomputed ``<name>.png`` per image: a label map, or a 0/255 mask labelled here."""
+    if not pred_dir.is_dir():
+        raise PathosegError("predictions folder not found", pred_dir)
+
+    def read(sample: Sample, image: np.ndarray) -> np.ndarray:
+        path = pred_dir / f"{sample.name}.png"
+        if not path.is_file():
+            raise PathosegError(f"no prediction for image {sample.name}", path)
+        return read_mask(path)
+
+    return read
+
+
+def _thumbnail_png(picture: np.ndarray, width: int = 320) -> bytes:
+    img = Image.fromarray(picture)
+    img.thumbnail((width, width))
+    buf = io.BytesIO()
+    img.save(buf, format="PNG", optimize=True)
+    return buf.getvalue()
+
+
+def gallery_html(results: Sequence[ImageResult]) -> str:
+    ranked = sorted((r for r in results if r.overlap is not None), key=lambda r: r.iou)
+    cells = [f'<div style="display:inline-block;width:240px;margin:4px;vertical-align:top">'
+             f'{image_html(_thumbnail_png(r.overlap), f"{r.name} ({r.part}) IoU {r.iou:.3f}")}</div>'
+             for r in ranked]
+    legend = ('<p class="note">Ground truth <b style="color:#d00">red</b>, prediction '
+              '<b style="color:#0a0">green</b>, overlap <b style="color:#aa0">yellow</b>; worst IoU first.</p>')
+    return legend + "".join(cells)
+
+
+@dataclass
+class EvaluationOutputs:
+    metrics: dict[str, dict]
+    metrics_json: Path
+    per_image_csv: Path
+    report: Path | None = None
+
+
+def write_outputs(results: Sequence[ImageResult], out: Path, title: str,
+                  history: Sequence[dict] | None = None, extra_rows: Sequence[dict] | None = None,
+                  json_path: Path | None = None, pictures: bool = True) -> EvaluationOutputs:
+    out.mkdir(parents=True, exist_ok=True)
+    metrics = summarize_parts(results)
+    metrics_json = write_json(json_path or out / "metrics.json", metrics)
+    per_image = out / "per_image.csv"
+    with atomic_path(per_image) as tmp, tmp.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(results[0].row()))
+        writer.writeheader()
+        writer.writerows(r.row() for r in results)
+    report_path = None
+    if pictures and any(r.overlap is not None for r in results):
+        ranked = sorted((r for r in results if r.overlap is not None), key=lambda r: r.iou)
+        for r in ranked:
+            figure = panel_figure(Panel(r.overlap, f"{r.name} — IoU {r.iou:.4f}"))
+            save_figure(figure, out / "overlaps" / f"{r.name}.png", dpi=80)
+        panels = [Panel(r.overlap, f"{r.name} IoU {r.iou:.3f}") for r in ranked[:16]]
+        save_figure(gallery_figure(panels, title="Worst 16 by IoU (worst first)"), out / "gallery.png")
+        report = Report(title)
+        rows = [{"part": p, **{k: m[k] for k in METRIC_KEYS}, "images": m["n_images"]} for p, m in metrics.items()]
+        report.add_table("Metrics", rows, "pooled = all pixels of the part together; mean = mean of per-image "
+                         "scores. F1, object Dice and object Hausdorff (pixels) as in the GlaS challenge.")
+        for row in extra_rows or []:
+            report.add_table(row["title"], row["rows"])
+        if history:
+            report.add_image("Learning curve", figure_png_bytes(learning_curve_figure(history)))
+        report.add_html("Overlap gallery", gallery_html(results))
+        report.footer = ("GlaS data: Sirinukunwattana et al., Gland segmentation in colon histology images: "
+                         "The GlaS challenge contest, Medical Image Analysis 35 (2017).")
+        report_path = report.write(out / "report.html")
+    return EvaluationOutputs(metrics, metrics_json, per_image, report_path)
+
+
+def metrics_lines(metrics: dict[str, dict]) -> list[str]:
+    head = f"{'part':<7}{'images':>7}" + "".join(f"{k:>17}" for k in METRIC_KEYS)
+    lines = [head]
+    for part, m in metrics.items():
+        lines.append(f"{part:<7}{m['n_images']:>7}" + "".join(f"{m[k]:>17.4f}" for k in METRIC_KEYS))
+    return lines

@@ -1,0 +1,76 @@
+"""``pathoseg train``: dataset + split + model + training loop, into a run folder."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from pathoseg.data import SampleSet, load_dataset
+from pathoseg.data.cache import load_scaled
+from pathoseg.data.splits import Split, make_split
+from pathoseg.engine.checkpoint import load_checkpoint
+from pathoseg.engine.device import choose_device
+from pathoseg.engine.train import TrainConfig, TrainResult, resume_state, train_to_dir
+from pathoseg.errors import PathosegError
+from pathoseg.models import build_model
+
+SHARED_GLAS = Path(__file__).resolve().parents[3] / ".." / "shared" / "data" / "glas"
+
+
+def find_glas(explicit: str | Path | None = None) -> Path | None:
+    """``--data``, then ``$PATHOSEG_DATA``, then ``../shared/data/glas`` beside the checkout or cwd."""
+    if explicit:
+        return Path(explicit)
+    env = os.environ.get("PATHOSEG_DATA")
+    if env:
+        return Path(env)
+    for cand in (Path.cwd() / ".." / "shared" / "data" / "glas", SHARED_GLAS):
+        if cand.is_dir():
+            return cand.resolve()
+    return None
+
+
+@dataclass
+class DataPlan:
+    data: SampleSet
+    split: Split
+
+
+def plan_data(data_path: str | Path, split_kind: str = "official", split_file: str | Path | None = None,
+              seed: int = 0, val_fraction: float = 0.1) -> DataPlan:
+    data = load_dataset(data_path)
+    if split_file and Path(split_file).is_file():
+        split = Split.load(split_file)
+        split.check(data)
+    else:
+        split = make_split(data, split_kind, seed=seed, val_fraction=val_fraction)
+        if split_file:
+            split.save(split_file)
+    return DataPlan(data, split)
+
+
+def run_training(plan: DataPlan, cfg: TrainConfig, out: Path, device: str | None = None,
+                 resume: bool = False) -> TrainResult:
+    """Train into ``out`` (best.pt, last.pt, history.csv, split.json); ``resume`` continues last.pt."""
+    dev = choose_device(device)
+    torch.manual_seed(cfg.seed)
+    out.mkdir(parents=True, exist_ok=True)
+    plan.split.save(out / "split.json")
+    state = None
+    if resume:
+        last = out / "last.pt"
+        if not last.is_file():
+            raise PathosegError("nothing to resume: no last.pt", out)
+        ckpt = load_checkpoint(last)
+        if ckpt.model_config.preset != cfg.model.preset:
+            raise PathosegError(f"trained with preset {ckpt.model_config.preset}, not {cfg.model.preset}", last)
+        model = ckpt.build(dev)
+        state = resume_state(ckpt)
+    else:
+        model = build_model(cfg.model)
+    train_pairs = load_scaled(plan.data.subset(plan.split.train), cfg.scale, cfg.progress)
+    val_pairs = load_scaled(plan.data.subset(plan.split.val), cfg.scale, cfg.progress)
+    return train_to_dir(model, train_pairs, val_pairs, cfg, dev, out, plan.split.to_dict(), state)
