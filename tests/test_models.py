@@ -1,0 +1,52 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import timm
+import torch
+from skimage import data, transform
+
+from pathoseg.engine.predict import PredictConfig, predict_logits
+from pathoseg.errors import PathosegError
+from pathoseg.models import ModelConfig, build_model, get_preset
+from pathoseg.models.weights import offline_state_dict
+
+
+def test_offline_lite0_weights_recognise_a_cat():
+    model = timm.create_model("tf_efficientnet_lite0", pretrained=False)
+    model.load_state_dict(offline_state_dict("tf_efficientnet_lite0"))
+    model.eval()
+    img = transform.resize(data.chelsea(), (224, 224))
+    x = torch.tensor((img - 0.5) / 0.5, dtype=torch.float32).permute(2, 0, 1)[None]
+    top = model(x).argmax(1).item()
+    assert 281 <= top <= 285  # ImageNet's domestic cat classes
+
+
+def test_segmenter_encoder_gets_the_offline_weights():
+    model = build_model(ModelConfig("lite0"))
+    ref = offline_state_dict("tf_efficientnet_lite0")
+    assert torch.equal(model.net.encoder.model.conv_stem.weight, ref["conv_stem.weight"])
+    scratch = build_model(ModelConfig("lite0", weights="none"))
+    assert not torch.equal(scratch.net.encoder.model.conv_stem.weight, ref["conv_stem.weight"])
+
+
+@pytest.mark.parametrize("stride", [8, 16])
+def test_any_image_size_and_stride(stride):
+    model = build_model(ModelConfig("lite0", output_stride=stride, weights="none")).eval()
+    image = np.random.default_rng(0).integers(0, 255, (75, 101, 3), dtype=np.uint8)
+    logits = predict_logits(model, image, PredictConfig(scale=1.0))
+    assert logits.shape == (75, 101)
+
+
+def test_tiled_prediction_matches_whole_image_shape():
+    model = build_model(ModelConfig("lite0", weights="none")).eval()
+    image = np.random.default_rng(1).integers(0, 255, (150, 260, 3), dtype=np.uint8)
+    whole = predict_logits(model, image, PredictConfig(scale=0.5))
+    tiled = predict_logits(model, image, PredictConfig(scale=0.5, tile=64))
+    assert tiled.shape == whole.shape == (150, 260)
+    assert torch.isfinite(tiled).all()
+
+
+def test_unknown_preset():
+    with pytest.raises(PathosegError, match="unknown model preset 'lite9'"):
+        get_preset("lite9")
