@@ -72,7 +72,7 @@ def test_missing_mask_in_release_is_named(bmp_release, tmp_path):
     copy = tmp_path / "copy"
     shutil.copytree(root, copy)
     (copy / "train_2_anno.bmp").unlink()
-    with pytest.raises(PathosegError, match="train_2_anno.bmp.*mask missing"):
+    with pytest.raises(PathosegError, match=r"train_2_anno\.bmp.*mask missing"):
         load_dataset(copy)
 
 

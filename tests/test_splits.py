@@ -43,7 +43,7 @@ def test_split_json_round_trip(synth_dir, tmp_path):
 def test_odd_split_files(tmp_path):
     bad = tmp_path / "bad.json"
     bad.write_text("{not json")
-    with pytest.raises(PathosegError, match="bad.json: split file is not valid JSON"):
+    with pytest.raises(PathosegError, match=r"bad\.json: split file is not valid JSON"):
         Split.load(bad)
     bad.write_text(json.dumps({"kind": "random", "seed": 0}))
     with pytest.raises(PathosegError, match="malformed split file"):

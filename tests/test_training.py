@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from itertools import pairwise
+
 import numpy as np
 import pytest
 import torch
@@ -34,7 +36,7 @@ def trained(tmp_path_factory):
 
 @pytest.mark.slow
 def test_learns_glands_on_held_out_images(trained):
-    result, out = trained
+    result, _ = trained
     model, ckpt = load_model(result.best)
     counts = []
     for seed in range(900, 906):  # images never seen in training or validation
@@ -62,4 +64,4 @@ def test_schedule_warms_up_then_decays():
     lrs = [lr_at(p, 1.0, 0.1) for p in np.linspace(0, 1, 101)]
     assert lrs[0] == pytest.approx(0.1) and max(lrs) == pytest.approx(1.0, abs=0.02)
     assert lrs[-1] == pytest.approx(0.01)
-    assert all(a >= b for a, b in zip(lrs[10:], lrs[11:], strict=False))
+    assert all(a >= b for a, b in pairwise(lrs[10:]))

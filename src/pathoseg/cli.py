@@ -186,6 +186,50 @@ def cmd_demo(args: argparse.Namespace) -> None:
     print(f"report: {result.outputs.report}")
 
 
+def cmd_compare(args: argparse.Namespace) -> None:
+    from pathoseg.engine.train import TrainConfig
+    from pathoseg.pipeline.compare import CompareConfig, markdown_table, run_compare
+    from pathoseg.pipeline.training import find_glas
+
+    data = find_glas(args.data)
+    if data is None:
+        raise PathosegError("no data: pass --data DIR (GlaS or images/ + masks/)")
+    epochs = args.epochs or (15 if args.protocol == "seed" else TrainConfig().epochs)
+    train = replace(TrainConfig(), epochs=epochs, budget_minutes=args.budget, scale=args.scale, crop=args.crop)
+    cfg = CompareConfig(models=[m.strip() for m in args.models.split(",") if m.strip()], protocol=args.protocol,
+                        seeds=args.seeds, train=train, device=args.device)
+    rows = run_compare(data, cfg, Path(args.out))
+    print(markdown_table(rows))
+    print(f"table: {args.out}/compare.csv, {args.out}/compare.md; report: {args.out}/report.html")
+
+
+def cmd_hitl(args: argparse.Namespace) -> None:
+    from pathoseg.engine.train import TrainConfig
+    from pathoseg.hitl.outputs import write_study_outputs
+    from pathoseg.hitl.strategies import parse_strategy
+    from pathoseg.hitl.study import StudyConfig, StudyRunner
+    from pathoseg.models import ModelConfig
+    from pathoseg.pipeline.training import find_glas
+
+    data = find_glas(args.data)
+    if data is None:
+        raise PathosegError("no data: pass --data DIR (GlaS or images/ + masks/)")
+    strategies = [parse_strategy(s.strip(), args.review_fraction, args.fix_fraction)
+                  for s in args.strategies.split(",") if s.strip()]
+    train = replace(TrainConfig(), model=ModelConfig(args.model), scale=args.scale, crop=args.crop)
+    cfg = StudyConfig(strategies=strategies, rounds=args.rounds, seeds=args.seeds, selection=args.selection,
+                      retrain=args.retrain, train=train, initial_fraction=args.initial_fraction,
+                      confident_only=args.confident_only, device=args.device)
+    if args.quick:
+        cfg = replace(cfg, initial_steps=60, round_steps=30, test_limit=20,
+                      train=replace(train, scale=min(args.scale, 0.35), crop=min(args.crop, 160)))
+    records = StudyRunner(data, cfg, Path(args.out)).run()
+    tables = write_study_outputs(records, cfg, Path(args.out))
+    for title, table in tables.items():
+        print(f"\n{title}\n{table}")
+    print(f"record: {args.out}/hitl.json; report: {args.out}/report.html")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pathoseg", description="Gland segmentation in H&E histology (DeepLabV3+).")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -240,6 +284,40 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("prediction", help="prediction (label map or 0/255)")
     p.add_argument("--out", help="PNG to write (default NAME_overlap.png)")
     p.set_defaults(func=cmd_visualize)
+
+    p = sub.add_parser("compare", help="train several backbones under one protocol and compare them")
+    p.add_argument("--data", help="GlaS folder or images/ + masks/ folder")
+    p.add_argument("--models", default="lite0,lite1,lite2,mobilenet_v2")
+    p.add_argument("--protocol", default="official", choices=("seed", "official"),
+                   help="seed: random 8:2 split per seed, 15 epochs (the original study); official: GlaS split")
+    p.add_argument("--seeds", type=int, default=1)
+    p.add_argument("--epochs", type=int, help="default 15 (seed protocol) or the training default")
+    p.add_argument("--budget", type=float, metavar="MINUTES", help="cap each model's training time")
+    p.add_argument("--scale", type=float, default=0.5)
+    p.add_argument("--crop", type=int, default=224)
+    p.add_argument("--out", default=str(DEFAULT_RUNS / "compare"))
+    p.add_argument("--device")
+    p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("hitl", help="human-in-the-loop study: auto vs oracle vs hitl vs hitl10, round by round")
+    p.add_argument("--data", help="GlaS folder or images/ + masks/ folder")
+    p.add_argument("--strategies", default="auto,oracle,hitl,hitl10",
+                   help="auto, oracle, hitl, hitl10, or mix:REVIEW:FIX (e.g. mix:0.3:1)")
+    p.add_argument("--rounds", type=int, default=4)
+    p.add_argument("--seeds", type=int, default=1)
+    p.add_argument("--selection", default="uncertainty", choices=("uncertainty", "random"))
+    p.add_argument("--retrain", default="warm", choices=("warm", "scratch"))
+    p.add_argument("--review-fraction", type=float, help="hitl: share of each round's images reviewed")
+    p.add_argument("--fix-fraction", type=float, help="hitl: share of error pixels fixed in a reviewed image")
+    p.add_argument("--initial-fraction", type=float, default=0.2)
+    p.add_argument("--confident-only", action="store_true", help="pseudo-labels ignore unsure pixels")
+    p.add_argument("--model", default="lite0")
+    p.add_argument("--scale", type=float, default=0.5)
+    p.add_argument("--crop", type=int, default=224)
+    p.add_argument("--quick", action="store_true", help="about 10 minutes: short rounds, 20 test images")
+    p.add_argument("--out", default=str(DEFAULT_RUNS / "hitl"))
+    p.add_argument("--device")
+    p.set_defaults(func=cmd_hitl)
 
     p = sub.add_parser("data", help="check a data set, write a synthetic one, or write a split")
     p.add_argument("action", choices=("check", "synth", "split"))

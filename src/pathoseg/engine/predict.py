@@ -67,6 +67,7 @@ def _tiled(model: GlandSegmenter, x: torch.Tensor, tile: int, tta: bool) -> torc
 def predict_logits(model: GlandSegmenter, image: np.ndarray, cfg: PredictConfig,
                    device: torch.device | str = "cpu", native: bool = True) -> torch.Tensor:
     """Gland logits (H, W) on the CPU, at native size when ``native`` else at working scale."""
+    model.eval()  # batch statistics of a single image would be meaningless
     small = resize_image(image, cfg.scale)
     x = torch.from_numpy(np.ascontiguousarray(small)).to(device).permute(2, 0, 1)[None].float().div_(255)
     if cfg.tile and max(x.shape[-2:]) > cfg.tile:

@@ -174,6 +174,7 @@ def fit(model: GlandSegmenter, train_pairs: Sequence[ScaledPair], val_pairs: Seq
         if budget_s and state.elapsed >= budget_s:
             break
     bar.close()
+    model.eval()
     return state
 
 

@@ -1,0 +1,230 @@
+"""The human-in-the-loop study: rounds of predict -> label (by strategy) -> retrain -> test.
+
+Layout of ``out`` (what makes it resumable — ``record.json`` is written last, so a round
+without one is redone, and a round with one is never redone):
+
+    seed<k>/round0/{model.pt, record.json}                 shared by all strategies
+    seed<k>/<strategy>/round<r>/{labels/*.png, model.pt, record.json}
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+import zlib
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from pathoseg.data import SampleSet
+from pathoseg.data.cache import ScaledPair, load_scaled
+from pathoseg.data.images import read_target, write_label_png
+from pathoseg.data.splits import Split, stratified_pick
+from pathoseg.engine.checkpoint import Checkpoint, load_model
+from pathoseg.engine.device import choose_device
+from pathoseg.engine.postprocess import InstanceConfig
+from pathoseg.engine.predict import PredictConfig, predict_probs
+from pathoseg.engine.train import TrainConfig, fit
+from pathoseg.hitl.annotator import CostModel, Effort, SimulatedAnnotator
+from pathoseg.hitl.selection import mean_entropy, rank
+from pathoseg.hitl.strategies import Strategy, make_label
+from pathoseg.io import write_json
+from pathoseg.metrics import pixel_counts
+from pathoseg.models import GlandSegmenter, build_model
+from pathoseg.pipeline.evaluation import evaluate_parts, model_segmenter, summarize_parts
+from pathoseg.pipeline.training import plan_data
+
+
+@dataclass
+class StudyConfig:
+    strategies: list[Strategy]
+    rounds: int = 4
+    seeds: int = 1
+    initial_fraction: float = 0.2  # of the training images, labelled by hand before round 1
+    selection: str = "uncertainty"
+    retrain: str = "warm"  # warm: continue from the previous round's model; scratch: from ImageNet
+    train: TrainConfig = field(default_factory=TrainConfig)
+    initial_steps: int = 300  # optimiser steps for the round-0 model
+    round_steps: int = 150  # optimiser steps per later round
+    min_region: int = 16  # error regions smaller than this (working-scale px) are not worth a stroke
+    confident_only: bool = False  # pseudo-labels ignore pixels with 0.1 < p < 0.9
+    cost: CostModel = field(default_factory=CostModel)
+    test_limit: int | None = None  # evaluate on at most this many test images (quick runs)
+    device: str | None = None
+
+
+@dataclass
+class Pool:
+    """Everything a seed's study needs about its images, held once in memory."""
+
+    split: Split
+    pairs: dict[str, ScaledPair]  # training images with their ground-truth targets
+    initial: list[str]
+    pool: list[str]
+
+
+def steps_to_epochs(steps: int, batch: int, n_images: int) -> int:
+    return max(1, math.ceil(steps * batch / max(1, n_images)))
+
+
+def _subset_test(split: Split, limit: int | None) -> Split:
+    if not limit or len(split.test_names) <= limit:
+        return split
+    names = split.test_names
+    keep = set(names[i] for i in np.linspace(0, len(names) - 1, limit).round().astype(int))
+    return replace(split, test={p: [n for n in v if n in keep] for p, v in split.test.items()})
+
+
+def make_pool(data: SampleSet, split: Split, cfg: StudyConfig, seed: int) -> Pool:
+    train = split.train + split.val
+    pairs = {p.name: p for p in load_scaled(data.subset(train), cfg.train.scale, progress=False)}
+    rng = np.random.default_rng(seed)
+    initial = sorted(stratified_pick(data.subset(train), cfg.initial_fraction, rng))
+    pool = [n for n in train if n not in initial]
+    return Pool(split, pairs, initial, pool)
+
+
+class StudyRunner:
+    def __init__(self, data_path: str | Path, cfg: StudyConfig, out: Path, log: Callable[[str], None] = print):
+        self.cfg = cfg
+        self.out = out
+        self.log = log
+        self.device = choose_device(cfg.device)
+        self.plan = plan_data(data_path, "official", seed=0, val_fraction=0)
+        self.annotator = SimulatedAnnotator(1.0, cfg.min_region, cfg.cost, cfg.train.scale)
+
+    # -- training and testing -------------------------------------------------------------
+    def _train(self, model: GlandSegmenter, labels: dict[str, np.ndarray], pool: Pool, steps: int, lr: float,
+               seed: int) -> float:
+        pairs = [ScaledPair(n, pool.pairs[n].image, labels[n]) for n in sorted(labels)]
+        epochs = steps_to_epochs(steps, self.cfg.train.batch_size, len(pairs))
+        tcfg = replace(self.cfg.train, epochs=epochs, lr=lr, seed=seed, progress=False, budget_minutes=None)
+        start = time.perf_counter()
+        fit(model, pairs, [], tcfg, self.device)
+        return time.perf_counter() - start
+
+    def _test(self, model: GlandSegmenter, split: Split) -> dict:
+        segment = model_segmenter(model, PredictConfig(scale=self.cfg.train.scale), InstanceConfig(), self.device)
+        results = evaluate_parts(self.plan.data, split, segment, progress=False, keep_pictures=False)
+        return summarize_parts(results)
+
+    def _save_model(self, model: GlandSegmenter, path: Path) -> None:
+        state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+        Checkpoint(model.config, state, scale=self.cfg.train.scale, train_config=self.cfg.train.to_dict()).save(path)
+
+    def _load_model(self, path: Path) -> GlandSegmenter:
+        model, _ = load_model(path, self.device)
+        return model
+
+    # -- rounds ---------------------------------------------------------------------------
+    def round0(self, pool: Pool, seed: int, test_split: Split) -> tuple[GlandSegmenter, dict]:
+        rdir = self.out / f"seed{seed}" / "round0"
+        if (rdir / "record.json").is_file():
+            return self._load_model(rdir / "model.pt"), json.loads((rdir / "record.json").read_text())
+        torch.manual_seed(seed)
+        model = build_model(self.cfg.train.model)
+        labels = {n: pool.pairs[n].target for n in pool.initial}
+        train_s = self._train(model, labels, pool, self.cfg.initial_steps, self.cfg.train.lr, seed * 1000)
+        self._save_model(model, rdir / "model.pt")
+        effort = sum((self.annotator.draw_from_scratch(pool.pairs[n].target == 1) for n in pool.initial), Effort())
+        record = {"seed": seed, "round": 0, "strategy": "initial", "test": self._test(model, test_split),
+                  "label_iou": 1.0, "effort": asdict(effort), "train_s": train_s,
+                  "selected": list(pool.initial), "reviewed": list(pool.initial)}
+        write_json(rdir / "record.json", record)
+        return model, record
+
+    def _round_rng(self, seed: int, strategy: Strategy, r: int) -> np.random.Generator:
+        return np.random.default_rng([seed, r, zlib.crc32(strategy.name.encode())])
+
+    def run_round(self, model: GlandSegmenter, labels: dict[str, np.ndarray], pool: Pool, strategy: Strategy,
+                  seed: int, r: int, test_split: Split) -> tuple[GlandSegmenter, dict]:
+        rdir = self.out / f"seed{seed}" / strategy.name / f"round{r}"
+        remaining = [n for n in pool.pool if n not in labels]
+        size = math.ceil(len(pool.pool) / self.cfg.rounds) if r < self.cfg.rounds else len(remaining)
+        rng = self._round_rng(seed, strategy, r)
+        need_probs = not strategy.oracle or self.cfg.selection == "uncertainty"
+        probs = {n: predict_probs(model, pool.pairs[n].image, PredictConfig(scale=1.0), self.device, native=False)
+                 for n in remaining} if need_probs else {}
+        uncertainty = {n: mean_entropy(p) for n, p in probs.items()}
+        batch = rank(remaining, self.cfg.selection, rng, uncertainty or None)[:size]
+        n_review = math.ceil(strategy.review_fraction * len(batch)) if strategy.review_fraction > 0 else 0
+        reviewed = set(rank(batch, self.cfg.selection, rng, uncertainty or None)[:n_review])
+        effort = Effort()
+        for name in batch:
+            target, cost = make_label(strategy, name in reviewed, probs.get(name), pool.pairs[name].target,
+                                      self.annotator, self.cfg.confident_only)
+            labels[name] = target
+            effort = effort + cost
+            write_label_png(rdir / "labels" / f"{name}.png", target)
+        if self.cfg.retrain == "scratch":
+            torch.manual_seed(seed * 1000 + r)
+            model = build_model(self.cfg.train.model)
+            lr, steps = self.cfg.train.lr, self.cfg.initial_steps
+        else:
+            lr, steps = self.cfg.train.lr * 0.5, self.cfg.round_steps
+        train_s = self._train(model, labels, pool, steps, lr, seed * 1000 + r)
+        self._save_model(model, rdir / "model.pt")
+        record = {"seed": seed, "round": r, "strategy": strategy.name, "test": self._test(model, test_split),
+                  "label_iou": label_quality(labels, pool), "effort": asdict(effort), "train_s": train_s,
+                  "selected": batch, "reviewed": sorted(reviewed)}
+        write_json(rdir / "record.json", record)
+        return model, record
+
+    def resume_round(self, labels: dict[str, np.ndarray], seed: int, strategy: Strategy, r: int
+                     ) -> tuple[GlandSegmenter, dict] | None:
+        rdir = self.out / f"seed{seed}" / strategy.name / f"round{r}"
+        if not (rdir / "record.json").is_file():
+            return None
+        record = json.loads((rdir / "record.json").read_text())
+        for name in record["selected"]:
+            labels[name] = read_target(rdir / "labels" / f"{name}.png")
+        return self._load_model(rdir / "model.pt"), record
+
+    def run(self) -> list[dict]:
+        records = []
+        total = self.cfg.seeds * (1 + len(self.cfg.strategies) * self.cfg.rounds)
+        bar = tqdm(total=total, desc="HITL study", unit="round", dynamic_ncols=True)
+        for seed in range(self.cfg.seeds):
+            split = self.plan.split
+            test_split = _subset_test(split, self.cfg.test_limit)
+            pool = make_pool(self.plan.data, split, self.cfg, seed)
+            model0, rec0 = self.round0(pool, seed, test_split)
+            records.append(rec0)
+            bar.update(1)
+            for strategy in self.cfg.strategies:
+                model = model0
+                labels = {n: pool.pairs[n].target for n in pool.initial}
+                for r in range(1, self.cfg.rounds + 1):
+                    bar.set_postfix(seed=seed, strategy=strategy.name, round=r)
+                    resumed = self.resume_round(labels, seed, strategy, r)
+                    if resumed is None:
+                        if model is model0:  # training is in place: strategies must not share it
+                            model = _copy_model(model, self.device)
+                        model, rec = self.run_round(model, labels, pool, strategy, seed, r, test_split)
+                    else:
+                        model, rec = resumed
+                    records.append(rec)
+                    bar.update(1)
+        bar.close()
+        return records
+
+
+def _copy_model(model: GlandSegmenter, device: torch.device) -> GlandSegmenter:
+    clone = build_model(replace(model.config, weights="none"))
+    clone.load_state_dict(model.state_dict())
+    clone.config = model.config
+    return clone.to(device)
+
+
+def label_quality(labels: dict[str, np.ndarray], pool: Pool) -> float:
+    """Pooled IoU of the training labels against ground truth (IGNORE counts as background)."""
+    total = None
+    for name, target in labels.items():
+        c = pixel_counts(pool.pairs[name].target == 1, target == 1)
+        total = c if total is None else total + c
+    return total.iou if total is not None else 1.0
