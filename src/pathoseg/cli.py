@@ -230,6 +230,52 @@ def cmd_hitl(args: argparse.Namespace) -> None:
     print(f"record: {args.out}/hitl.json; report: {args.out}/report.html")
 
 
+def cmd_project(args: argparse.Namespace) -> None:
+    from pathoseg.server.jobs import Worker
+    from pathoseg.server.project import add_folder, export, register_model
+    from pathoseg.server.storage import Project, User, create_user
+
+    init = args.action == "init"
+    project = Project(args.project, args.db, create=init)
+    if init:
+        print(f"project ready at {project.root}")
+        if args.model:
+            print(f"model v{register_model(project, args.model)} active (from {args.model})")
+    elif args.action == "add":
+        if not args.source:
+            raise PathosegError("project add needs a folder of images: pathoseg project add DIR SOURCE")
+        print(f"imported {add_folder(project, args.source)} images from {args.source}")
+    elif args.action == "export":
+        out = Path(args.source or Path(args.project) / "export")
+        print(f"exported masks, instances, GeoJSON and status.csv to {export(project, out)}")
+    elif args.action == "users":
+        if args.source:
+            token = create_user(project, args.source, admin=args.admin)
+            print(f"user {args.source} created; their login token (shown once): {token}")
+        else:
+            with project.session() as s:
+                for u in s.query(User).order_by(User.name):
+                    print(f"{u.name}{' (admin)' if u.is_admin else ''}")
+    if args.action in ("init", "add") and ((init and args.model) or not init):
+        with project.session() as s:
+            has_model = project.active_model(s) is not None
+        if has_model:
+            worker = Worker(project)
+            worker.wait(worker.submit("predict"))
+            worker.shutdown()
+            print("predictions refreshed with the active model")
+
+
+def cmd_serve(args: argparse.Namespace) -> None:
+    import uvicorn
+
+    from pathoseg.server.app import ServerConfig, create_app
+
+    app = create_app(ServerConfig(args.project, args.db, retrain_every=args.retrain_every))
+    print(f"pathoseg serving {args.project} at http://{args.host}:{args.port}/ (API docs at /docs)")
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pathoseg", description="Gland segmentation in H&E histology (DeepLabV3+).")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -318,6 +364,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=str(DEFAULT_RUNS / "hitl"))
     p.add_argument("--device")
     p.set_defaults(func=cmd_hitl)
+
+    p = sub.add_parser("project", help="manage a correction-app project: init, add, export, users")
+    p.add_argument("action", choices=("init", "add", "export", "users"))
+    p.add_argument("project", help="project folder")
+    p.add_argument("source", nargs="?", help="add: image folder; export: output folder; users: new user's name")
+    p.add_argument("--model", help="init: a trained checkpoint to start from (e.g. runs/demo/model/best.pt)")
+    p.add_argument("--admin", action="store_true", help="users: the new user is an admin")
+    p.add_argument("--db", help="database URL (default: SQLite inside the project)")
+    p.set_defaults(func=cmd_project)
+
+    p = sub.add_parser("serve", help="start the correction web app")
+    p.add_argument("--project", required=True)
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--db", help="database URL, e.g. postgresql://user@host/db (default: SQLite in the project)")
+    p.add_argument("--retrain-every", type=int, default=5, help="retrain after this many corrections (0: never)")
+    p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("data", help="check a data set, write a synthetic one, or write a split")
     p.add_argument("action", choices=("check", "synth", "split"))

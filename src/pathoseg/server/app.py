@@ -1,0 +1,240 @@
+"""The FastAPI app: REST API (described by its OpenAPI schema) plus the browser UI.
+
+Every write needs a user's token (``Authorization: Bearer <token>``); images are addressed
+by integer id, so no parameter ever becomes a path.
+"""
+
+
+import base64
+import io
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated
+
+import numpy as np
+from fastapi import Depends, FastAPI, File, Header, HTTPException, UploadFile
+from fastapi.responses import FileResponse, Response
+from fastapi.staticfiles import StaticFiles
+from PIL import Image as PILImage
+from pydantic import BaseModel, Field
+from sqlalchemy import select
+
+from pathoseg.errors import PathosegError
+from pathoseg.server.jobs import TrainSettings, Worker, corrections_since_last_model
+from pathoseg.server.project import ConflictError, add_image, decode_upload, export, safe_name, save_mask
+from pathoseg.server.storage import Image, Job, ModelVersion, Project, User, user_for_token
+
+WEB = Path(__file__).parent / "web"
+
+
+@dataclass
+class ServerConfig:
+    project: str
+    db_url: str | None = None
+    retrain_every: int = 5  # start a retrain automatically after this many new corrections (0: never)
+    train: TrainSettings = field(default_factory=TrainSettings)
+
+
+class ImageOut(BaseModel):
+    id: int
+    name: str
+    width: int
+    height: int
+    status: str
+    uncertainty: float | None
+    mask_version: int
+    updated_by: str | None
+
+
+class MaskIn(BaseModel):
+    png_base64: str = Field(description="PNG of the mask, image-sized; any non-zero pixel is gland")
+    base_version: int = Field(description="the mask_version the editor loaded (conflict check)")
+    seconds: float = 0.0
+    operations: dict[str, int] = Field(default_factory=dict)
+    approve: bool = False
+
+
+class JobOut(BaseModel):
+    id: int
+    kind: str
+    status: str
+    progress: float
+    message: str
+
+
+class ModelOut(BaseModel):
+    version: int
+    val_iou: float | None
+    active: bool
+    trained_on: list
+
+
+def _image_out(i: Image) -> ImageOut:
+    return ImageOut(id=i.id, name=i.name, width=i.width, height=i.height, status=i.status,
+                    uncertainty=i.uncertainty, mask_version=i.mask_version, updated_by=i.updated_by)
+
+
+def create_app(cfg: ServerConfig) -> FastAPI:
+    project = Project(cfg.project, cfg.db_url)
+    worker = Worker(project, cfg.train)
+    app = FastAPI(title="pathoseg", version="0.1.0",
+                  description="Review gland predictions, correct them, retrain in the background.")
+    app.state.project, app.state.worker = project, worker
+    app.router.add_event_handler("shutdown", worker.shutdown)
+
+    def user(authorization: Annotated[str | None, Header()] = None) -> User:
+        if not authorization or not authorization.startswith("Bearer "):
+            raise HTTPException(401, "log in: send Authorization: Bearer <token>")
+        with project.session() as s:
+            found = user_for_token(s, authorization.removeprefix("Bearer ").strip())
+        if found is None:
+            raise HTTPException(401, "unknown token")
+        return found
+
+    Authed = Annotated[User, Depends(user)]
+
+    def get_image(image_id: int) -> Image:
+        with project.session() as s:
+            image = s.get(Image, image_id)
+        if image is None:
+            raise HTTPException(404, f"no image with id {image_id}")
+        return image
+
+    @app.get("/api/me")
+    def me(u: Authed) -> dict:
+        return {"name": u.name, "is_admin": u.is_admin}
+
+    @app.get("/api/images", response_model=list[ImageOut])
+    def list_images(u: Authed, order: str = "uncertainty") -> list[ImageOut]:
+        if order not in ("uncertainty", "random", "name"):
+            raise HTTPException(422, "order must be uncertainty, random or name")
+        with project.session() as s:
+            images = list(s.scalars(select(Image).order_by(Image.name)))
+        if order == "uncertainty":  # most uncertain unfinished first; finished ones last
+            images.sort(key=lambda i: (i.status in ("corrected", "approved"), -(i.uncertainty or 0.0)))
+        elif order == "random":
+            random.Random(u.id).shuffle(images)
+        return [_image_out(i) for i in images]
+
+    @app.post("/api/images", response_model=ImageOut, status_code=201)
+    async def upload(u: Authed, file: Annotated[UploadFile, File()]) -> ImageOut:
+        data = await file.read()
+        try:
+            name = safe_name(file.filename or "")
+            image = add_image(project, name, decode_upload(data, file.filename or "upload"), user=u.name)
+        except PathosegError as exc:
+            raise HTTPException(422, str(exc)) from None
+        return _image_out(image)
+
+    @app.get("/api/images/{image_id}", response_model=ImageOut)
+    def image_info(image_id: int, u: Authed) -> ImageOut:
+        return _image_out(get_image(image_id))
+
+    @app.get("/api/images/{image_id}/image.png")
+    def image_png(image_id: int, u: Authed) -> FileResponse:
+        return FileResponse(project.image_path(get_image(image_id).name), media_type="image/png")
+
+    @app.get("/api/images/{image_id}/mask.png")
+    def mask_png(image_id: int, u: Authed) -> Response:
+        """The latest saved mask; without one, the active model's prediction (p > 0.5)."""
+        image = get_image(image_id)
+        if image.mask_version:
+            return FileResponse(project.mask_path(image.name, image.mask_version), media_type="image/png")
+        probs = _prediction(image)
+        mask = (probs > 127) if probs is not None else np.zeros((image.height, image.width), bool)
+        return _png(mask.astype(np.uint8) * 255)
+
+    @app.get("/api/images/{image_id}/prediction.png")
+    def prediction_png(image_id: int, u: Authed) -> Response:
+        """The active model's gland probability x 255."""
+        probs = _prediction(get_image(image_id))
+        if probs is None:
+            raise HTTPException(404, "no prediction yet: no model is active")
+        return _png(probs)
+
+    def _prediction(image: Image) -> np.ndarray | None:
+        with project.session() as s:
+            active = project.active_model(s)
+        if active is None or not project.prediction_path(active.version, image.name).is_file():
+            return None
+        return np.array(PILImage.open(project.prediction_path(active.version, image.name)))
+
+    @app.put("/api/images/{image_id}/mask", response_model=ImageOut)
+    def put_mask(image_id: int, body: MaskIn, u: Authed) -> ImageOut:
+        image = get_image(image_id)
+        try:
+            raw = base64.b64decode(body.png_base64, validate=True)
+            mask = decode_upload(raw, f"mask of {image.name}")[..., 0] > 0
+            saved = save_mask(project, image_id, mask, body.base_version, u.name, body.seconds, body.operations,
+                              body.approve)
+        except ConflictError as exc:
+            raise HTTPException(409, str(exc)) from None
+        except (PathosegError, ValueError) as exc:
+            raise HTTPException(422, str(exc)) from None
+        if cfg.retrain_every and not worker.busy() and corrections_since_last_model(project) >= cfg.retrain_every:
+            worker.submit("train")
+        return _image_out(saved)
+
+    @app.post("/api/train", response_model=JobOut, status_code=202)
+    def train(u: Authed) -> JobOut:
+        return job(worker.submit("train"), u)
+
+    @app.post("/api/predict", response_model=JobOut, status_code=202)
+    def predict(u: Authed) -> JobOut:
+        return job(worker.submit("predict"), u)
+
+    @app.get("/api/jobs/{job_id}", response_model=JobOut)
+    def job(job_id: int, u: Authed) -> JobOut:
+        with project.session() as s:
+            j = s.get(Job, job_id)
+        if j is None:
+            raise HTTPException(404, f"no job {job_id}")
+        return JobOut(id=j.id, kind=j.kind, status=j.status, progress=j.progress, message=j.message)
+
+    @app.get("/api/jobs", response_model=list[JobOut])
+    def jobs(u: Authed) -> list[JobOut]:
+        with project.session() as s:
+            rows = list(s.scalars(select(Job).order_by(Job.id.desc()).limit(20)))
+        return [JobOut(id=j.id, kind=j.kind, status=j.status, progress=j.progress, message=j.message) for j in rows]
+
+    @app.get("/api/models", response_model=list[ModelOut])
+    def models(u: Authed) -> list[ModelOut]:
+        with project.session() as s:
+            rows = list(s.scalars(select(ModelVersion).order_by(ModelVersion.version)))
+        return [ModelOut(version=m.version, val_iou=m.val_iou, active=m.active, trained_on=m.trained_on) for m in rows]
+
+    @app.post("/api/models/{version}/activate", response_model=JobOut, status_code=202)
+    def activate(version: int, u: Authed) -> JobOut:
+        """Roll back (or forward) to a model version; predictions refresh in the background."""
+        with project.session() as s:
+            target = s.scalars(select(ModelVersion).where(ModelVersion.version == version)).first()
+            if target is None:
+                raise HTTPException(404, f"no model version {version}")
+            for m in s.scalars(select(ModelVersion).where(ModelVersion.active)):
+                m.active = False
+            target.active = True
+            s.commit()
+        return job(worker.submit("predict"), u)
+
+    @app.get("/api/export")
+    def export_zip(u: Authed) -> Response:
+        import shutil
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as tmp:
+            export(project, Path(tmp) / "export")
+            archive = shutil.make_archive(str(Path(tmp) / "export"), "zip", Path(tmp) / "export")
+            data = Path(archive).read_bytes()
+        return Response(data, media_type="application/zip",
+                        headers={"Content-Disposition": 'attachment; filename="pathoseg-export.zip"'})
+
+    app.mount("/", StaticFiles(directory=WEB, html=True), name="web")
+    return app
+
+
+def _png(array: np.ndarray) -> Response:
+    buf = io.BytesIO()
+    PILImage.fromarray(array).save(buf, format="PNG")
+    return Response(buf.getvalue(), media_type="image/png")
+

@@ -1,0 +1,178 @@
+"""Project operations shared by the CLI and the API: import, save masks, export."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import re
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image as PILImage
+from skimage import measure
+from sqlalchemy import select
+
+from pathoseg.data.folder import images_in
+from pathoseg.data.images import read_image, read_mask, write_label_png, write_rgb_png
+from pathoseg.errors import PathosegError
+from pathoseg.io import atomic_path, write_text
+from pathoseg.server.storage import Image, Mask, Project, now
+
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
+MAX_UPLOAD_BYTES = 50 * 2**20
+MAX_UPLOAD_PIXELS = 40_000_000  # 40 MP: a GlaS tile is 0.4 MP; bigger is a bomb or a whole slide
+
+
+class ConflictError(PathosegError):
+    """Someone saved this image since the editor loaded it."""
+
+
+def safe_name(filename: str) -> str:
+    """The image name from an upload's file name: no folders, no odd characters."""
+    stem = Path(filename.replace("\\", "/")).name.rsplit(".", 1)[0]
+    if not NAME.match(stem) or stem in (".", ".."):
+        raise PathosegError(f"file name {filename!r} not allowed: use letters, digits, '.', '_' and '-'")
+    return stem
+
+
+def decode_upload(data: bytes, filename: str) -> np.ndarray:
+    """RGB array from uploaded bytes; non-images and decompression bombs are refused."""
+    if len(data) > MAX_UPLOAD_BYTES:
+        raise PathosegError(f"upload larger than {MAX_UPLOAD_BYTES // 2**20} MiB", filename)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", PILImage.DecompressionBombWarning)
+            img = PILImage.open(io.BytesIO(data))
+            if img.width * img.height > MAX_UPLOAD_PIXELS:
+                raise PathosegError(f"image too large ({img.width}x{img.height} pixels)", filename)
+            img.load()
+    except PathosegError:
+        raise
+    except (PILImage.DecompressionBombError, PILImage.DecompressionBombWarning):
+        raise PathosegError("image too large (decompression bomb?)", filename) from None
+    except Exception:  # PIL raises many types for hostile input
+        raise PathosegError("not a readable image", filename) from None
+    return np.array(img.convert("RGB"), dtype=np.uint8)
+
+
+def add_image(project: Project, name: str, rgb: np.ndarray, mask: np.ndarray | None = None,
+              user: str | None = None) -> Image:
+    with project.session() as s:
+        if s.scalars(select(Image).where(Image.name == name)).first():
+            raise PathosegError(f"an image named {name!r} is already in the project")
+        write_rgb_png(project.image_path(name), rgb)
+        row = Image(name=name, width=rgb.shape[1], height=rgb.shape[0], updated_by=user)
+        s.add(row)
+        s.flush()
+        if mask is not None:
+            if mask.shape != rgb.shape[:2]:
+                raise PathosegError(f"mask size does not match image {name}")
+            write_label_png(project.mask_path(name, 1), (mask > 0).astype(np.uint8) * 255)
+            s.add(Mask(image_id=row.id, version=1, source="import", user=user))
+            row.mask_version, row.status = 1, "approved"
+        s.commit()
+        return row
+
+
+def add_folder(project: Project, folder: str | Path) -> int:
+    """Import every image of ``folder`` (or of ``folder/images`` with ``folder/masks``)."""
+    folder = Path(folder)
+    img_dir = folder / "images" if (folder / "images").is_dir() else folder
+    masks = {p.stem.removesuffix("_anno").removesuffix("_mask"): p
+             for p in (folder / "masks").iterdir()} if (folder / "masks").is_dir() else {}
+    n = 0
+    for path in images_in(img_dir):
+        name = safe_name(path.name)
+        mask = read_mask(masks[name]) if name in masks else None
+        add_image(project, name, read_image(path), mask)
+        n += 1
+    return n
+
+
+def current_mask(project: Project, image: Image) -> np.ndarray | None:
+    if image.mask_version == 0:
+        return None
+    return read_mask(project.mask_path(image.name, image.mask_version)) > 0
+
+
+def save_mask(project: Project, image_id: int, mask: np.ndarray, base_version: int, user: str,
+              seconds: float = 0.0, operations: dict | None = None, approve: bool = False) -> Image:
+    """Store a corrected mask as a new version; refuse when ``base_version`` is stale."""
+    with project.session() as s:
+        image = s.get(Image, image_id, with_for_update=True)
+        if image is None:
+            raise PathosegError(f"no image with id {image_id}")
+        if image.mask_version != base_version:
+            raise ConflictError(f"{image.name} was saved by {image.updated_by} since you opened it "
+                                f"(version {image.mask_version}, yours {base_version}); reload to see it")
+        if mask.shape != (image.height, image.width):
+            raise PathosegError(f"mask is {mask.shape[1]}x{mask.shape[0]}, image {image.width}x{image.height}")
+        version = base_version + 1
+        write_label_png(project.mask_path(image.name, version), (mask > 0).astype(np.uint8) * 255)
+        s.add(Mask(image_id=image.id, version=version, source="correction", user=user, seconds=float(seconds),
+                   operations=operations or {}))
+        image.mask_version, image.updated_by, image.updated_at = version, user, now()
+        image.status = "approved" if approve else "corrected"
+        s.commit()
+        return image
+
+
+def polygons(mask: np.ndarray) -> list[list[list[float]]]:
+    """Outer contours (x, y) of each gland, closed, for GeoJSON."""
+    out = []
+    labels = measure.label(np.pad(mask > 0, 1), connectivity=2)
+    for region in measure.regionprops(labels):
+        contour = max(measure.find_contours(labels == region.label, 0.5), key=len)
+        ring = [[float(c - 1), float(r - 1)] for r, c in contour]
+        if ring[0] != ring[-1]:
+            ring.append(ring[0])
+        if len(ring) >= 4:
+            out.append(ring)
+    return out
+
+
+def export(project: Project, out: str | Path) -> Path:
+    """masks/ (0/255), instances/ (label maps), geojson/ (QuPath), status.csv (status and effort)."""
+    out = Path(out)
+    rows = []
+    with project.session() as s:
+        for image in s.scalars(select(Image).order_by(Image.name)):
+            mask = current_mask(project, image)
+            seconds = sum(m.seconds for m in image.masks)
+            rows.append({"name": image.name, "status": image.status, "mask_version": image.mask_version,
+                         "updated_by": image.updated_by or "", "seconds": round(seconds, 1),
+                         "edits": sum(sum(m.operations.values()) for m in image.masks if m.operations)})
+            if mask is None:
+                continue
+            write_label_png(out / "masks" / f"{image.name}.png", mask.astype(np.uint8) * 255)
+            write_label_png(out / "instances" / f"{image.name}.png", measure.label(mask, connectivity=2))
+            features = [{"type": "Feature", "geometry": {"type": "Polygon", "coordinates": [ring]},
+                         "properties": {"objectType": "annotation",
+                                        "classification": {"name": "Gland", "color": [0, 160, 0]}}}
+                        for ring in polygons(mask)]
+            write_text(out / "geojson" / f"{image.name}.geojson",
+                       json.dumps({"type": "FeatureCollection", "features": features}))
+    with atomic_path(out / "status.csv") as tmp, tmp.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["name", "status", "mask_version", "updated_by", "seconds", "edits"])
+        writer.writeheader()
+        writer.writerows(rows)
+    return out
+
+
+def register_model(project: Project, checkpoint: str | Path) -> int:
+    """Copy a trained checkpoint in as the next model version and make it active."""
+    from pathoseg.engine.checkpoint import load_checkpoint
+    from pathoseg.server.storage import ModelVersion
+
+    ckpt = load_checkpoint(checkpoint)  # refuses foreign files with a one-line error
+    with project.session() as s:
+        version = max([m.version for m in s.scalars(select(ModelVersion))], default=0) + 1
+        ckpt.save(project.model_path(version))
+        for m in s.scalars(select(ModelVersion).where(ModelVersion.active)):
+            m.active = False
+        s.add(ModelVersion(version=version, val_iou=ckpt.metrics.get("best_val_iou"), active=True,
+                           trained_on=[["(imported checkpoint)", 0]]))
+        s.commit()
+    return version
