@@ -91,7 +91,7 @@ async function openImage(id) {
 function binarise() {
   const d = state.maskCtx.getImageData(0, 0, state.mask.width, state.mask.height);
   for (let i = 0; i < d.data.length; i += 4) {
-    const on = d.data[i] > 127 && d.data[i + 3] > 127;
+    const on = Math.max(d.data[i], d.data[i + 1]) > 127 && d.data[i + 3] > 127;  // white (loaded) or green (painted)
     d.data[i] = 0; d.data[i + 1] = on ? 255 : 0; d.data[i + 2] = 0; d.data[i + 3] = on ? 255 : 0;
   }
   state.maskCtx.putImageData(d, 0, 0);
@@ -99,8 +99,8 @@ function binarise() {
 
 // ---- view ----------------------------------------------------------------------------
 function fitView() {
-  const c = $("view");
-  c.width = c.clientWidth; c.height = c.clientHeight;
+  const c = $("view"), wrap = $("canvas-wrap");
+  c.width = wrap.clientWidth; c.height = wrap.clientHeight;  // canvas pixels == CSS pixels
   if (!state.img) return;
   state.zoom = Math.min(c.width / state.img.width, c.height / state.img.height);
   state.ox = (c.width - state.img.width * state.zoom) / 2;

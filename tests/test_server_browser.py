@@ -1,0 +1,99 @@
+"""End to end in a real headless Chromium: log in, paint a stroke, save, check the stored mask."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import uvicorn
+from scipy import ndimage as ndi
+
+from pathoseg.data.images import read_mask
+from pathoseg.data.synthetic import SyntheticConfig, synthetic_sample
+from pathoseg.server.app import ServerConfig, create_app
+from pathoseg.server.project import add_image
+from pathoseg.server.storage import Project, create_user
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+SHOTS = Path(__file__).resolve().parents[1] / "docs" / "screenshots"
+FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+         "--disable-component-update", "--disable-sync"]
+
+pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (make test installs it)")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def served(tmp_path):
+    project = Project(tmp_path / "proj", create=True)
+    cfg = SyntheticConfig(size=(240, 320))
+    for i in range(4):
+        image, labels = synthetic_sample(70 + i, cfg)
+        add_image(project, f"slide_{i:02d}", image, labels if i < 2 else None)
+    token = create_user(project, "ana", admin=True)
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(create_app(ServerConfig(str(project.root), retrain_every=0)),
+                                           host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    for _ in range(100):
+        if server.started:
+            break
+        time.sleep(0.1)
+    yield f"http://127.0.0.1:{port}/", token, project
+    server.should_exit = True
+    thread.join(timeout=10)
+
+
+def test_paint_a_stroke_and_save(served):
+    from playwright.sync_api import sync_playwright
+
+    url, token, project = served
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=FLAGS)
+        page = browser.new_page(viewport={"width": 1280, "height": 760})
+        page.goto(url)
+        page.fill("#token", token)
+        page.click("#login-btn")
+        page.wait_for_selector("#queue-list li")
+        page.select_option("#order", "name")
+        page.wait_for_function("document.querySelectorAll('#queue-list li').length === 4")
+        page.click("#queue-list li:nth-child(3)")  # slide_02: no mask yet
+        page.wait_for_function("window.pathoseg.state.current && window.pathoseg.state.current.name === 'slide_02'")
+        page.click("[data-tool=brush]")
+        size = 10
+        page.evaluate(f"window.pathoseg.state.size = {size}")
+        start, end = (60, 50), (200, 150)  # image pixels
+        p0 = page.evaluate(f"window.pathoseg.imageToScreen({start[0]}, {start[1]})")
+        p1 = page.evaluate(f"window.pathoseg.imageToScreen({end[0]}, {end[1]})")
+        page.mouse.move(*p0)
+        page.mouse.down()
+        for t in np.linspace(0, 1, 25)[1:]:
+            page.mouse.move(p0[0] + t * (p1[0] - p0[0]), p0[1] + t * (p1[1] - p0[1]))
+        page.mouse.up()
+        SHOTS.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(SHOTS / "editor.png"))
+        page.click("#submit")
+        page.wait_for_function("document.getElementById('status-line').textContent.startsWith('saved')")
+        page.screenshot(path=str(SHOTS / "queue.png"), clip={"x": 0, "y": 0, "width": 1280, "height": 420})
+        browser.close()
+
+    stored = read_mask(project.mask_path("slide_02", 1)) > 0
+    # distance of every pixel to the stroke's centre line
+    line = np.zeros(stored.shape, bool)
+    for t in np.linspace(0, 1, 400):
+        line[round(start[1] + t * (end[1] - start[1])), round(start[0] + t * (end[0] - start[0]))] = True
+    dist = ndi.distance_transform_edt(~line)
+    assert stored[dist <= size / 2 - 1.5].all(), "the stroke's core must be painted"
+    assert not stored[dist > size / 2 + 1.5].any(), "nothing may change away from the stroke"
+    assert (SHOTS / "editor.png").stat().st_size > 10_000
