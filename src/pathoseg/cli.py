@@ -94,23 +94,25 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     elif args.checkpoint:
         device = choose_device(args.device)
         model, ckpt = load_model(args.checkpoint, device)
-        if args.data:
-            plan = plan_data(args.data, args.split, args.split_file)
-        elif ckpt.split:
+        if args.data or args.split_file or not ckpt.split:
+            data = find_glas(args.data)
+            if data is None:
+                raise PathosegError("pass --data: the data set to evaluate on")
+            plan = plan_data(data, args.split, args.split_file)
+        else:  # the checkpoint remembers its data set and split
             from pathoseg.data.splits import Split
 
-            data = find_glas(None)
-            if data is None:
-                raise PathosegError("pass --data: the checkpoint's data set was not found")
-            plan = plan_data(data, args.split, args.split_file)
+            data = ckpt.split.get("data_root") or find_glas(None)
+            if data is None or not Path(data).is_dir():
+                raise PathosegError(f"pass --data: the checkpoint's data set ({data}) was not found")
+            plan = plan_data(data, args.split)
             plan.split = Split.from_dict(ckpt.split, args.checkpoint)
-        else:
-            raise PathosegError("pass --data")
+            plan.split.check(plan.data)
         pcfg, icfg = _predict_configs(args, ckpt.scale)
         segment, history = model_segmenter(model, pcfg, icfg, device), ckpt.history
     else:
-        raise PathosegError("pass a checkpoint (--checkpoint best.pt) or --predictions DIR")
-    results = [r for r in evaluate_parts(plan.data, plan.split, segment, parts, keep_pictures=not args.no_pictures)]
+        raise PathosegError("pass a checkpoint (pathoseg evaluate runs/x/best.pt) or --predictions DIR")
+    results = evaluate_parts(plan.data, plan.split, segment, parts, keep_pictures=not args.no_pictures)
     json_path = Path(args.json) if args.json else None
     outputs = write_outputs(results, out, "pathoseg evaluation", history, json_path=json_path,
                             pictures=not args.no_pictures)

@@ -49,8 +49,8 @@ class StudyConfig:
     selection: str = "uncertainty"
     retrain: str = "warm"  # warm: continue from the previous round's model; scratch: from ImageNet
     train: TrainConfig = field(default_factory=TrainConfig)
-    initial_steps: int = 300  # optimiser steps for the round-0 model
-    round_steps: int = 150  # optimiser steps per later round
+    initial_steps: int = 200  # optimiser steps for the round-0 model
+    round_steps: int = 80  # optimiser steps per later round (warm-started)
     min_region: int = 16  # error regions smaller than this (working-scale px) are not worth a stroke
     confident_only: bool = False  # pseudo-labels ignore pixels with 0.1 < p < 0.9
     cost: CostModel = field(default_factory=CostModel)

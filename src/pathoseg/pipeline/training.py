@@ -73,4 +73,5 @@ def run_training(plan: DataPlan, cfg: TrainConfig, out: Path, device: str | None
         model = build_model(cfg.model)
     train_pairs = load_scaled(plan.data.subset(plan.split.train), cfg.scale, cfg.progress)
     val_pairs = load_scaled(plan.data.subset(plan.split.val), cfg.scale, cfg.progress)
-    return train_to_dir(model, train_pairs, val_pairs, cfg, dev, out, plan.split.to_dict(), state)
+    split = {**plan.split.to_dict(), "data_root": str(plan.data.root)}  # lets evaluate find the data again
+    return train_to_dir(model, train_pairs, val_pairs, cfg, dev, out, split, state)
