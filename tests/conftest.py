@@ -4,14 +4,11 @@ import os
 from pathlib import Path
 
 import pytest
-import torch
 
 from pathoseg.data.synthetic import SyntheticConfig, write_synthetic
 
 ROOT = Path(__file__).resolve().parents[1]
 GLAS = Path(os.environ.get("PATHOSEG_GLAS", ROOT / ".." / "shared" / "data" / "glas")).resolve()
-
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 
 @pytest.fixture(scope="session")
