@@ -57,24 +57,15 @@ class ObjectTally:
 
 
 def _relabel(labels: np.ndarray) -> tuple[np.ndarray, int]:
-    """Ids made consecutive 1..n (0 stays background)."""
-    ids, inverse = np.unique(labels, return_inverse=True)
-    inverse = inverse.reshape(labels.shape)
-    if ids[0] != 0:
-        return (inverse + 1).astype(np.int32), len(ids)
-    return inverse.astype(np.int32), len(ids) - 1
-
-
-def _hausdorff(a: np.ndarray, a_slice: tuple[slice, ...], b: np.ndarray, b_slice: tuple[slice, ...]) -> float:
-    """Symmetric Hausdorff distance between two boolean objects given their bounding boxes.
-
-    Exact on the union bounding box: every nearest point of either object lies inside it.
-    """
-    box = tuple(slice(min(sa.start, sb.start), max(sa.stop, sb.stop)) for sa, sb in zip(a_slice, b_slice, strict=True))
-    a_box, b_box = a[box], b[box]
-    to_b = ndi.distance_transform_edt(~b_box)
-    to_a = ndi.distance_transform_edt(~a_box)
-    return float(max(to_b[a_box].max(), to_a[b_box].max()))
+    """Ids made consecutive 1..n (0 stays background); a lookup table, no sorting."""
+    flat = labels.ravel()
+    if flat.size and flat.min() < 0:
+        raise ValueError("label maps must not hold negative ids")
+    present = np.flatnonzero(np.bincount(flat))
+    present = present[present > 0]
+    lut = np.zeros(int(flat.max(initial=0)) + 1, np.int32)
+    lut[present] = np.arange(1, len(present) + 1, dtype=np.int32)
+    return lut[labels], len(present)
 
 
 class _Side:
@@ -85,8 +76,20 @@ class _Side:
         self.areas = np.bincount(self.labels.ravel(), minlength=self.n + 1)[1:]
         self.slices = ndi.find_objects(self.labels, max_label=self.n)
 
-    def mask(self, i: int) -> np.ndarray:
-        return self.labels == i + 1
+
+
+def _hausdorff(a: _Side, i: int, b: _Side, j: int) -> float:
+    """Symmetric Hausdorff distance between object i of ``a`` and object j of ``b``.
+
+    Exact on the union of their bounding boxes: every nearest point of either object lies
+    inside it, so nothing outside needs looking at.
+    """
+    box = tuple(slice(min(sa.start, sb.start), max(sa.stop, sb.stop))
+                for sa, sb in zip(a.slices[i], b.slices[j], strict=True))
+    a_box, b_box = a.labels[box] == i + 1, b.labels[box] == j + 1
+    to_b = ndi.distance_transform_edt(~b_box)
+    to_a = ndi.distance_transform_edt(~a_box)
+    return float(max(to_b[a_box].max(), to_a[b_box].max()))
 
 
 def _half(this: _Side, other: _Side, overlap: np.ndarray, diagonal: float) -> tuple[float, float]:
@@ -101,14 +104,12 @@ def _half(this: _Side, other: _Side, overlap: np.ndarray, diagonal: float) -> tu
             haus_sum += area * diagonal
             continue
         row = overlap[i]
-        mask = this.mask(i)
         if row.max() > 0:
             j = int(row.argmax())
             dice_sum += area * 2 * row[j] / (this.areas[i] + other.areas[j])
-            haus_sum += area * _hausdorff(mask, this.slices[i], other.mask(j), other.slices[j])
+            haus_sum += area * _hausdorff(this, i, other, j)
         else:
-            nearest = min(_hausdorff(mask, this.slices[i], other.mask(j), other.slices[j]) for j in range(other.n))
-            haus_sum += area * nearest
+            haus_sum += area * min(_hausdorff(this, i, other, j) for j in range(other.n))
     return dice_sum, haus_sum
 
 
