@@ -151,6 +151,29 @@ def test_retrain_makes_a_version_and_rollback_restores_predictions(setup):
     assert client.post("/api/models/7/activate", headers=h).status_code == 404
 
 
+def test_jobs_report_failures_without_crashing(setup):
+    client, tokens, _, app = setup
+    h = auth(tokens["ben"])
+    job = client.post("/api/predict", headers=h).json()  # no model yet: the job fails, the server lives
+    app.state.worker.wait(job["id"], timeout=60)
+    done = client.get(f"/api/jobs/{job['id']}", headers=h).json()
+    assert done["status"] == "failed" and "no model yet" in done["message"]
+    assert client.get("/api/jobs", headers=h).json()[0]["id"] == job["id"]
+    assert client.get("/api/jobs/999", headers=h).status_code == 404
+    assert client.get("/api/me", headers=h).status_code == 200
+
+
+def test_approve_marks_the_image(setup):
+    client, tokens, _, _ = setup
+    h = auth(tokens["ben"])
+    target = client.get("/api/images?order=name", headers=h).json()[4]
+    r = client.put(f"/api/images/{target['id']}/mask", headers=h,
+                   json=mask_body(np.ones((96, 128), bool), 0, approve=True))
+    assert r.json()["status"] == "approved" and r.json()["updated_by"] == "ben"
+    queue = client.get("/api/images", headers=h).json()
+    assert queue[-1]["status"] in ("approved", "corrected")  # finished images sink to the end
+
+
 def test_export(setup):
     client, tokens, _, _ = setup
     r = client.get("/api/export", headers=auth(tokens["ana"]))

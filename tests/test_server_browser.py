@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import threading
@@ -20,7 +21,7 @@ from pathoseg.server.project import add_image
 from pathoseg.server.storage import Project, create_user
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-SHOTS = Path(__file__).resolve().parents[1] / "docs" / "screenshots"
+DOC_SHOTS = Path(__file__).resolve().parents[1] / "docs" / "screenshots"
 FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
          "--disable-component-update", "--disable-sync"]
 
@@ -55,10 +56,12 @@ def served(tmp_path):
     thread.join(timeout=10)
 
 
-def test_paint_a_stroke_and_save(served):
+def test_paint_a_stroke_and_save(served, tmp_path):
     from playwright.sync_api import sync_playwright
 
     url, token, project = served
+    # PATHOSEG_UPDATE_SCREENSHOTS=1 refreshes the README's pictures; otherwise they go to tmp
+    shots = DOC_SHOTS if os.environ.get("PATHOSEG_UPDATE_SCREENSHOTS") else tmp_path
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=FLAGS)
         page = browser.new_page(viewport={"width": 1280, "height": 760})
@@ -81,11 +84,11 @@ def test_paint_a_stroke_and_save(served):
         for t in np.linspace(0, 1, 25)[1:]:
             page.mouse.move(p0[0] + t * (p1[0] - p0[0]), p0[1] + t * (p1[1] - p0[1]))
         page.mouse.up()
-        SHOTS.mkdir(parents=True, exist_ok=True)
-        page.screenshot(path=str(SHOTS / "editor.png"))
+        shots.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(shots / "editor.png"))
         page.click("#submit")
         page.wait_for_function("document.getElementById('status-line').textContent.startsWith('saved')")
-        page.screenshot(path=str(SHOTS / "queue.png"), clip={"x": 0, "y": 0, "width": 1280, "height": 420})
+        page.screenshot(path=str(shots / "queue.png"), clip={"x": 0, "y": 0, "width": 1280, "height": 420})
         browser.close()
 
     stored = read_mask(project.mask_path("slide_02", 1)) > 0
@@ -96,4 +99,4 @@ def test_paint_a_stroke_and_save(served):
     dist = ndi.distance_transform_edt(~line)
     assert stored[dist <= size / 2 - 1.5].all(), "the stroke's core must be painted"
     assert not stored[dist > size / 2 + 1.5].any(), "nothing may change away from the stroke"
-    assert (SHOTS / "editor.png").stat().st_size > 10_000
+    assert (shots / "editor.png").stat().st_size > 10_000

@@ -83,7 +83,8 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     )
     from pathoseg.pipeline.training import find_glas, plan_data
 
-    parts = args.split_part.split(",") if args.split_part else None
+    kind, parts = _split_and_parts(args.split, args.split_part)
+    args.split = kind
     out = Path(args.out)
     if args.predictions:
         data = find_glas(args.data)
@@ -112,12 +113,21 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         segment, history = model_segmenter(model, pcfg, icfg, device), ckpt.history
     else:
         raise PathosegError("pass a checkpoint (pathoseg evaluate runs/x/best.pt) or --predictions DIR")
+    if parts and "test" in parts:  # "test" = every test part of the split
+        parts = list(plan.split.test)
     results = evaluate_parts(plan.data, plan.split, segment, parts, keep_pictures=not args.no_pictures)
     json_path = Path(args.json) if args.json else None
     outputs = write_outputs(results, out, "pathoseg evaluation", history, json_path=json_path,
                             pictures=not args.no_pictures)
     print("\n".join(metrics_lines(outputs.metrics)))
     print(f"metrics: {outputs.metrics_json}" + (f"; report: {outputs.report}" if outputs.report else ""))
+
+
+def _split_and_parts(split: str, split_part: str | None) -> tuple[str, list[str] | None]:
+    """``--split`` names a split kind (official, random) or the test part(s) to evaluate."""
+    if split in ("official", "random"):
+        return split, split_part.split(",") if split_part else None
+    return "official", [p.strip() for p in split.split(",") if p.strip()]
 
 
 def cmd_predict(args: argparse.Namespace) -> None:
@@ -308,7 +318,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoint", nargs="?", help="a best.pt / last.pt from pathoseg train")
     p.add_argument("--predictions", help="folder of <name>.png predictions to score instead of a model")
     p.add_argument("--data", help="data set (default: the checkpoint's, GlaS)")
-    p.add_argument("--split", default="official", choices=("official", "random"))
+    p.add_argument("--split", default="official",
+                   help="official or random (the split), or the part(s) to evaluate: testA, testB, test (both)")
     p.add_argument("--split-file")
     p.add_argument("--split-part", "--part", dest="split_part", help="testA, testB, test (comma-separated)")
     p.add_argument("--out", default=str(DEFAULT_RUNS / "evaluate"))

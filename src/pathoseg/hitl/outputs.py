@@ -26,7 +26,8 @@ def series(records: list[dict], strategies: list[str], rounds: int) -> dict[str,
     seeds = sorted({r["seed"] for r in records})
     out: dict[str, dict[str, np.ndarray]] = {}
     for s in strategies:
-        q = {k: np.full((len(seeds), rounds + 1), np.nan) for k in ("iou", "f1", "label_iou", "seconds", "cum_hours")}
+        keys = ("iou", "f1", "label_iou", "seconds", "cum_hours", "train_s")
+        q = {k: np.full((len(seeds), rounds + 1), np.nan) for k in keys}
         for i, seed in enumerate(seeds):
             for r in records:
                 if r["seed"] != seed or (r["round"] > 0 and r["strategy"] != s):
@@ -37,6 +38,7 @@ def series(records: list[dict], strategies: list[str], rounds: int) -> dict[str,
                 q["f1"][i, j] = head["f1"]
                 q["label_iou"][i, j] = r["label_iou"]
                 q["seconds"][i, j] = r["effort"]["seconds"] if j > 0 else 0.0
+                q["train_s"][i, j] = r["train_s"]
             q["cum_hours"][i] = np.nancumsum(q["seconds"][i]) / 3600
         out[s] = q
     return out
@@ -87,6 +89,7 @@ def write_study_outputs(records: list[dict], cfg: StudyConfig, out: Path) -> dic
         "test object F1": table_rows(data, "f1"),
         "label quality (IoU of training labels vs ground truth)": table_rows(data, "label_iou"),
         "cumulative human effort (hours)": table_rows(data, "cum_hours", digits=2),
+        "training seconds per round": table_rows(data, "train_s", digits=0),
     }
     write_json(out / "hitl.json", {"config": asdict(cfg), "records": records})
     md = "".join(f"### {title}\n\n{markdown(rows)}\n" for title, rows in tables.items())

@@ -22,7 +22,15 @@ from sqlalchemy import select
 
 from pathoseg.errors import PathosegError
 from pathoseg.server.jobs import TrainSettings, Worker, corrections_since_last_model
-from pathoseg.server.project import ConflictError, add_image, decode_upload, export, safe_name, save_mask
+from pathoseg.server.project import (
+    MAX_UPLOAD_BYTES,
+    ConflictError,
+    add_image,
+    decode_upload,
+    export,
+    safe_name,
+    save_mask,
+)
 from pathoseg.server.storage import Image, Job, ModelVersion, Project, User, user_for_token
 
 WEB = Path(__file__).parent / "web"
@@ -119,7 +127,7 @@ def create_app(cfg: ServerConfig) -> FastAPI:
 
     @app.post("/api/images", response_model=ImageOut, status_code=201)
     async def upload(u: Authed, file: Annotated[UploadFile, File()]) -> ImageOut:
-        data = await file.read()
+        data = await file.read(MAX_UPLOAD_BYTES + 1)  # never more than the limit in memory
         try:
             name = safe_name(file.filename or "")
             image = add_image(project, name, decode_upload(data, file.filename or "upload"), user=u.name)

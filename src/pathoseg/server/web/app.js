@@ -48,6 +48,7 @@ async function loadQueue() {
   for (const im of state.images) {
     const li = document.createElement("li");
     li.dataset.id = im.id;
+    li.title = im.updated_by ? `last saved by ${im.updated_by}` : "not touched yet";
     li.className = state.current && state.current.id === im.id ? "current" : "";
     const u = im.uncertainty == null ? "" : " " + im.uncertainty.toFixed(2);
     li.innerHTML = `<span>${im.name}</span><span class="badge ${im.status}">${im.status}${u}</span>`;
