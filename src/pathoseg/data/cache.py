@@ -1,0 +1,79 @@
+"""Images and masks held in memory at the working scale, and the torch dataset over them.
+
+GlaS is small (165 images): resizing once up front instead of decoding PNGs every step
+makes a CPU epoch several times faster.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import albumentations as A
+import cv2
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+from tqdm import tqdm
+
+from pathoseg.data.samples import Sample
+
+IGNORE = 255  # label value excluded from the loss (unlabelled or unsure pixels)
+
+
+@dataclass
+class ScaledPair:
+    name: str
+    image: np.ndarray  # (h, w, 3) uint8 at working scale
+    target: np.ndarray  # (h, w) uint8: 0 background, 1 gland, IGNORE unlabelled
+
+
+def resize_image(image: np.ndarray, scale: float) -> np.ndarray:
+    if scale == 1:
+        return image
+    h, w = image.shape[:2]
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    return cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+
+
+def resize_target(target: np.ndarray, scale: float) -> np.ndarray:
+    if scale == 1:
+        return target
+    h, w = target.shape[:2]
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    return cv2.resize(target, size, interpolation=cv2.INTER_NEAREST)
+
+
+def to_target(labels: np.ndarray) -> np.ndarray:
+    """Binary gland target from an instance label map; IGNORE passes through."""
+    target = (labels > 0).astype(np.uint8)
+    target[labels == IGNORE] = IGNORE
+    return target
+
+
+def load_scaled(samples: Sequence[Sample], scale: float, progress: bool = True) -> list[ScaledPair]:
+    pairs = []
+    for s in tqdm(samples, desc="loading", unit="img", disable=not progress, leave=False):
+        image, labels = s.load()
+        if labels is None:
+            raise ValueError(f"{s.name}: training needs a mask")
+        pairs.append(ScaledPair(s.name, resize_image(image, scale), resize_target(to_target(labels), scale)))
+    return pairs
+
+
+class CropDataset(Dataset):
+    """Random augmented crops, ``repeats`` per image per epoch."""
+
+    def __init__(self, pairs: Sequence[ScaledPair], transform: A.Compose, repeats: int = 1) -> None:
+        self.pairs = list(pairs)
+        self.transform = transform
+        self.repeats = repeats
+
+    def __len__(self) -> int:
+        return len(self.pairs) * self.repeats
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        pair = self.pairs[i % len(self.pairs)]
+        out = self.transform(image=pair.image, mask=pair.target)
+        image = torch.from_numpy(out["image"]).permute(2, 0, 1).float().div_(255)
+        return image, torch.from_numpy(out["mask"]).long()
