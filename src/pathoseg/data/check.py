@@ -30,9 +30,11 @@ class DatasetSummary:
             out.append("parts:  " + ", ".join(f"{k} {v}" for k, v in self.parts.items()))
         if self.grades:
             out.append("grades: " + ", ".join(f"{k} {v}" for k, v in self.grades.items()))
-        out.append("sizes:  " + ", ".join(f"{k} x{v}" for k, v in sorted(self.sizes.items(), key=lambda kv: -kv[1])[:6]))
+        common = sorted(self.sizes.items(), key=lambda kv: -kv[1])[:6]
+        out.append("sizes:  " + ", ".join(f"{k} x{v}" for k, v in common))
         if g:
-            out.append(f"glands per image: min {g['min']:.0f}, median {g['median']:.0f}, mean {g['mean']:.1f}, max {g['max']:.0f}")
+            out.append(f"glands per image: min {g['min']:.0f}, median {g['median']:.0f}, "
+                       f"mean {g['mean']:.1f}, max {g['max']:.0f}")
         if self.unlabelled:
             out.append(f"images without a mask: {self.unlabelled}")
         return out
@@ -56,6 +58,7 @@ def check_dataset(data: SampleSet, progress: bool = True) -> DatasetSummary:
         parts=dict(Counter(s.part for s in data if s.part)),
         grades=dict(Counter(s.grade for s in data if s.grade)),
         sizes=dict(sizes),
-        glands_per_image={"min": float(c.min()), "median": float(np.median(c)), "mean": float(c.mean()), "max": float(c.max())},
+        glands_per_image={"min": float(c.min()), "median": float(np.median(c)), "mean": float(c.mean()),
+                          "max": float(c.max())},
         unlabelled=unlabelled,
     )

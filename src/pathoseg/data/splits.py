@@ -68,7 +68,7 @@ def stratified_pick(samples: list[Sample], fraction: float, rng: np.random.Gener
     for s in samples:
         groups.setdefault(s.grade, []).append(s.name)
     for names in groups.values():
-        k = int(round(fraction * len(names)))
+        k = round(fraction * len(names))
         if fraction > 0 and len(names) > 1:
             k = min(max(k, 1), len(names) - 1)
         picked.update(rng.permutation(names)[:k].tolist())
