@@ -46,14 +46,21 @@ def test_effort_accounting():
     cost = CostModel(seconds_per_image=5, seconds_per_region=3, seconds_per_boundary_pixel=0.5)
     annot = SimulatedAnnotator(cost=cost)
     scratch = annot.draw_from_scratch(GT)
-    perimeter = error_regions(np.zeros_like(GT), GT)[0].perimeter
-    assert scratch.regions == 1 and scratch.pixels == 400
-    assert scratch.seconds == pytest.approx(5 + 3 + 0.5 * perimeter)
+    outline = 4 * 20 - 4  # the 20x20 gland's boundary pixels
+    assert scratch.regions == 1 and scratch.pixels == 400 and scratch.boundary_px == outline
+    assert scratch.seconds == pytest.approx(5 + 3 + 0.5 * outline)
     # at half scale, every pixel stands for four native pixels and boundaries for two
     half = SimulatedAnnotator(cost=cost, scale=0.5).draw_from_scratch(GT)
-    assert half.pixels == 1600 and half.boundary_px == pytest.approx(2 * perimeter)
+    assert half.pixels == 1600 and half.boundary_px == pytest.approx(2 * outline)
     # a perfect prediction costs only the look at the image
     assert annot.correct(GT, GT)[1].seconds == 5
+    # PRED is shifted 5 px right and adds a far 4x4 blob: the missed 5x20 strip on the left
+    # needs its outer edge (20 + 2x4 px touching background), the extra strip on the right
+    # the 20 px where it meets the kept gland, and the isolated blob no tracing at all
+    fix = annot.correct(PRED, GT)[1]
+    assert fix.regions == 3
+    assert fix.boundary_px == (20 + 8) + 20 + 0
+    assert fix.seconds < scratch.seconds + 2 * 3 + 0.5 * 30
 
 
 def test_labels_of_each_strategy():

@@ -6,16 +6,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from skimage import measure
+from scipy import ndimage as ndi
 
 
 @dataclass(frozen=True)
 class CostModel:
     """Seconds for one correction, after the usual annotation-tool effort models.
 
-    Each fixed region costs a fixed overhead (find it, start a stroke) plus tracing its
-    boundary; every reviewed image costs a look. Drawing a mask from scratch is the same
-    model applied to an empty prediction (every gland is a missed region to trace).
+    Each fixed region costs a fixed overhead (find it, start a stroke) plus tracing the
+    boundary it needs; every reviewed image costs a look. Drawing a mask from scratch is
+    the same model applied to an empty prediction (every gland is a missed region whose
+    whole outline is traced).
     """
 
     seconds_per_image: float = 5.0
@@ -44,18 +45,27 @@ class Effort:
 class ErrorRegion:
     mask: np.ndarray  # boolean, image-sized
     size: int
-    perimeter: float
+    traced: int  # boundary pixels the annotator has to draw to fix it
     false_positive: bool
 
 
 def error_regions(pred: np.ndarray, gt: np.ndarray) -> list[ErrorRegion]:
-    """Connected components of false-positive and false-negative pixels, largest first."""
+    """Connected components of false-positive and false-negative pixels, largest first.
+
+    Only the edge that becomes the new gland boundary is traced: for a missed region, its
+    pixels touching true background; for a false region, its pixels touching the correct
+    part of the prediction. A sliver along a gland's rim thus costs one boundary, not its
+    whole perimeter, and an isolated false blob costs one click, not an outline.
+    """
+    near_tn = ndi.binary_dilation(~gt & ~pred)
+    near_tp = ndi.binary_dilation(gt & pred)
     regions = []
-    for wrong, is_fp in ((pred & ~gt, True), (gt & ~pred, False)):
-        labels = measure.label(wrong, connectivity=2)
-        for prop in measure.regionprops(labels):
-            mask = labels == prop.label
-            regions.append(ErrorRegion(mask, int(prop.area), float(prop.perimeter) or 1.0, is_fp))
+    for wrong, is_fp, edge in ((pred & ~gt, True, near_tp), (gt & ~pred, False, near_tn)):
+        labels, n = ndi.label(wrong, structure=np.ones((3, 3)))
+        sizes = np.bincount(labels.ravel(), minlength=n + 1)
+        traced = np.bincount(labels[edge].ravel(), minlength=n + 1)
+        for i in range(1, n + 1):
+            regions.append(ErrorRegion(labels == i, int(sizes[i]), int(traced[i]), is_fp))
     regions.sort(key=lambda r: -r.size)
     return regions
 
@@ -86,7 +96,7 @@ class SimulatedAnnotator:
             out[r.mask] = not r.false_positive
             fixed += 1
             fixed_px += r.size
-            boundary += r.perimeter
+            boundary += r.traced
         return out, self._effort(fixed, fixed_px, boundary)
 
     def draw_from_scratch(self, gt: np.ndarray) -> Effort:
