@@ -184,13 +184,9 @@ def cmd_data(args: argparse.Namespace) -> None:
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
-    from pathoseg.pipeline.demo import demo_config, run_demo
+    from pathoseg.pipeline.demo import run_demo
 
-    cfg = None
-    if args.epochs or args.budget:
-        cfg = demo_config(args.quick, synthetic=False)
-        cfg = replace(cfg, epochs=args.epochs or cfg.epochs, budget_minutes=args.budget or cfg.budget_minutes)
-    result = run_demo(Path(args.out), args.data, args.quick, args.device, cfg)
+    result = run_demo(Path(args.out), args.data, args.quick, args.device, epochs=args.epochs, budget=args.budget)
     metrics = result.outputs.metrics
     headline = metrics.get("test") or next(iter(metrics.values()))
     print(f"\nIoU (pooled over {headline['n_images']} test images): {headline['iou_pooled']:.4f}"

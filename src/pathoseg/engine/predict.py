@@ -30,7 +30,7 @@ def _pad_to(x: torch.Tensor, multiple: int) -> tuple[torch.Tensor, tuple[int, in
     return x, (h, w)
 
 
-def _forward(model: GlandSegmenter, x: torch.Tensor, tta: bool) -> torch.Tensor:
+def forward_padded(model: GlandSegmenter, x: torch.Tensor, tta: bool) -> torch.Tensor:
     x, (h, w) = _pad_to(x, model.stride)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=x.device.type == "cuda")
     with autocast:
@@ -58,7 +58,7 @@ def _tiled(model: GlandSegmenter, x: torch.Tensor, tile: int, tta: bool) -> torc
     for top in _windows(h, tile, step):
         for left in _windows(w, tile, step):
             patch = x[..., top:top + tile, left:left + tile]
-            out[..., top:top + tile, left:left + tile] += _forward(model, patch, tta)
+            out[..., top:top + tile, left:left + tile] += forward_padded(model, patch, tta)
             weight[..., top:top + tile, left:left + tile] += 1
     return out / weight
 
@@ -73,7 +73,7 @@ def predict_logits(model: GlandSegmenter, image: np.ndarray, cfg: PredictConfig,
     if cfg.tile and max(x.shape[-2:]) > cfg.tile:
         logits = _tiled(model, x, cfg.tile, cfg.tta)
     else:
-        logits = _forward(model, x, cfg.tta)
+        logits = forward_padded(model, x, cfg.tta)
     if native and logits.shape[-2:] != image.shape[:2]:
         logits = F.interpolate(logits, size=image.shape[:2], mode="bilinear", align_corners=False)
     return logits[0, 0].float().cpu()

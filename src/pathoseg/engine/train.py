@@ -20,7 +20,7 @@ from tqdm import tqdm
 from pathoseg.data.cache import IGNORE, CropDataset, ScaledPair
 from pathoseg.data.transforms import train_transform
 from pathoseg.engine.checkpoint import Checkpoint
-from pathoseg.engine.predict import _forward
+from pathoseg.engine.predict import forward_padded
 from pathoseg.io import atomic_path
 from pathoseg.models import GlandSegmenter, ModelConfig
 
@@ -88,7 +88,7 @@ def validate(model: GlandSegmenter, pairs: Sequence[ScaledPair], device: torch.d
     inter = union = 0
     for pair in pairs:
         x = torch.from_numpy(pair.image).to(device).permute(2, 0, 1)[None].float().div_(255)
-        pred = (_forward(model, x, tta=False)[0, 0] > 0).cpu().numpy()
+        pred = (forward_padded(model, x, tta=False)[0, 0] > 0).cpu().numpy()
         valid = pair.target != IGNORE
         gt = pair.target == 1
         inter += int((pred & gt & valid).sum())

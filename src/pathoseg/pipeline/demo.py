@@ -32,7 +32,8 @@ def demo_config(quick: bool, synthetic: bool) -> TrainConfig:
 
 
 def run_demo(out: Path, data: str | Path | None = None, quick: bool = False, device: str | None = None,
-             cfg: TrainConfig | None = None, log=print) -> DemoResult:
+             cfg: TrainConfig | None = None, log=print, epochs: int | None = None,
+             budget: float | None = None) -> DemoResult:
     found = find_glas(data)
     synthetic = found is None or not Path(found).is_dir()
     if synthetic:
@@ -43,6 +44,7 @@ def run_demo(out: Path, data: str | Path | None = None, quick: bool = False, dev
     else:
         log(f"using GlaS at {found}")
     cfg = cfg or demo_config(quick, synthetic)
+    cfg = replace(cfg, epochs=epochs or cfg.epochs, budget_minutes=budget or cfg.budget_minutes)
     plan = plan_data(found, "official", seed=cfg.seed)
     log(f"training DeepLabV3+ ({cfg.model.preset}) on {len(plan.split.train)} images "
         f"(budget {cfg.budget_minutes} min, device {choose_device(device)})")
