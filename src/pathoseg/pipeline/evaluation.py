@@ -147,8 +147,8 @@ class EvaluationOutputs:
 
 
 def write_outputs(results: Sequence[ImageResult], out: Path, title: str,
-                  history: Sequence[dict] | None = None, extra_rows: Sequence[dict] | None = None,
-                  json_path: Path | None = None, pictures: bool = True) -> EvaluationOutputs:
+                  history: Sequence[dict] | None = None, json_path: Path | None = None,
+                  pictures: bool = True) -> EvaluationOutputs:
     out.mkdir(parents=True, exist_ok=True)
     metrics = summarize_parts(results)
     metrics_json = write_json(json_path or out / "metrics.json", metrics)
@@ -169,8 +169,6 @@ def write_outputs(results: Sequence[ImageResult], out: Path, title: str,
         rows = [{"part": p, **{k: m[k] for k in METRIC_KEYS}, "images": m["n_images"]} for p, m in metrics.items()]
         report.add_table("Metrics", rows, "pooled = all pixels of the part together; mean = mean of per-image "
                          "scores. F1, object Dice and object Hausdorff (pixels) as in the GlaS challenge.")
-        for row in extra_rows or []:
-            report.add_table(row["title"], row["rows"])
         if history:
             report.add_image("Learning curve", figure_png_bytes(learning_curve_figure(history)))
         report.add_html("Overlap gallery", gallery_html(results))

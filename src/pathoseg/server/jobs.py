@@ -6,7 +6,6 @@ validation IoU; it becomes active only when it finished, and predictions are ref
 
 from __future__ import annotations
 
-import threading
 import traceback
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -45,7 +44,6 @@ class Worker:
         self.settings = settings
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pathoseg-worker")
         self.futures: dict[int, Future] = {}
-        self.lock = threading.Lock()
 
     def submit(self, kind: str) -> int:
         with self.project.session() as s:

@@ -21,8 +21,6 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, rela
 
 from pathoseg.errors import PathosegError
 
-STATUSES = ("new", "predicted", "corrected", "approved")
-
 
 def now() -> datetime:
     return datetime.now(UTC)
@@ -46,7 +44,7 @@ class Image(Base):
     name: Mapped[str] = mapped_column(String(200), unique=True)
     width: Mapped[int] = mapped_column(Integer)
     height: Mapped[int] = mapped_column(Integer)
-    status: Mapped[str] = mapped_column(String(16), default="new")
+    status: Mapped[str] = mapped_column(String(16), default="new")  # new/predicted/corrected/approved
     uncertainty: Mapped[float | None] = mapped_column(Float, nullable=True)
     mask_version: Mapped[int] = mapped_column(Integer, default=0)  # 0 = no saved mask yet
     updated_by: Mapped[str | None] = mapped_column(String(64), nullable=True)
