@@ -32,3 +32,19 @@ def test_compare_two_models_and_resume(synth_dir, tmp_path):
     again = run_compare(synth_dir, cfg, tmp_path, log=lambda m: None)
     assert (tmp_path / "runs" / "lite0" / "seed0" / "result.json").stat().st_mtime_ns == stamp
     assert again[0]["iou_pooled"] == rows[0]["iou_pooled"]
+
+
+def test_aggregate_reports_std_over_seeds():
+    from pathoseg.pipeline.compare import aggregate, markdown_table
+
+    def record(seed, iou):
+        part = {k: iou for k in ("iou_pooled", "iou_mean", "dice_pooled", "dice_mean", "f1", "object_dice",
+                                 "object_hausdorff")}
+        return {"model": "lite0", "seed": seed, "params_m": 3.9, "gflops": 11.3, "latency_ms": 100.0,
+                "train_s": 60.0, "peak_mem_mb": 900.0, "metrics": {"testA": part, "testB": part, "test": part}}
+
+    rows = aggregate([record(0, 0.80), record(1, 0.84)])
+    assert rows[0]["iou_pooled"] == pytest.approx(0.82)
+    assert rows[0]["iou_pooled_std"] == pytest.approx(0.028284, abs=1e-5)
+    assert rows[0]["testA_f1"] == pytest.approx(0.82) and rows[0]["seeds"] == 2
+    assert "0.8200 ± 0.0283" in markdown_table(rows)
