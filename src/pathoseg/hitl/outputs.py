@@ -72,6 +72,8 @@ def _plot(data: dict[str, dict[str, np.ndarray]], x_key: str | None, xlabel: str
         y = np.nanmean(q["iou"], axis=0)
         x = np.arange(len(y)) if x_key is None else np.nanmean(q[x_key], axis=0)
         ax.plot(x, y, marker="o", label=s)
+    if x_key is None:
+        ax.set_xticks(range(len(next(iter(data.values()))["iou"][0])))
     ax.set_xlabel(xlabel)
     ax.set_ylabel("test IoU (pooled)")
     ax.set_title(title)
