@@ -91,13 +91,13 @@ def test_resume_after_interrupted_round_gives_the_same_record(synth_dir, tmp_pat
     train = TrainConfig(model=ModelConfig("lite0"), batch_size=4, crop=64, scale=1.0, progress=False)
     cfg = StudyConfig(strategies=[BUILTIN["hitl"], BUILTIN["auto"]], rounds=2, train=train, initial_fraction=0.3,
                       initial_steps=4, round_steps=3, test_limit=2, device="cpu")
-    full = StudyRunner(synth_dir, cfg, tmp_path / "a", log=lambda m: None).run()
+    full = StudyRunner(synth_dir, cfg, tmp_path / "a").run()
     # interrupt: copy the finished study, then drop the last round as if killed before it ended
     shutil.copytree(tmp_path / "a", tmp_path / "b")
     last = tmp_path / "b" / "seed0" / "auto" / "round2"
     (last / "record.json").unlink()
     (last / "model.pt").unlink()
-    resumed = StudyRunner(synth_dir, cfg, tmp_path / "b", log=lambda m: None).run()
+    resumed = StudyRunner(synth_dir, cfg, tmp_path / "b").run()
 
     def strip(records):
         return [{k: v for k, v in r.items() if k != "train_s"} for r in records]

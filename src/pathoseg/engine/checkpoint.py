@@ -28,6 +28,12 @@ class Checkpoint:
     optimizer: dict[str, Any] | None = None
     scheduler: dict[str, Any] | None = None
 
+    @classmethod
+    def of(cls, model: GlandSegmenter, scale: float, **fields: Any) -> Checkpoint:
+        """A checkpoint of ``model``'s current weights (copied to the CPU)."""
+        state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+        return cls(model.config, state, scale=scale, **fields)
+
     def save(self, path: str | Path) -> Path:
         payload = {"format": FORMAT, **self.__dict__, "model_config": self.model_config.to_dict()}
         with atomic_path(path) as tmp:

@@ -197,9 +197,8 @@ def train_to_dir(model: GlandSegmenter, train_pairs: Sequence[ScaledPair], val_p
     best, last = out / "best.pt", out / "last.pt"
 
     def checkpoint(st: FitState, model: GlandSegmenter, opt: dict | None) -> Checkpoint:
-        return Checkpoint(
-            model_config=model.config, state_dict={k: v.detach().cpu() for k, v in model.state_dict().items()},
-            scale=cfg.scale, train_config=cfg.to_dict(), split=split, epoch=st.epoch,
+        return Checkpoint.of(
+            model, cfg.scale, train_config=cfg.to_dict(), split=split, epoch=st.epoch,
             metrics={"val_iou": st.history[-1]["val_iou"] if st.history else float("nan"),
                      "best_val_iou": st.best_iou, "elapsed": st.elapsed},
             history=list(st.history), optimizer=opt,

@@ -13,7 +13,6 @@ import json
 import math
 import time
 import zlib
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -90,10 +89,9 @@ def make_pool(data: SampleSet, split: Split, cfg: StudyConfig, seed: int) -> Poo
 
 
 class StudyRunner:
-    def __init__(self, data_path: str | Path, cfg: StudyConfig, out: Path, log: Callable[[str], None] = print):
+    def __init__(self, data_path: str | Path, cfg: StudyConfig, out: Path):
         self.cfg = cfg
         self.out = out
-        self.log = log
         self.device = choose_device(cfg.device)
         self.plan = plan_data(data_path, "official", seed=0, val_fraction=0)
         self.annotator = SimulatedAnnotator(1.0, cfg.min_region, cfg.cost, cfg.train.scale)
@@ -114,8 +112,7 @@ class StudyRunner:
         return summarize_parts(results)
 
     def _save_model(self, model: GlandSegmenter, path: Path) -> None:
-        state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-        Checkpoint(model.config, state, scale=self.cfg.train.scale, train_config=self.cfg.train.to_dict()).save(path)
+        Checkpoint.of(model, self.cfg.train.scale, train_config=self.cfg.train.to_dict()).save(path)
 
     def _load_model(self, path: Path) -> GlandSegmenter:
         model, _ = load_model(path, self.device)

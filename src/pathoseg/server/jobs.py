@@ -120,9 +120,8 @@ class Worker:
 
         fit(model, train, [], cfg, device, on_epoch=progress)
         val_iou = validate(model, val or train, device)
-        state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-        Checkpoint(config, state, scale=s.scale, train_config=cfg.to_dict(),
-                   metrics={"val_iou": val_iou}).save(self.project.model_path(version))
+        Checkpoint.of(model, s.scale, train_config=cfg.to_dict(),
+                      metrics={"val_iou": val_iou}).save(self.project.model_path(version))
         with self.project.session() as session:
             for m in session.scalars(select(ModelVersion).where(ModelVersion.active)):
                 m.active = False
