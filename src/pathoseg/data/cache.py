@@ -28,20 +28,21 @@ class ScaledPair:
     target: np.ndarray  # (h, w) uint8: 0 background, 1 gland, IGNORE unlabelled
 
 
-def resize_image(image: np.ndarray, scale: float) -> np.ndarray:
+def _resize(array: np.ndarray, scale: float, interpolation: int) -> np.ndarray:
     if scale == 1:
-        return image
-    h, w = image.shape[:2]
-    size = (max(1, round(w * scale)), max(1, round(h * scale)))
-    return cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+        return array
+    h, w = array.shape[:2]
+    return cv2.resize(array, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=interpolation)
+
+
+def resize_image(image: np.ndarray, scale: float) -> np.ndarray:
+    """Area averaging: the right filter for shrinking H&E."""
+    return _resize(image, scale, cv2.INTER_AREA)
 
 
 def resize_target(target: np.ndarray, scale: float) -> np.ndarray:
-    if scale == 1:
-        return target
-    h, w = target.shape[:2]
-    size = (max(1, round(w * scale)), max(1, round(h * scale)))
-    return cv2.resize(target, size, interpolation=cv2.INTER_NEAREST)
+    """Nearest neighbour: labels (and IGNORE) must stay labels."""
+    return _resize(target, scale, cv2.INTER_NEAREST)
 
 
 def to_target(labels: np.ndarray) -> np.ndarray:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -17,25 +18,31 @@ IMAGE_SUFFIXES = (".png", ".bmp", ".jpg", ".jpeg", ".tif", ".tiff")
 MAX_PIXELS = 20_000 * 20_000
 
 
-def _open(path: Path) -> Image.Image:
-    if not path.is_file():
-        raise PathosegError("file not found", path)
+def open_image(source: Path | BinaryIO, name: str | Path, max_pixels: int = MAX_PIXELS) -> Image.Image:
+    """Decode an image from a file or bytes; bombs, non-images and corrupt data become a
+    one-line PathosegError naming ``name``."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(path)
-            if img.width * img.height > MAX_PIXELS:
-                raise PathosegError(f"image too large ({img.width}x{img.height})", path)
+            img = Image.open(source)
+            if img.width * img.height > max_pixels:
+                raise PathosegError(f"image too large ({img.width}x{img.height} pixels)", name)
             img.load()
     except PathosegError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise PathosegError("image too large (decompression bomb?)", path) from None
+        raise PathosegError("image too large (decompression bomb?)", name) from None
     except UnidentifiedImageError:
-        raise PathosegError("not a readable image", path) from None
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise PathosegError(f"corrupt or truncated image ({exc})", path) from None
+        raise PathosegError("not a readable image", name) from None
+    except Exception as exc:  # PIL raises many types (OSError, SyntaxError, struct.error, ...) on bad data
+        raise PathosegError(f"corrupt or truncated image ({type(exc).__name__}: {exc})", name) from None
     return img
+
+
+def _open(path: Path) -> Image.Image:
+    if not path.is_file():
+        raise PathosegError("file not found", path)
+    return open_image(path, path)
 
 
 def read_image(path: str | Path) -> np.ndarray:
