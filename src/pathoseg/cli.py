@@ -188,7 +188,9 @@ def cmd_demo(args: argparse.Namespace) -> None:
 
     result = run_demo(Path(args.out), args.data, args.quick, args.device, epochs=args.epochs, budget=args.budget)
     metrics = result.outputs.metrics
-    headline = metrics.get("test") or next(iter(metrics.values()))
+    from pathoseg.pipeline.evaluation import headline_part
+
+    headline = metrics[headline_part(metrics)]
     print(f"\nIoU (pooled over {headline['n_images']} test images): {headline['iou_pooled']:.4f}"
           f"   object F1 {headline['f1']:.3f}, object Dice {headline['object_dice']:.3f}")
     print(f"report: {result.outputs.report}")

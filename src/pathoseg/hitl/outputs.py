@@ -13,12 +13,9 @@ import numpy as np
 
 from pathoseg.hitl.study import StudyConfig
 from pathoseg.io import write_json, write_text
+from pathoseg.pipeline.evaluation import headline_part
 from pathoseg.viz.figures import save_figure
 from pathoseg.viz.report import Report
-
-
-def _headline(test: dict) -> dict:
-    return test["test"] if "test" in test else next(iter(test.values()))
 
 
 def series(records: list[dict], strategies: list[str], rounds: int) -> dict[str, dict[str, np.ndarray]]:
@@ -33,7 +30,7 @@ def series(records: list[dict], strategies: list[str], rounds: int) -> dict[str,
                 if r["seed"] != seed or (r["round"] > 0 and r["strategy"] != s):
                     continue
                 j = r["round"]
-                head = _headline(r["test"])
+                head = r["test"][headline_part(r["test"])]
                 q["iou"][i, j] = head["iou_pooled"]
                 q["f1"][i, j] = head["f1"]
                 q["label_iou"][i, j] = r["label_iou"]

@@ -201,7 +201,7 @@ class StudyRunner:
                     resumed = self.resume_round(labels, seed, strategy, r)
                     if resumed is None:
                         if model is model0:  # training is in place: strategies must not share it
-                            model = _copy_model(model, self.device)
+                            model = Checkpoint.of(model, self.cfg.train.scale).build(self.device)
                         model, rec = self.run_round(model, labels, pool, strategy, seed, r, test_split)
                     else:
                         model, rec = resumed
@@ -209,13 +209,6 @@ class StudyRunner:
                     bar.update(1)
         bar.close()
         return records
-
-
-def _copy_model(model: GlandSegmenter, device: torch.device) -> GlandSegmenter:
-    clone = build_model(replace(model.config, weights="none"))
-    clone.load_state_dict(model.state_dict())
-    clone.config = model.config
-    return clone.to(device)
 
 
 def label_quality(labels: dict[str, np.ndarray], pool: Pool) -> float:

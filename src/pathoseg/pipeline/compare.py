@@ -26,7 +26,7 @@ from pathoseg.errors import PathosegError
 from pathoseg.io import atomic_path, write_json, write_text
 from pathoseg.metrics import pixel_counts
 from pathoseg.models import count_parameters, get_preset
-from pathoseg.pipeline.evaluation import evaluate_parts, model_segmenter, summarize_parts
+from pathoseg.pipeline.evaluation import evaluate_parts, headline_part, model_segmenter, summarize_parts
 from pathoseg.pipeline.training import plan_data, run_training
 from pathoseg.viz.figures import Panel, gallery_figure, save_figure
 from pathoseg.viz.overlay import overlap_image
@@ -104,10 +104,6 @@ def _run_isolated(data_path: str, cfg: CompareConfig, model: str, seed: int, out
     return json.loads(done.read_text())
 
 
-def _headline_part(metrics: dict) -> str:
-    return "test" if "test" in metrics else next(iter(metrics))
-
-
 def aggregate(records: list[dict]) -> list[dict]:
     """One row per model: costs and test metrics as mean (and std over seeds when > 1)."""
     rows = []
@@ -119,7 +115,7 @@ def aggregate(records: list[dict]) -> list[dict]:
         for part in rs[0]["metrics"]:
             for key in COLUMNS:
                 values = [r["metrics"][part][key] for r in rs]
-                prefix = "" if part == _headline_part(rs[0]["metrics"]) else f"{part}_"
+                prefix = "" if part == headline_part(rs[0]["metrics"]) else f"{part}_"
                 row[prefix + key] = float(np.mean(values))
                 if len(rs) > 1:
                     row[prefix + key + "_std"] = float(np.std(values, ddof=1))

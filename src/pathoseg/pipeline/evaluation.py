@@ -70,6 +70,11 @@ def summarize(results: Sequence[ImageResult]) -> dict[str, float]:
             "n_images": len(results)}
 
 
+def headline_part(metrics: dict[str, dict]) -> str:
+    """The part a one-number summary reports: ``test`` (all parts) when there, else the only one."""
+    return "test" if "test" in metrics else next(iter(metrics))
+
+
 def summarize_parts(results: Sequence[ImageResult]) -> dict[str, dict]:
     """One entry per part, plus ``test`` for all parts together when there are several."""
     parts: dict[str, list[ImageResult]] = {}
