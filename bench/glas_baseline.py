@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from pathoseg.engine.checkpoint import load_model
-from pathoseg.engine.postprocess import InstanceConfig
+from pathoseg.engine.instances import InstanceConfig
 from pathoseg.engine.predict import PredictConfig
 from pathoseg.engine.train import TrainConfig
 from pathoseg.models import ModelConfig

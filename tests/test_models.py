@@ -35,7 +35,7 @@ def test_any_image_size_and_stride(stride):
     model = build_model(ModelConfig("lite0", output_stride=stride, weights="none")).eval()
     image = np.random.default_rng(0).integers(0, 255, (75, 101, 3), dtype=np.uint8)
     logits = predict_logits(model, image, PredictConfig(scale=1.0))
-    assert logits.shape == (75, 101)
+    assert logits.shape == (2, 75, 101)  # gland + contour (the default head)
 
 
 def test_tiled_prediction_matches_whole_image_shape():
@@ -43,7 +43,7 @@ def test_tiled_prediction_matches_whole_image_shape():
     image = np.random.default_rng(1).integers(0, 255, (150, 260, 3), dtype=np.uint8)
     whole = predict_logits(model, image, PredictConfig(scale=0.5))
     tiled = predict_logits(model, image, PredictConfig(scale=0.5, tile=64))
-    assert tiled.shape == whole.shape == (150, 260)
+    assert tiled.shape == whole.shape == (2, 150, 260)
     assert torch.isfinite(tiled).all()
 
 

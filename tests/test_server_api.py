@@ -135,6 +135,12 @@ def test_retrain_makes_a_version_and_rollback_restores_predictions(setup):
     img5 = client.get("/api/images?order=name", headers=h).json()[5]
     assert img5["status"] == "predicted" and img5["uncertainty"] is not None
     pred_v1 = client.get(f"/api/images/{img5['id']}/prediction.png", headers=h).content
+    # the model's glands come from the instance decoder, and the editor's mask is their union
+    glands = np.array(Image.open(io.BytesIO(client.get(f"/api/images/{img5['id']}/instances.png",
+                                                          headers=h).content)))
+    shown = np.array(Image.open(io.BytesIO(client.get(f"/api/images/{img5['id']}/mask.png", headers=h).content)))
+    assert glands.shape == (96, 128) and np.array_equal(shown > 0, glands > 0)
+    assert set(np.unique(glands)) == set(range(int(glands.max()) + 1))  # ids 0..N, none skipped
     # a correction, a second training run, then roll back to version 1
     mask = np.zeros((96, 128), bool)
     mask[:, :64] = True

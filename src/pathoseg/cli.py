@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from dataclasses import replace
 from pathlib import Path
 
+from pathoseg.engine.instances import INSTANCE_METHODS, InstanceConfig
 from pathoseg.errors import PathosegError
+from pathoseg.models.heads import DEFAULT_HEAD, HEADS
 
 DEFAULT_RUNS = Path("runs")
 
@@ -18,6 +21,9 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--weights", default="default", choices=("default", "imagenet", "none"),
                    help="default: offline ImageNet weights where shipped (lite*), else random init")
     p.add_argument("--output-stride", type=int, default=16, choices=(8, 16))
+    p.add_argument("--head", default=DEFAULT_HEAD, choices=tuple(HEADS),
+                   help="output channels: contour (gland + boundary, DCAN), sdt (gland + skeleton-aware "
+                   "distance), semantic (gland only)")
 
 
 def _add_train_args(p: argparse.ArgumentParser) -> None:
@@ -36,8 +42,12 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
 def _add_predict_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tta", action="store_true", help="average over flips (3x slower, slightly better)")
     p.add_argument("--tile", type=int, default=None, help="predict in windows of this side (large images)")
-    p.add_argument("--instances", default="components", choices=("components", "watershed"))
-    p.add_argument("--min-size", type=int, default=200, help="drop predicted glands smaller than this (pixels)")
+    d = InstanceConfig()
+    p.add_argument("--instances", default=d.method, choices=INSTANCE_METHODS,
+                   help="instance decoder: auto = the model's own (contour / sdt), components for a "
+                   "semantic model; see docs/metrics.md")
+    p.add_argument("--min-size", type=int, default=d.min_size,
+                   help="drop predicted glands smaller than this (native pixels)")
 
 
 def _train_config(args: argparse.Namespace):
@@ -45,14 +55,13 @@ def _train_config(args: argparse.Namespace):
     from pathoseg.models import ModelConfig
 
     return TrainConfig(
-        model=ModelConfig(args.model, args.output_stride, args.weights), epochs=args.epochs,
+        model=ModelConfig(args.model, args.output_stride, args.weights, head=args.head), epochs=args.epochs,
         batch_size=args.batch_size, crop=args.crop, scale=args.scale, lr=args.lr, seed=args.seed,
         budget_minutes=args.budget,
     )
 
 
 def _predict_configs(args: argparse.Namespace, scale: float):
-    from pathoseg.engine.postprocess import InstanceConfig
     from pathoseg.engine.predict import PredictConfig
 
     return (PredictConfig(scale=scale, tta=args.tta, tile=args.tile),
@@ -405,11 +414,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    print(f"pathoseg: warning: {message}", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        args.func(args)
+        with warnings.catch_warnings():
+            warnings.showwarning = _one_line_warning
+            args.func(args)
     except PathosegError as exc:
         if args.debug:
             raise

@@ -17,15 +17,16 @@ from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from pathoseg.data.samples import Sample
+from pathoseg.data.targets import IGNORE, head_targets
 
-IGNORE = 255  # label value excluded from the loss (unlabelled or unsure pixels)
+__all__ = ["IGNORE", "CropDataset", "ScaledPair", "load_scaled", "resize_image", "resize_target", "to_target"]
 
 
 @dataclass
 class ScaledPair:
     name: str
     image: np.ndarray  # (h, w, 3) uint8 at working scale
-    target: np.ndarray  # (h, w) uint8: 0 background, 1 gland, IGNORE unlabelled
+    target: np.ndarray  # (h, w) uint16 instance ids: 0 background, 1..N glands, IGNORE unlabelled
 
 
 def _resize(array: np.ndarray, scale: float, interpolation: int) -> np.ndarray:
@@ -46,10 +47,12 @@ def resize_target(target: np.ndarray, scale: float) -> np.ndarray:
 
 
 def to_target(labels: np.ndarray) -> np.ndarray:
-    """Binary gland target from an instance label map; IGNORE passes through."""
-    target = (labels > 0).astype(np.uint8)
-    target[labels == IGNORE] = IGNORE
-    return target
+    """The training target of an instance label map: its ids as uint16 (IGNORE passes
+    through). Ids are kept, since the instance heads learn what separates them."""
+    labels = np.asarray(labels)
+    if labels.max(initial=0) > IGNORE:
+        raise ValueError(f"instance ids above {IGNORE - 1} cannot be trained on")
+    return labels.astype(np.uint16)
 
 
 def load_scaled(samples: Sequence[Sample], scale: float, progress: bool = True) -> list[ScaledPair]:
@@ -63,18 +66,23 @@ def load_scaled(samples: Sequence[Sample], scale: float, progress: bool = True) 
 
 
 class CropDataset(Dataset):
-    """Random augmented crops, ``repeats`` per image per epoch."""
+    """Random augmented crops, ``repeats`` per image per epoch, with the targets of the
+    model's output ``channels`` made from the augmented instance ids."""
 
-    def __init__(self, pairs: Sequence[ScaledPair], transform: A.Compose, repeats: int = 1) -> None:
+    def __init__(self, pairs: Sequence[ScaledPair], transform: A.Compose, repeats: int = 1,
+                 channels: tuple[str, ...] = ("gland",)) -> None:
         self.pairs = list(pairs)
         self.transform = transform
         self.repeats = repeats
+        self.channels = channels
 
     def __len__(self) -> int:
         return len(self.pairs) * self.repeats
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Image (3, h, w) in [0, 1], targets (C, h, w) float and valid pixels (h, w) bool."""
         pair = self.pairs[i % len(self.pairs)]
         out = self.transform(image=pair.image, mask=pair.target)
         image = torch.from_numpy(out["image"]).permute(2, 0, 1).float().div_(255)
-        return image, torch.from_numpy(out["mask"]).long()
+        targets, valid = head_targets(out["mask"], self.channels)
+        return image, torch.from_numpy(targets), torch.from_numpy(valid)

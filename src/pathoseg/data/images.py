@@ -18,6 +18,10 @@ IMAGE_SUFFIXES = (".png", ".bmp", ".jpg", ".jpeg", ".tif", ".tiff")
 MAX_PIXELS = 20_000 * 20_000
 
 
+class BinaryMaskWarning(UserWarning):
+    """A mask holds 0/255 only: gland ids come from connected components."""
+
+
 def open_image(source: Path | BinaryIO, name: str | Path, max_pixels: int = MAX_PIXELS) -> Image.Image:
     """Decode an image from a file or bytes; bombs, non-images and corrupt data become a
     one-line PathosegError naming ``name``."""
@@ -74,17 +78,20 @@ def read_mask(path: str | Path) -> np.ndarray:
     labels = arr.astype(np.int32)
     if labels.min() < 0:
         raise PathosegError("mask has negative labels", path)
-    if set(np.unique(labels).tolist()) <= {0, 255}:
+    if set(np.unique(labels).tolist()) <= {0, 255} and labels.any():
+        warnings.warn(f"{Path(path).parent}: binary masks (0/255) without gland ids; their connected "
+                      "components become the glands, so touching glands cannot be learned apart from them",
+                      BinaryMaskWarning, stacklevel=2)
         labels = label_components(labels > 0)
     return labels
 
 
 def read_target(path: str | Path) -> np.ndarray:
-    """A stored training target (0 background, 1 gland, 255 ignore) exactly as written."""
+    """A stored training target (0 background, 1..N glands, 65535 ignore) exactly as written."""
     target = np.array(_open(Path(path)))
-    if target.ndim != 2 or target.dtype != np.uint8:
-        raise PathosegError("training target must be an 8-bit single-channel PNG", path)
-    return target
+    if target.ndim != 2 or target.dtype not in (np.uint8, np.uint16, np.int32):
+        raise PathosegError("training target must be an 8- or 16-bit single-channel PNG", path)
+    return target.astype(np.uint16)
 
 
 def label_components(binary: np.ndarray) -> np.ndarray:

@@ -21,6 +21,7 @@ class SyntheticConfig:
     glands: tuple[int, int] = (3, 7)  # min, max per image
     radius: tuple[float, float] = (14.0, 34.0)
     stain_jitter: float = 0.04
+    gap: int = 4  # px of stroma kept between glands; 1 makes them touch as closely as GlaS glands do
 
 
 STROMA = np.array([0.93, 0.70, 0.80])
@@ -56,7 +57,7 @@ def _place_glands(cfg: SyntheticConfig, rng: np.random.Generator) -> np.ndarray:
         if blob.sum() < 80:
             continue
         # Glands never touch in GlaS: keep a gap of stroma between them.
-        if (ndi.binary_dilation(blob, iterations=4) & (labels > 0)).any():
+        if (ndi.binary_dilation(blob, iterations=cfg.gap) & (labels > 0)).any():
             continue
         n += 1
         labels[blob] = n

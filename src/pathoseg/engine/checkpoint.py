@@ -11,6 +11,7 @@ import torch
 from pathoseg.errors import PathosegError
 from pathoseg.io import atomic_path
 from pathoseg.models import GlandSegmenter, ModelConfig, build_model
+from pathoseg.models.heads import LEGACY_HEAD
 
 FORMAT = "pathoseg-checkpoint-v1"
 
@@ -64,7 +65,8 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         raise PathosegError("not a pathoseg checkpoint (another architecture or tool?)", path)
     payload.pop("format")
     try:
-        payload["model_config"] = ModelConfig(**payload["model_config"])
+        # Written before output heads existed: a plain semantic model.
+        payload["model_config"] = ModelConfig(**{"head": LEGACY_HEAD, **payload["model_config"]})
         ckpt = Checkpoint(**payload)
     except TypeError as exc:
         raise PathosegError(f"checkpoint is incomplete ({exc})", path) from None

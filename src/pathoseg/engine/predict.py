@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from pathoseg.data.cache import resize_image
+from pathoseg.engine.instances import InstanceConfig, decode_instances
 from pathoseg.models import GlandSegmenter
 
 
@@ -53,7 +54,7 @@ def _tiled(model: GlandSegmenter, x: torch.Tensor, tile: int, tta: bool) -> torc
     """Sliding windows with a quarter overlap; overlapping logits are averaged."""
     h, w = x.shape[-2:]
     step = max(1, tile * 3 // 4)
-    out = torch.zeros((x.shape[0], 1, h, w), device=x.device)
+    out = torch.zeros((x.shape[0], len(model.head.channels), h, w), device=x.device)
     weight = torch.zeros((1, 1, h, w), device=x.device)
     for top in _windows(h, tile, step):
         for left in _windows(w, tile, step):
@@ -66,7 +67,8 @@ def _tiled(model: GlandSegmenter, x: torch.Tensor, tile: int, tta: bool) -> torc
 @torch.inference_mode()
 def predict_logits(model: GlandSegmenter, image: np.ndarray, cfg: PredictConfig,
                    device: torch.device | str = "cpu", native: bool = True) -> torch.Tensor:
-    """Gland logits (H, W) on the CPU, at native size when ``native`` else at working scale."""
+    """Logits (C, H, W) of the model's output channels on the CPU (channel 0: gland), at
+    native size when ``native`` else at working scale."""
     model.eval()  # batch statistics of a single image would be meaningless
     small = resize_image(image, cfg.scale)
     x = torch.from_numpy(np.ascontiguousarray(small)).to(device).permute(2, 0, 1)[None].float().div_(255)
@@ -76,10 +78,24 @@ def predict_logits(model: GlandSegmenter, image: np.ndarray, cfg: PredictConfig,
         logits = forward_padded(model, x, cfg.tta)
     if native and logits.shape[-2:] != image.shape[:2]:
         logits = F.interpolate(logits, size=image.shape[:2], mode="bilinear", align_corners=False)
-    return logits[0, 0].float().cpu()
+    return logits[0].float().cpu()
+
+
+def predict_maps(model: GlandSegmenter, image: np.ndarray, cfg: PredictConfig,
+                 device: torch.device | str = "cpu", native: bool = True) -> dict[str, np.ndarray]:
+    """Probability maps (H, W) float32 in [0, 1], keyed by the head's channel names."""
+    probs = torch.sigmoid(predict_logits(model, image, cfg, device, native)).numpy()
+    return dict(zip(model.head.channels, probs, strict=True))
 
 
 def predict_probs(model: GlandSegmenter, image: np.ndarray, cfg: PredictConfig,
                   device: torch.device | str = "cpu", native: bool = True) -> np.ndarray:
     """Gland probability (H, W) float32 in [0, 1]."""
-    return torch.sigmoid(predict_logits(model, image, cfg, device, native)).numpy()
+    return predict_maps(model, image, cfg, device, native)["gland"]
+
+
+def predict_instances(model: GlandSegmenter, image: np.ndarray, cfg: PredictConfig, icfg: InstanceConfig,
+                      device: torch.device | str = "cpu") -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Gland instances (H, W) int32 at native size through the one decoder, and the maps."""
+    maps = predict_maps(model, image, cfg, device)
+    return decode_instances(maps, icfg), maps

@@ -18,6 +18,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from pathoseg.data.cache import IGNORE, CropDataset, ScaledPair
+from pathoseg.data.targets import gland_pixels
 from pathoseg.data.transforms import train_transform
 from pathoseg.engine.checkpoint import Checkpoint
 from pathoseg.engine.predict import forward_padded
@@ -68,17 +69,32 @@ def lr_at(progress: float, base_lr: float, warmup: float) -> float:
     return base_lr * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * p)))
 
 
+_MASKED = -1.0  # target value of pixels outside the valid mask (smp's ignore_index)
+
+
 class SegmentationLoss(torch.nn.Module):
-    """BCE + soft Dice on gland vs background; pixels labelled IGNORE do not count."""
+    """Sum over the head's channels; pixels outside ``valid`` do not count.
 
-    def __init__(self) -> None:
+    gland and contour: BCE + soft Dice (the contour band is a few percent of the pixels,
+    Dice keeps it from collapsing to background); sdt: BCE against the soft distance
+    target, whose minimum is at the target value and whose scale matches the others.
+    """
+
+    def __init__(self, channels: tuple[str, ...] = ("gland",)) -> None:
         super().__init__()
-        self.bce = smp.losses.SoftBCEWithLogitsLoss(ignore_index=IGNORE)
-        self.dice = smp.losses.DiceLoss("binary", from_logits=True, ignore_index=IGNORE)
+        self.channels = channels
+        self.bce = smp.losses.SoftBCEWithLogitsLoss(ignore_index=_MASKED)
+        self.dice = smp.losses.DiceLoss("binary", from_logits=True, ignore_index=_MASKED)
 
-    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        target = target.unsqueeze(1)
-        return self.bce(logits, target.float()) + self.dice(logits, target)
+    def forward(self, logits: torch.Tensor, targets: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        targets = torch.where(valid.unsqueeze(1), targets, torch.full_like(targets, _MASKED))
+        total = logits.new_zeros(())
+        for c, channel in enumerate(self.channels):
+            out, target = logits[:, c:c + 1], targets[:, c:c + 1]
+            total = total + self.bce(out, target)
+            if channel != "sdt":
+                total = total + self.dice(out, target)
+        return total
 
 
 @torch.inference_mode()
@@ -90,7 +106,7 @@ def validate(model: GlandSegmenter, pairs: Sequence[ScaledPair], device: torch.d
         x = torch.from_numpy(pair.image).to(device).permute(2, 0, 1)[None].float().div_(255)
         pred = (forward_padded(model, x, tta=False)[0, 0] > 0).cpu().numpy()
         valid = pair.target != IGNORE
-        gt = pair.target == 1
+        gt = gland_pixels(pair.target)
         inter += int((pred & gt & valid).sum())
         union += int(((pred | gt) & valid).sum())
     return inter / union if union else 1.0
@@ -129,7 +145,8 @@ def fit(model: GlandSegmenter, train_pairs: Sequence[ScaledPair], val_pairs: Seq
     seed_everything(cfg.seed + state.epoch)
     model.to(device)
     loader = DataLoader(
-        CropDataset(train_pairs, train_transform(cfg.crop, seed=cfg.seed + state.epoch), cfg.repeats),
+        CropDataset(train_pairs, train_transform(cfg.crop, seed=cfg.seed + state.epoch), cfg.repeats,
+                    model.head.channels),
         batch_size=cfg.batch_size, shuffle=True, drop_last=len(train_pairs) * cfg.repeats > cfg.batch_size,
         num_workers=cfg.workers, pin_memory=device.type == "cuda",
         persistent_workers=cfg.workers > 0,
@@ -137,7 +154,7 @@ def fit(model: GlandSegmenter, train_pairs: Sequence[ScaledPair], val_pairs: Seq
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     if state.optimizer:
         optimizer.load_state_dict(state.optimizer)
-    loss_fn = SegmentationLoss()
+    loss_fn = SegmentationLoss(model.head.channels)
     budget_s = cfg.budget_minutes * 60 if cfg.budget_minutes else None
     steps_per_epoch = max(1, len(loader))
     amp = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
@@ -147,15 +164,16 @@ def fit(model: GlandSegmenter, train_pairs: Sequence[ScaledPair], val_pairs: Seq
         model.train()
         start = time.perf_counter()
         losses = []
-        for step, (x, y) in enumerate(loader):
+        for step, (x, y, valid) in enumerate(loader):
             progress = (state.epoch + step / steps_per_epoch) / cfg.epochs
             if budget_s:
                 progress = max(progress, (state.elapsed + time.perf_counter() - start) / budget_s)
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(min(progress, 1.0), cfg.lr, cfg.warmup)
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            valid = valid.to(device, non_blocking=True)
             with amp:
-                loss = loss_fn(model(x).float(), y)
+                loss = loss_fn(model(x).float(), y, valid)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from pathoseg.data.cache import IGNORE
+from pathoseg.data.images import label_components
+from pathoseg.data.targets import gland_pixels
 from pathoseg.errors import PathosegError
 from pathoseg.hitl.annotator import Effort, SimulatedAnnotator
 
@@ -60,7 +62,7 @@ def parse_strategy(spec: str, review_fraction: float | None = None, fix_fraction
 
 def pseudo_label(probs: np.ndarray, confident_only: bool, low: float = 0.1, high: float = 0.9) -> np.ndarray:
     """The model's prediction as a target; unsure pixels IGNOREd when ``confident_only``."""
-    target = (probs > 0.5).astype(np.uint8)
+    target = label_components(probs > 0.5).astype(np.uint16)
     if confident_only:
         target[(probs > low) & (probs < high)] = IGNORE
     return target
@@ -69,13 +71,13 @@ def pseudo_label(probs: np.ndarray, confident_only: bool, low: float = 0.1, high
 def make_label(strategy: Strategy, reviewed: bool, probs: np.ndarray | None, gt: np.ndarray,
                annotator: SimulatedAnnotator, confident_only: bool) -> tuple[np.ndarray, Effort]:
     """The training target for one image under ``strategy`` and what it cost the human."""
-    gt_bool = gt == 1
-    if strategy.oracle:
-        return gt_bool.astype(np.uint8), annotator.draw_from_scratch(gt_bool)
+    gt_bool = gland_pixels(gt)
+    if strategy.oracle:  # the true instance ids
+        return gt.astype(np.uint16), annotator.draw_from_scratch(gt_bool)
     if probs is None:
         raise ValueError("model-based strategies need the model's prediction")
     if not reviewed:
         return pseudo_label(probs, confident_only), Effort()
     fixer = SimulatedAnnotator(strategy.fix_fraction, annotator.min_region, annotator.cost, annotator.scale)
     corrected, effort = fixer.correct(probs > 0.5, gt_bool)
-    return corrected.astype(np.uint8), effort
+    return label_components(corrected).astype(np.uint16), effort

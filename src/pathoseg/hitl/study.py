@@ -24,9 +24,10 @@ from pathoseg.data import SampleSet
 from pathoseg.data.cache import ScaledPair, load_scaled
 from pathoseg.data.images import read_target, write_label_png
 from pathoseg.data.splits import Split, stratified_pick
+from pathoseg.data.targets import gland_pixels
 from pathoseg.engine.checkpoint import Checkpoint, load_model
 from pathoseg.engine.device import choose_device
-from pathoseg.engine.postprocess import InstanceConfig
+from pathoseg.engine.instances import InstanceConfig
 from pathoseg.engine.predict import PredictConfig, predict_probs
 from pathoseg.engine.train import TrainConfig, fit
 from pathoseg.hitl.annotator import CostModel, Effort, SimulatedAnnotator
@@ -128,7 +129,8 @@ class StudyRunner:
         labels = {n: pool.pairs[n].target for n in pool.initial}
         train_s = self._train(model, labels, pool, self.cfg.initial_steps, self.cfg.train.lr, seed * 1000)
         self._save_model(model, rdir / "model.pt")
-        effort = sum((self.annotator.draw_from_scratch(pool.pairs[n].target == 1) for n in pool.initial), Effort())
+        effort = sum((self.annotator.draw_from_scratch(gland_pixels(pool.pairs[n].target)) for n in pool.initial),
+                     Effort())
         record = {"seed": seed, "round": 0, "strategy": "initial", "test": self._test(model, test_split),
                   "label_iou": 1.0, "effort": asdict(effort), "train_s": train_s,
                   "selected": list(pool.initial), "reviewed": list(pool.initial)}
@@ -215,6 +217,6 @@ def label_quality(labels: dict[str, np.ndarray], pool: Pool) -> float:
     """Pooled IoU of the training labels against ground truth (IGNORE counts as background)."""
     total = None
     for name, target in labels.items():
-        c = pixel_counts(pool.pairs[name].target == 1, target == 1)
+        c = pixel_counts(gland_pixels(pool.pairs[name].target), gland_pixels(target))
         total = c if total is None else total + c
     return total.iou if total is not None else 1.0

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from pathoseg.errors import PathosegError
+from pathoseg.models.heads import DEFAULT_HEAD, Head, get_head
 from pathoseg.models.registry import DEFAULT_PRESET, get_preset
 from pathoseg.models.weights import load_into_features
 
@@ -25,13 +26,15 @@ class ModelConfig:
     output_stride: int = 16
     weights: str = "default"  # default: offline ImageNet where shipped, else random init
     decoder_channels: int = 256
+    head: str = DEFAULT_HEAD  # output channels: see pathoseg.models.heads
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
 class GlandSegmenter(nn.Module):
-    """DeepLabV3+ producing one gland logit per pixel from RGB in [0, 1]."""
+    """DeepLabV3+ from RGB in [0, 1] to one logit per output channel of its head
+    (channel 0 is always the gland logit)."""
 
     def __init__(self, net: nn.Module, mean, std, config: ModelConfig) -> None:
         super().__init__()
@@ -39,6 +42,10 @@ class GlandSegmenter(nn.Module):
         self.config = config
         self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1))
+
+    @property
+    def head(self) -> Head:
+        return get_head(self.config.head)
 
     @property
     def stride(self) -> int:
@@ -61,6 +68,7 @@ def build_model(config: ModelConfig = ModelConfig()) -> GlandSegmenter:
     if config.weights not in WEIGHT_CHOICES:
         raise PathosegError(f"unknown weights {config.weights!r}; choose from {', '.join(WEIGHT_CHOICES)}")
     preset = get_preset(config.preset)
+    head = get_head(config.head)
     has_offline = preset.offline_weights is not None
     try:
         net = smp.DeepLabV3Plus(
@@ -68,7 +76,7 @@ def build_model(config: ModelConfig = ModelConfig()) -> GlandSegmenter:
             encoder_weights=_smp_weights(config, has_offline),
             encoder_output_stride=config.output_stride,
             decoder_channels=config.decoder_channels,
-            classes=1,
+            classes=len(head.channels),
         )
     except Exception as exc:  # smp raises many types: download errors, key errors, ...
         if config.weights == "imagenet":

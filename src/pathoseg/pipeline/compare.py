@@ -19,7 +19,7 @@ from pathoseg.data.images import read_label_png_or_none, write_label_png
 from pathoseg.engine.checkpoint import load_model
 from pathoseg.engine.cost import gflops, latency_ms, peak_rss_mb
 from pathoseg.engine.device import choose_device
-from pathoseg.engine.postprocess import InstanceConfig
+from pathoseg.engine.instances import InstanceConfig
 from pathoseg.engine.predict import PredictConfig
 from pathoseg.engine.train import TrainConfig
 from pathoseg.errors import PathosegError

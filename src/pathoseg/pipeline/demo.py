@@ -8,7 +8,7 @@ from pathlib import Path
 from pathoseg.data.synthetic import write_synthetic
 from pathoseg.engine.checkpoint import load_model
 from pathoseg.engine.device import choose_device
-from pathoseg.engine.postprocess import InstanceConfig
+from pathoseg.engine.instances import InstanceConfig
 from pathoseg.engine.predict import PredictConfig
 from pathoseg.engine.train import TrainConfig
 from pathoseg.pipeline.evaluation import EvaluationOutputs, evaluate_parts, model_segmenter, write_outputs

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,11 +14,11 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from pathoseg.data.images import read_mask
+from pathoseg.data.images import BinaryMaskWarning, read_mask
 from pathoseg.data.samples import Sample, SampleSet
 from pathoseg.data.splits import Split
-from pathoseg.engine.postprocess import InstanceConfig, to_instances
-from pathoseg.engine.predict import PredictConfig, predict_probs
+from pathoseg.engine.instances import InstanceConfig
+from pathoseg.engine.predict import PredictConfig, predict_instances
 from pathoseg.errors import PathosegError
 from pathoseg.io import atomic_path, write_json
 from pathoseg.metrics import ObjectTally, object_metrics, object_tally, pixel_counts, pixel_summary
@@ -31,7 +32,7 @@ from pathoseg.viz.figures import (
     panel_figure,
     save_figure,
 )
-from pathoseg.viz.overlay import overlap_image
+from pathoseg.viz.overlay import instance_overlap_image
 from pathoseg.viz.report import Report, image_html
 
 METRIC_KEYS = ("iou_pooled", "iou_mean", "dice_pooled", "dice_mean", "f1", "object_dice", "object_hausdorff")
@@ -61,7 +62,7 @@ def score_image(sample: Sample, part: str, gt: np.ndarray, seg: np.ndarray,
         raise PathosegError(
             f"prediction size {seg.shape[::-1]} does not match ground truth {gt.shape[::-1]}", sample.name
         )
-    picture = overlap_image(image, gt, seg) if image is not None else None
+    picture = instance_overlap_image(image, gt, seg) if image is not None else None
     return ImageResult(sample.name, part, sample.grade, pixel_counts(gt, seg), object_tally(gt, seg), picture)
 
 
@@ -108,7 +109,7 @@ def evaluate_parts(data: SampleSet, split: Split, segment: Segmenter, parts: Seq
 
 def model_segmenter(model: GlandSegmenter, pcfg: PredictConfig, icfg: InstanceConfig,
                     device: torch.device) -> Segmenter:
-    return lambda sample, image: to_instances(predict_probs(model, image, pcfg, device), icfg)
+    return lambda sample, image: predict_instances(model, image, pcfg, icfg, device)[0]
 
 
 def folder_segmenter(pred_dir: Path) -> Segmenter:
@@ -120,7 +121,9 @@ def folder_segmenter(pred_dir: Path) -> Segmenter:
         path = pred_dir / f"{sample.name}.png"
         if not path.is_file():
             raise PathosegError(f"no prediction for image {sample.name}", path)
-        return read_mask(path)
+        with warnings.catch_warnings():  # a binary prediction is scored by its components, as documented
+            warnings.simplefilter("ignore", BinaryMaskWarning)
+            return read_mask(path)
 
     return read
 
@@ -139,7 +142,8 @@ def gallery_html(results: Sequence[ImageResult]) -> str:
              f'{image_html(_thumbnail_png(r.overlap), f"{r.name} ({r.part}) IoU {r.iou:.3f}")}</div>'
              for r in ranked]
     legend = ('<p class="note">Ground truth <b style="color:#d00">red</b>, prediction '
-              '<b style="color:#0a0">green</b>, overlap <b style="color:#aa0">yellow</b>; worst IoU first.</p>')
+              '<b style="color:#0a0">green</b>, overlap <b style="color:#aa0">yellow</b>; each predicted gland '
+              'outlined in its own colour; worst IoU first.</p>')
     return legend + "".join(cells)
 
 

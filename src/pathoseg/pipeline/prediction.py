@@ -10,8 +10,8 @@ import torch
 from tqdm import tqdm
 
 from pathoseg.data.images import read_image, write_label_png, write_rgb_png
-from pathoseg.engine.postprocess import InstanceConfig, to_instances
-from pathoseg.engine.predict import PredictConfig, predict_probs
+from pathoseg.engine.instances import InstanceConfig
+from pathoseg.engine.predict import PredictConfig, predict_instances
 from pathoseg.models import GlandSegmenter
 from pathoseg.viz.overlay import mask_overlay
 
@@ -22,7 +22,7 @@ def predict_files(model: GlandSegmenter, images: Sequence[Path], out: Path, pcfg
     written = []
     for path in tqdm(images, desc="predicting", unit="img", disable=not progress, leave=False):
         image = read_image(path)
-        labels = to_instances(predict_probs(model, image, pcfg, device), icfg)
+        labels, _ = predict_instances(model, image, pcfg, icfg, device)
         write_label_png(out / "masks" / f"{path.stem}.png", (labels > 0).astype(np.uint8) * 255)
         write_label_png(out / "instances" / f"{path.stem}.png", labels)
         write_rgb_png(out / "overlays" / f"{path.stem}.png", mask_overlay(image, labels))

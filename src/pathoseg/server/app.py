@@ -28,6 +28,7 @@ from pathoseg.server.project import (
     add_image,
     decode_upload,
     export,
+    predicted_instances,
     safe_name,
     save_mask,
 )
@@ -145,13 +146,23 @@ def create_app(cfg: ServerConfig) -> FastAPI:
 
     @app.get("/api/images/{image_id}/mask.png")
     def mask_png(image_id: int, u: Authed) -> Response:
-        """The latest saved mask; without one, the active model's prediction (p > 0.5)."""
+        """The latest saved mask; without one, the active model's glands (instance decoder)."""
         image = get_image(image_id)
         if image.mask_version:
             return FileResponse(project.mask_path(image.name, image.mask_version), media_type="image/png")
-        probs = _prediction(image)
-        mask = (probs > 127) if probs is not None else np.zeros((image.height, image.width), bool)
-        return _png(mask.astype(np.uint8) * 255)
+        glands = predicted_instances(project, image)
+        if glands is None:
+            probs = _prediction(image)
+            glands = (probs > 127) if probs is not None else np.zeros((image.height, image.width), bool)
+        return _png((glands > 0).astype(np.uint8) * 255)
+
+    @app.get("/api/images/{image_id}/instances.png")
+    def instances_png(image_id: int, u: Authed) -> Response:
+        """The active model's glands as a label map (0 background, 1..N; 16-bit when N > 255)."""
+        glands = predicted_instances(project, get_image(image_id))
+        if glands is None:
+            raise HTTPException(404, "no prediction yet: no model is active")
+        return _png(glands.astype(np.uint16) if glands.max(initial=0) > 255 else glands.astype(np.uint8))
 
     @app.get("/api/images/{image_id}/prediction.png")
     def prediction_png(image_id: int, u: Authed) -> Response:

@@ -14,11 +14,12 @@ from dataclasses import dataclass
 import numpy as np
 from sqlalchemy import func, select
 
-from pathoseg.data.cache import ScaledPair, resize_image, resize_target
-from pathoseg.data.images import read_image, write_label_png
+from pathoseg.data.cache import ScaledPair, resize_image, resize_target, to_target
+from pathoseg.data.images import label_components, read_image, write_label_png
 from pathoseg.engine.checkpoint import Checkpoint, load_model
 from pathoseg.engine.device import choose_device
-from pathoseg.engine.predict import PredictConfig, predict_probs
+from pathoseg.engine.instances import InstanceConfig, decode_instances
+from pathoseg.engine.predict import PredictConfig, predict_maps
 from pathoseg.engine.train import TrainConfig, fit, validate
 from pathoseg.hitl.selection import mean_entropy
 from pathoseg.models import ModelConfig, build_model
@@ -89,7 +90,7 @@ class Worker:
                 mask = current_mask(self.project, image)
                 rgb = read_image(self.project.image_path(image.name))
                 out.append((image.name, image.mask_version, resize_image(rgb, s.scale),
-                            resize_target(mask.astype(np.uint8), s.scale)))
+                            resize_target(to_target(label_components(mask > 0)), s.scale)))
         return out
 
     def _train(self, job_id: int) -> None:
@@ -141,9 +142,11 @@ class Worker:
         device = choose_device(self.settings.device)
         model, ckpt = load_model(self.project.model_path(version), device)
         for k, name in enumerate(names):
-            probs = predict_probs(model, read_image(self.project.image_path(name)), PredictConfig(scale=ckpt.scale),
-                                  device)
+            maps = predict_maps(model, read_image(self.project.image_path(name)), PredictConfig(scale=ckpt.scale),
+                                device)
+            probs = maps["gland"]
             write_label_png(self.project.prediction_path(version, name), np.round(probs * 255).astype(np.uint8))
+            write_label_png(self.project.instances_path(version, name), decode_instances(maps, InstanceConfig()))
             with self.project.session() as session:
                 image = session.scalars(select(Image).where(Image.name == name)).one()
                 image.uncertainty = mean_entropy(probs)

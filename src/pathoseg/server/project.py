@@ -6,6 +6,7 @@ import csv
 import io
 import json
 import re
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +14,16 @@ from skimage import measure
 from sqlalchemy import select
 
 from pathoseg.data.folder import images_in
-from pathoseg.data.images import open_image, read_image, read_mask, write_label_png, write_rgb_png
+from pathoseg.data.images import (
+    BinaryMaskWarning,
+    label_components,
+    open_image,
+    read_image,
+    read_mask,
+    read_target,
+    write_label_png,
+    write_rgb_png,
+)
 from pathoseg.errors import PathosegError
 from pathoseg.io import atomic_path, write_text
 from pathoseg.server.storage import Image, Mask, Project, now
@@ -71,7 +81,9 @@ def add_folder(project: Project, folder: str | Path) -> int:
     n = 0
     for path in images_in(img_dir):
         name = safe_name(path.name)
-        mask = read_mask(masks[name]) if name in masks else None
+        with warnings.catch_warnings():  # the app stores binary masks for now: nothing is lost
+            warnings.simplefilter("ignore", BinaryMaskWarning)
+            mask = read_mask(masks[name]) if name in masks else None
         add_image(project, name, read_image(path), mask)
         n += 1
     return n
@@ -80,7 +92,15 @@ def add_folder(project: Project, folder: str | Path) -> int:
 def current_mask(project: Project, image: Image) -> np.ndarray | None:
     if image.mask_version == 0:
         return None
-    return read_mask(project.mask_path(image.name, image.mask_version)) > 0
+    return read_target(project.mask_path(image.name, image.mask_version)) > 0
+
+
+def predicted_instances(project: Project, image: Image) -> np.ndarray | None:
+    """The active model's glands for ``image`` (instance label map), when predicted."""
+    with project.session() as s:
+        active = project.active_model(s)
+    path = project.instances_path(active.version, image.name) if active is not None else None
+    return read_target(path).astype(np.int32) if path is not None and path.is_file() else None
 
 
 def save_mask(project: Project, image_id: int, mask: np.ndarray, base_version: int, user: str,
@@ -106,9 +126,10 @@ def save_mask(project: Project, image_id: int, mask: np.ndarray, base_version: i
 
 
 def polygons(mask: np.ndarray) -> list[list[list[float]]]:
-    """Outer contours (x, y) of each gland, closed, for GeoJSON."""
+    """Outer contours (x, y) of each gland, closed, for GeoJSON; ``mask`` is an instance
+    label map (a binary mask: its components are the glands)."""
     out = []
-    labels = measure.label(np.pad(mask > 0, 1), connectivity=2)
+    labels = np.pad(mask if mask.dtype != bool else label_components(mask), 1)
     for region in measure.regionprops(labels):
         contour = max(measure.find_contours(labels == region.label, 0.5), key=len)
         ring = [[float(c - 1), float(r - 1)] for r, c in contour]
@@ -120,24 +141,28 @@ def polygons(mask: np.ndarray) -> list[list[list[float]]]:
 
 
 def export(project: Project, out: str | Path) -> Path:
-    """masks/ (0/255), instances/ (label maps), geojson/ (QuPath), status.csv (status and effort)."""
+    """masks/ (0/255), instances/ (label maps), geojson/ (QuPath), status.csv (status and effort).
+
+    Images nobody corrected yet are exported with the active model's glands (status
+    ``predicted`` in status.csv), straight from the instance decoder."""
     out = Path(out)
     rows = []
     with project.session() as s:
         for image in s.scalars(select(Image).order_by(Image.name)):
             mask = current_mask(project, image)
+            instances = label_components(mask) if mask is not None else predicted_instances(project, image)
             seconds = sum(m.seconds for m in image.masks)
             rows.append({"name": image.name, "status": image.status, "mask_version": image.mask_version,
                          "updated_by": image.updated_by or "", "seconds": round(seconds, 1),
                          "edits": sum(sum(m.operations.values()) for m in image.masks if m.operations)})
-            if mask is None:
+            if instances is None:
                 continue
-            write_label_png(out / "masks" / f"{image.name}.png", mask.astype(np.uint8) * 255)
-            write_label_png(out / "instances" / f"{image.name}.png", measure.label(mask, connectivity=2))
+            write_label_png(out / "masks" / f"{image.name}.png", (instances > 0).astype(np.uint8) * 255)
+            write_label_png(out / "instances" / f"{image.name}.png", instances)
             features = [{"type": "Feature", "geometry": {"type": "Polygon", "coordinates": [ring]},
                          "properties": {"objectType": "annotation",
                                         "classification": {"name": "Gland", "color": [0, 160, 0]}}}
-                        for ring in polygons(mask)]
+                        for ring in polygons(instances)]
             write_text(out / "geojson" / f"{image.name}.geojson",
                        json.dumps({"type": "FeatureCollection", "features": features}))
     with atomic_path(out / "status.csv") as tmp, tmp.open("w", newline="") as f:

@@ -117,7 +117,12 @@ class Project:
         return self.root / "models" / f"v{version}.pt"
 
     def prediction_path(self, model_version: int, name: str) -> Path:
+        """The model's gland probability x 255."""
         return self.root / "predictions" / f"v{model_version}" / f"{name}.png"
+
+    def instances_path(self, model_version: int, name: str) -> Path:
+        """The model's glands (label map), from pathoseg's instance decoder."""
+        return self.root / "predictions" / f"v{model_version}" / "instances" / f"{name}.png"
 
     def active_model(self, session: Session) -> ModelVersion | None:
         return session.scalars(select(ModelVersion).where(ModelVersion.active)).first()

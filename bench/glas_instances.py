@@ -1,0 +1,154 @@
+"""Instance-aware DeepLabV3+ on GlaS (official split), seed by seed, resumable.
+
+    python bench/glas_instances.py --seeds 0,1,2 --out runs/bench-instances \\
+        --json docs/results/glas_default.json
+    python bench/glas_instances.py --head sdt --epochs 40 --seeds 0 --out runs/bench-sdt-e40
+
+Each seed trains in ``OUT/seed<k>/`` (``last.pt`` lets a stopped seed continue) and is then
+evaluated on testA, testB and both with the model's own instance decoder and, for
+comparison, with connected components of the same gland map. ``seed<k>/result.json`` is
+written last: a finished seed is never redone, and a seed whose settings differ from the
+command's stops with an error naming the setting (``--fresh`` starts over).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import shlex
+import shutil
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pathoseg.engine.checkpoint import load_model
+from pathoseg.engine.instances import InstanceConfig
+from pathoseg.engine.predict import PredictConfig
+from pathoseg.engine.train import TrainConfig
+from pathoseg.models import DEFAULT_HEAD, ModelConfig
+from pathoseg.pipeline.evaluation import evaluate_parts, metrics_lines, model_segmenter, summarize_parts
+from pathoseg.pipeline.training import find_glas, plan_data, run_training
+
+KEYS = ("f1", "object_dice", "object_hausdorff", "iou_pooled")
+PARTS = ("testA", "testB", "test")
+# Published results on the same test set (F1, object Dice, object Hausdorff), testA | testB.
+REFERENCES = {
+    "DCAN (GlaS 2015 winner)": {"testA": (0.912, 0.897, 45.4), "testB": (0.716, 0.781, 160.3)},
+    "MILD-Net (2019)": {"testA": (0.914, 0.913, 41.5), "testB": (0.844, 0.836, 105.9)},
+    "SDT (MICCAI 2023)": {"testA": (0.931, 0.919, 32.3), "testB": (0.866, 0.851, 82.4)},
+}
+
+
+def device_name() -> str:
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name(0)
+    return f"CPU ({platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def run_seed(args: argparse.Namespace, cfg: TrainConfig, out: Path, data: Path) -> dict:
+    done = out / "result.json"
+    wanted = cfg.to_dict() | {"progress": None}
+    if done.is_file():
+        result = json.loads(done.read_text())
+        stored = result["config"] | {"progress": None}
+        differing = [k for k in wanted if stored.get(k) != wanted[k]]
+        if differing:
+            raise SystemExit(f"{done}: made with another {differing[0]} ({stored.get(differing[0])!r}, "
+                             f"now {wanted[differing[0]]!r}); pass --fresh to start over")
+        return result
+    plan = plan_data(data, "official", seed=cfg.seed, val_fraction=args.val_fraction)
+    resume = (out / "last.pt").is_file()
+    trained = run_training(plan, cfg, out, args.device, resume=resume)
+    model, ckpt = load_model(trained.best)
+    result: dict = {"config": cfg.to_dict(), "train_minutes": trained.state.elapsed / 60,
+                    "epochs": len(trained.history), "best_epoch": ckpt.epoch, "decoders": {}}
+    decoders = {"model": InstanceConfig(), "components": InstanceConfig(method="components")}
+    for name, icfg in decoders.items():
+        start = time.perf_counter()
+        segment = model_segmenter(model, PredictConfig(scale=ckpt.scale, tta=args.tta), icfg, "cpu")
+        metrics = summarize_parts(evaluate_parts(plan.data, plan.split, segment, progress=False,
+                                                 keep_pictures=False))
+        result["decoders"][name] = {"eval_s": time.perf_counter() - start, **metrics}
+        print(f"seed {cfg.seed}, decoder {name}:\n" + "\n".join(metrics_lines(metrics)), flush=True)
+    done.write_text(json.dumps(result, indent=2))
+    return result
+
+
+def summary_json(results: list[dict], command: str) -> dict:
+    out: dict = {"command": command, "device": device_name(),
+                 "train_minutes": [r["train_minutes"] for r in results]}
+    for part in PARTS:
+        out[part] = {k: [r["decoders"]["model"][part][k] for r in results] for k in KEYS}
+    out["components_decoder"] = {part: {k: [r["decoders"]["components"][part][k] for r in results] for k in KEYS}
+                                 for part in PARTS}
+    return out
+
+
+def table(summary: dict) -> str:
+    def cell(values: list[float], digits: int) -> str:
+        return f"{np.mean(values):.{digits}f} ± {np.std(values):.{digits}f}" if len(values) > 1 else \
+            f"{values[0]:.{digits}f}"
+
+    lines = ["| method | testA F1 | testA obj. Dice | testA obj. Hausdorff | testB F1 | testB obj. Dice | "
+             "testB obj. Hausdorff | pooled IoU (both) |", "|---" * 8 + "|"]
+    for label, parts in (("pathoseg (instance decoder)", {p: summary[p] for p in PARTS}),
+                         ("same models, connected components", summary["components_decoder"])):
+        cells = [cell(parts[p][k], 1 if k == "object_hausdorff" else 3)
+                 for p in ("testA", "testB") for k in KEYS[:3]]
+        lines.append(f"| {label} | " + " | ".join(cells) + f" | {cell(parts['test']['iou_pooled'], 4)} |")
+    for name, ref in REFERENCES.items():
+        cells = [f"{v}" for p in ("testA", "testB") for v in ref[p]]
+        lines.append(f"| {name} | " + " | ".join(cells) + " | – |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    d = TrainConfig()
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data")
+    ap.add_argument("--out", default="runs/bench-instances")
+    ap.add_argument("--json", help="write the summary here (docs/results/glas_default.json)")
+    ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--model", default=d.model.preset)
+    ap.add_argument("--head", default=DEFAULT_HEAD)
+    ap.add_argument("--output-stride", type=int, default=d.model.output_stride)
+    ap.add_argument("--epochs", type=int, default=d.epochs)
+    ap.add_argument("--scale", type=float, default=d.scale)
+    ap.add_argument("--crop", type=int, default=d.crop)
+    ap.add_argument("--lr", type=float, default=d.lr)
+    ap.add_argument("--val-fraction", type=float, default=0.1)
+    ap.add_argument("--tta", action="store_true")
+    ap.add_argument("--device")
+    ap.add_argument("--fresh", action="store_true", help="delete earlier results in OUT first")
+    args = ap.parse_args()
+
+    data = find_glas(args.data)
+    if data is None:
+        raise SystemExit("GlaS not found: pass --data")
+    out = Path(args.out)
+    if args.fresh and out.exists():
+        shutil.rmtree(out)
+    model = ModelConfig(args.model, args.output_stride, head=args.head)
+    results = []
+    for seed in (int(s) for s in args.seeds.split(",")):
+        cfg = replace(d, model=model, epochs=args.epochs, scale=args.scale, crop=args.crop, lr=args.lr,
+                      seed=seed, progress=sys.stderr.isatty())
+        results.append(run_seed(args, cfg, out / f"seed{seed}", data))
+    command = "python bench/glas_instances.py " + shlex.join(sys.argv[1:])
+    summary = summary_json(results, command)
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(summary, indent=2) + "\n")
+    print(table(summary))
+    print(f"training minutes per seed: {', '.join(f'{m:.1f}' for m in summary['train_minutes'])} "
+          f"on {summary['device']}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,170 @@
+"""Glands as objects: instance targets, the one decoder, heads in checkpoints."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from skimage.draw import disk
+
+from pathoseg.data.images import BinaryMaskWarning, read_mask, write_label_png
+from pathoseg.data.targets import IGNORE, contour_target, head_targets, sdt_target
+from pathoseg.engine.checkpoint import FORMAT, Checkpoint, load_model
+from pathoseg.engine.instances import InstanceConfig, InstanceFallbackWarning, decode_instances
+from pathoseg.engine.predict import PredictConfig, predict_logits
+from pathoseg.metrics import object_metrics, object_tally
+from pathoseg.models import ModelConfig, build_model
+
+
+def touching_discs(shape=(100, 160)) -> np.ndarray:
+    """Two discs whose rims share a straight line (ids 1 and 2, no gap)."""
+    labels = np.zeros(shape, np.uint16)
+    labels[disk((50, 52), 32, shape=shape)] = 1
+    second = np.zeros(shape, bool)
+    second[disk((50, 108), 32, shape=shape)] = True
+    labels[second & (labels == 0)] = 2
+    return labels
+
+
+def test_contour_target_marks_the_line_between_two_touching_ids():
+    labels = touching_discs()
+    contour = contour_target(labels, width=2)
+    line = np.argwhere((labels[:, :-1] == 1) & (labels[:, 1:] == 2))
+    assert len(line) > 10
+    assert all(contour[r, c] == 1 and contour[r, c + 1] == 1 for r, c in line)
+    assert contour[50, 52] == 0 and contour[50, 108] == 0  # centres are interior
+    assert contour[5, 5] == 0  # far background
+    # The line is not a boundary of the binary mask: only the ids make it learnable.
+    middle = line[np.abs(line[:, 0] - 50) < 10]
+    assert contour_target((labels > 0).astype(np.uint16))[middle[:, 0], middle[:, 1]].sum() == 0
+
+
+def test_sdt_target_peaks_inside_each_gland_and_falls_to_the_boundary():
+    labels = touching_discs()
+    sdt = sdt_target(labels)
+    for gland, centre in ((1, (50, 52)), (2, (50, 108))):
+        inside = labels == gland
+        assert sdt[centre] > 0.9
+        assert sdt[inside].max() == pytest.approx(1.0)
+        rim = inside & ~np.pad(inside, 1)[2:, 1:-1]  # pixels whose lower neighbour is outside
+        assert sdt[rim].max() < 0.3
+    assert (sdt[labels == 0] == 0).all()
+    # Between the two glands the distance drops: two ridges with a valley.
+    assert sdt[50, 80] < 0.2 < 0.9 < sdt[50, 52]
+
+
+def test_targets_ignore_ignored_pixels():
+    labels = touching_discs()
+    labels[:, :20] = IGNORE
+    targets, valid = head_targets(labels, ("gland", "contour", "sdt"))
+    assert targets.shape == (3, *labels.shape)
+    assert not valid[:, :20].any() and valid[:, 20:].all()
+    assert targets[0][:, :20].sum() == 0  # ignored pixels are never glands
+
+
+@pytest.mark.parametrize("channel", ["contour", "sdt"])
+def test_decoder_separates_touching_discs_that_components_merge(channel):
+    labels = touching_discs()
+    targets, _ = head_targets(labels, ("gland", channel))
+    maps = {"gland": targets[0], channel: targets[1]}
+    cfg = InstanceConfig(min_size=50)
+    merged = decode_instances({"gland": targets[0]}, cfg)
+    assert merged.max() == 1  # connected components: one blob
+    split = decode_instances(maps, cfg)
+    assert split.max() == 2
+    for gland in (1, 2):
+        true = labels == gland
+        best = max(np.sum(true & (split == k)) / np.sum(true | (split == k)) for k in (1, 2))
+        assert best > 0.95
+
+
+def test_semantic_model_asked_for_contours_falls_back_to_components_and_says_so():
+    labels = touching_discs()
+    with pytest.warns(InstanceFallbackWarning, match="no contour output"):
+        out = decode_instances({"gland": (labels > 0).astype(np.float32)}, InstanceConfig(method="contour"))
+    assert out.max() == 1
+
+
+def test_decoder_drops_glands_below_min_size():
+    labels = np.zeros((60, 60), np.float32)
+    labels[5:35, 5:35] = 1  # 900 px
+    labels[45:50, 45:50] = 1  # 25 px
+    out = decode_instances({"gland": labels}, InstanceConfig(min_size=100))
+    assert out.max() == 1 and out[10, 10] == 1 and out[47, 47] == 0
+
+
+def test_old_checkpoint_without_head_loads_and_predicts_as_before(tmp_path):
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(weights="none", head="semantic")).eval()
+    path = Checkpoint.of(model, 0.5).save(tmp_path / "new.pt")
+    payload = torch.load(path, weights_only=True)
+    assert payload["format"] == FORMAT
+    del payload["model_config"]["head"]  # what checkpoints written before heads hold
+    torch.save(payload, tmp_path / "old.pt")
+    old, ckpt = load_model(tmp_path / "old.pt")
+    assert ckpt.model_config.head == "semantic" and old.head.channels == ("gland",)
+    image = np.random.default_rng(0).integers(0, 255, (64, 96, 3), dtype=np.uint8)
+    expected = predict_logits(model, image, PredictConfig(scale=1.0))
+    assert torch.equal(predict_logits(old, image, PredictConfig(scale=1.0)), expected)
+
+
+def test_default_model_has_an_instance_head():
+    model = build_model(ModelConfig(weights="none")).eval()
+    assert model.head.is_instance
+    out = model(torch.rand(1, 3, 64, 64))
+    assert out.shape == (1, len(model.head.channels), 64, 64)
+
+
+def test_binary_mask_becomes_components_with_a_one_line_warning(tmp_path):
+    labels = touching_discs()
+    for i in range(3):
+        write_label_png(tmp_path / f"m{i}.png", (labels > 0).astype(np.uint8) * 255)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("default")
+        masks = [read_mask(tmp_path / f"m{i}.png") for i in range(3)]
+    binary = [w for w in caught if issubclass(w.category, BinaryMaskWarning)]
+    assert binary and all("touching glands cannot be learned apart" in str(w.message) for w in binary)
+    assert "\n" not in str(binary[0].message) and str(tmp_path) in str(binary[0].message)
+    assert all(m.max() == 1 for m in masks)  # the two touching discs are one component
+
+
+def test_object_f1_of_decoded_instances_beats_components_on_touching_glands():
+    """The metric the decoder is for: on ideal maps, splitting merged glands raises F1."""
+    labels = touching_discs()
+    targets, _ = head_targets(labels, ("gland", "contour"))
+    cfg = InstanceConfig(min_size=50)
+    f1_components = object_metrics([object_tally(labels, decode_instances({"gland": targets[0]}, cfg))])["f1"]
+    f1_contour = object_metrics([object_tally(labels, decode_instances(
+        {"gland": targets[0], "contour": targets[1]}, cfg))])["f1"]
+    assert f1_components <= 0.67 and f1_contour == 1.0
+
+
+@pytest.mark.slow
+def test_tiny_training_on_touching_glands_beats_connected_components(tmp_path):
+    """A contour head trained for ~15 s on crowded synthetic glands (1 px of stroma between
+    neighbours) separates glands that the connected components of its own mask merge."""
+    from pathoseg.data import load_dataset
+    from pathoseg.data.cache import load_scaled
+    from pathoseg.data.synthetic import SyntheticConfig, synthetic_sample, write_synthetic
+    from pathoseg.engine.predict import predict_instances
+    from pathoseg.engine.train import TrainConfig, fit
+
+    crowded = SyntheticConfig(size=(128, 160), glands=(8, 12), radius=(16, 28), gap=1)
+    pairs = load_scaled(load_dataset(write_synthetic(tmp_path, n=16, seed=11, cfg=crowded)).samples, 1.0, False)
+    cfg = TrainConfig(model=ModelConfig("lite0", head="contour"), epochs=14, batch_size=4, crop=96, scale=1.0,
+                      lr=3e-3, repeats=2, progress=False)
+    torch.manual_seed(0)
+    model = build_model(cfg.model)
+    fit(model, pairs, [], cfg, torch.device("cpu"))
+    scores = {}
+    for method in ("auto", "components"):
+        tallies = []
+        for seed in range(900, 906):  # held-out images
+            image, labels = synthetic_sample(seed, crowded)
+            pred, _ = predict_instances(model, image, PredictConfig(scale=1.0), InstanceConfig(method, min_size=50))
+            tallies.append(object_tally(labels, pred))
+        scores[method] = object_metrics(tallies)
+    assert scores["auto"]["f1"] >= scores["components"]["f1"] + 0.03, scores
+    assert scores["auto"]["object_dice"] >= scores["components"]["object_dice"] + 0.02, scores
