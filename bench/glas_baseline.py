@@ -18,7 +18,6 @@ from pathlib import Path
 import torch
 
 from pathoseg.engine.checkpoint import load_model
-from pathoseg.engine.instances import InstanceConfig
 from pathoseg.engine.predict import PredictConfig
 from pathoseg.engine.train import TrainConfig
 from pathoseg.models import ModelConfig
@@ -58,7 +57,8 @@ def main() -> None:
               "s_per_epoch": sum(h["seconds"] for h in result.history) / max(1, len(result.history))}
     for which in ("best", "last"):
         model, ckpt = load_model(out / f"{which}.pt")
-        segment = model_segmenter(model, PredictConfig(scale=ckpt.scale, tta=args.tta), InstanceConfig(), "cpu")
+        segment = model_segmenter(model, PredictConfig(scale=ckpt.scale, tta=args.tta), ckpt.instance_config(),
+                                  "cpu")
         t1 = time.perf_counter()
         metrics = summarize_parts(evaluate_parts(plan.data, plan.split, segment, keep_pictures=False))
         report[which] = {"epoch": ckpt.epoch, "eval_s": time.perf_counter() - t1, **metrics}

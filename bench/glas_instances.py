@@ -20,14 +20,15 @@ import shlex
 import shutil
 import sys
 import time
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from pathoseg.engine.checkpoint import load_model
-from pathoseg.engine.instances import InstanceConfig
+from pathoseg.data.cache import load_scaled
+from pathoseg.engine.checkpoint import load_checkpoint, load_model
+from pathoseg.engine.instances import learned_min_size
 from pathoseg.engine.predict import PredictConfig
 from pathoseg.engine.train import TrainConfig
 from pathoseg.models import DEFAULT_HEAD, ModelConfig
@@ -60,14 +61,23 @@ def run_seed(args: argparse.Namespace, cfg: TrainConfig, out: Path, data: Path) 
         if differing:
             raise SystemExit(f"{done}: made with another {differing[0]} ({stored.get(differing[0])!r}, "
                              f"now {wanted[differing[0]]!r}); pass --fresh to start over")
-        return result
+        if not args.reevaluate:
+            return result
     plan = plan_data(data, "official", seed=cfg.seed, val_fraction=args.val_fraction)
-    resume = (out / "last.pt").is_file()
-    trained = run_training(plan, cfg, out, args.device, resume=resume)
-    model, ckpt = load_model(trained.best)
-    result: dict = {"config": cfg.to_dict(), "train_minutes": trained.state.elapsed / 60,
-                    "epochs": len(trained.history), "best_epoch": ckpt.epoch, "decoders": {}}
-    decoders = {"model": InstanceConfig(), "components": InstanceConfig(method="components")}
+    if done.is_file():  # --reevaluate: the same checkpoint through today's decoder
+        last = load_checkpoint(out / "last.pt")
+        elapsed, epochs = float(last.metrics["elapsed"]), last.epoch
+    else:
+        trained = run_training(plan, cfg, out, args.device, resume=(out / "last.pt").is_file())
+        elapsed, epochs = trained.state.elapsed, len(trained.history)
+    model, ckpt = load_model(out / "best.pt")
+    if not ckpt.instances:  # written before checkpoints learned the decoder's gland size floor
+        train = load_scaled(plan.data.subset(plan.split.train), cfg.scale, progress=False)
+        ckpt.instances = {"min_size": learned_min_size((p.target for p in train), cfg.scale)}
+    result: dict = {"config": cfg.to_dict(), "train_minutes": elapsed / 60,
+                    "instance_config": asdict(ckpt.instance_config()),
+                    "epochs": epochs, "best_epoch": ckpt.epoch, "decoders": {}}
+    decoders = {"model": ckpt.instance_config(), "components": ckpt.instance_config(method="components")}
     for name, icfg in decoders.items():
         start = time.perf_counter()
         segment = model_segmenter(model, PredictConfig(scale=ckpt.scale, tta=args.tta), icfg, "cpu")
@@ -125,6 +135,8 @@ def main() -> None:
     ap.add_argument("--tta", action="store_true")
     ap.add_argument("--device")
     ap.add_argument("--fresh", action="store_true", help="delete earlier results in OUT first")
+    ap.add_argument("--reevaluate", action="store_true",
+                    help="evaluate finished seeds again with the current decoder (no training)")
     args = ap.parse_args()
 
     data = find_glas(args.data)

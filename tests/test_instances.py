@@ -168,3 +168,18 @@ def test_tiny_training_on_touching_glands_beats_connected_components(tmp_path):
         scores[method] = object_metrics(tallies)
     assert scores["auto"]["f1"] >= scores["components"]["f1"] + 0.03, scores
     assert scores["auto"]["object_dice"] >= scores["components"]["object_dice"] + 0.02, scores
+
+
+def test_checkpoint_carries_the_gland_size_floor_learned_from_training_masks(tmp_path):
+    from pathoseg.engine.instances import learned_min_size
+
+    # 60 glands of 100 px at working scale 0.5 = 400 native px; a few tiny ones below the 2nd percentile
+    labels = [np.kron(np.arange(1, 11).reshape(2, 5), np.ones((10, 10), int)) for _ in range(6)]
+    assert learned_min_size(labels, 0.5) == 400
+    assert learned_min_size(labels[:2], 0.5) is None  # 20 glands are too few to learn from
+    model = build_model(ModelConfig(weights="none"))
+    Checkpoint.of(model, 0.5, instances={"min_size": 400}).save(tmp_path / "m.pt")
+    _, ckpt = load_model(tmp_path / "m.pt")
+    assert ckpt.instance_config().min_size == 400
+    assert ckpt.instance_config(min_size=50, method=None).min_size == 50  # a command-line flag wins
+    assert ckpt.instance_config().method == "auto"

@@ -46,8 +46,9 @@ def _add_predict_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--instances", default=d.method, choices=INSTANCE_METHODS,
                    help="instance decoder: auto = the model's own (contour / sdt), components for a "
                    "semantic model; see docs/metrics.md")
-    p.add_argument("--min-size", type=int, default=d.min_size,
-                   help="drop predicted glands smaller than this (native pixels)")
+    p.add_argument("--min-size", type=int, default=None,
+                   help="drop predicted glands smaller than this (native pixels; default: the 2nd percentile "
+                   f"of the training glands' areas, stored in the checkpoint, else {d.min_size})")
 
 
 def _train_config(args: argparse.Namespace):
@@ -61,11 +62,11 @@ def _train_config(args: argparse.Namespace):
     )
 
 
-def _predict_configs(args: argparse.Namespace, scale: float):
+def _predict_configs(args: argparse.Namespace, ckpt):
     from pathoseg.engine.predict import PredictConfig
 
-    return (PredictConfig(scale=scale, tta=args.tta, tile=args.tile),
-            InstanceConfig(method=args.instances, min_size=args.min_size))
+    return (PredictConfig(scale=ckpt.scale, tta=args.tta, tile=args.tile),
+            ckpt.instance_config(method=args.instances, min_size=args.min_size))
 
 
 def cmd_train(args: argparse.Namespace) -> None:
@@ -118,7 +119,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
             plan = plan_data(data, args.split)
             plan.split = Split.from_dict(ckpt.split, args.checkpoint)
             plan.split.check(plan.data)
-        pcfg, icfg = _predict_configs(args, ckpt.scale)
+        pcfg, icfg = _predict_configs(args, ckpt)
         segment, history = model_segmenter(model, pcfg, icfg, device), ckpt.history
     else:
         raise PathosegError("pass a checkpoint (pathoseg evaluate runs/x/best.pt) or --predictions DIR")
@@ -148,7 +149,7 @@ def cmd_predict(args: argparse.Namespace) -> None:
     device = choose_device(args.device)
     model, ckpt = load_model(args.checkpoint, device)
     images = [p for src in args.inputs for p in images_in(src)]
-    pcfg, icfg = _predict_configs(args, ckpt.scale)
+    pcfg, icfg = _predict_configs(args, ckpt)
     predict_files(model, images, Path(args.out), pcfg, icfg, device)
     print(f"{len(images)} images -> {args.out}/masks, {args.out}/instances, {args.out}/overlays")
 

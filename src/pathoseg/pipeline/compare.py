@@ -19,7 +19,6 @@ from pathoseg.data.images import read_label_png_or_none, write_label_png
 from pathoseg.engine.checkpoint import load_model
 from pathoseg.engine.cost import gflops, latency_ms, peak_rss_mb
 from pathoseg.engine.device import choose_device
-from pathoseg.engine.instances import InstanceConfig
 from pathoseg.engine.predict import PredictConfig
 from pathoseg.engine.train import TrainConfig
 from pathoseg.errors import PathosegError
@@ -73,7 +72,7 @@ def run_one(data_path: str, cfg: CompareConfig, model: str, seed: int, out: str)
     peak = torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else peak_rss_mb()
     net, ckpt = load_model(result.best, device)
     pcfg = PredictConfig(scale=ckpt.scale)
-    segment = model_segmenter(net, pcfg, InstanceConfig(), device)
+    segment = model_segmenter(net, pcfg, ckpt.instance_config(), device)
     shown = set(gallery_names(plan.split.test_names, cfg.gallery))
 
     def segment_and_keep(sample, image):

@@ -8,7 +8,6 @@ from pathlib import Path
 from pathoseg.data.synthetic import write_synthetic
 from pathoseg.engine.checkpoint import load_model
 from pathoseg.engine.device import choose_device
-from pathoseg.engine.instances import InstanceConfig
 from pathoseg.engine.predict import PredictConfig
 from pathoseg.engine.train import TrainConfig
 from pathoseg.pipeline.evaluation import EvaluationOutputs, evaluate_parts, model_segmenter, write_outputs
@@ -51,7 +50,7 @@ def run_demo(out: Path, data: str | Path | None = None, quick: bool = False, dev
     result = run_training(plan, cfg, out / "model", device)
     dev = choose_device(device)
     model, ckpt = load_model(result.best, dev)
-    segment = model_segmenter(model, PredictConfig(scale=ckpt.scale), InstanceConfig(), dev)
+    segment = model_segmenter(model, PredictConfig(scale=ckpt.scale), ckpt.instance_config(), dev)
     results = evaluate_parts(plan.data, plan.split, segment, progress=cfg.progress)
     outputs = write_outputs(results, out, "pathoseg demo: DeepLabV3+ gland segmentation", history=result.history)
     return DemoResult(Path(found), synthetic, outputs, result.best)

@@ -18,7 +18,7 @@ from pathoseg.data.cache import ScaledPair, resize_image, resize_target, to_targ
 from pathoseg.data.images import label_components, read_image, write_label_png
 from pathoseg.engine.checkpoint import Checkpoint, load_model
 from pathoseg.engine.device import choose_device
-from pathoseg.engine.instances import InstanceConfig, decode_instances
+from pathoseg.engine.instances import decode_instances
 from pathoseg.engine.predict import PredictConfig, predict_maps
 from pathoseg.engine.train import TrainConfig, fit, validate
 from pathoseg.hitl.selection import mean_entropy
@@ -146,7 +146,7 @@ class Worker:
                                 device)
             probs = maps["gland"]
             write_label_png(self.project.prediction_path(version, name), np.round(probs * 255).astype(np.uint8))
-            write_label_png(self.project.instances_path(version, name), decode_instances(maps, InstanceConfig()))
+            write_label_png(self.project.instances_path(version, name), decode_instances(maps, ckpt.instance_config()))
             with self.project.session() as session:
                 image = session.scalars(select(Image).where(Image.name == name)).one()
                 image.uncertainty = mean_entropy(probs)
