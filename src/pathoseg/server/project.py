@@ -5,13 +5,19 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
+import numbers
+import os
 import re
 import warnings
 from pathlib import Path
 
 import numpy as np
+from PIL import Image as PILImage
 from skimage import measure
-from sqlalchemy import select
+from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 
 from pathoseg.data.folder import images_in
 from pathoseg.data.images import (
@@ -22,15 +28,18 @@ from pathoseg.data.images import (
     read_mask,
     read_target,
     write_label_png,
-    write_rgb_png,
 )
 from pathoseg.errors import PathosegError
 from pathoseg.io import atomic_path, write_text
-from pathoseg.server.storage import Image, Mask, Project, now
+from pathoseg.server.storage import MAX_ID, Image, Mask, Project, now
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
 MAX_UPLOAD_BYTES = 50 * 2**20
 MAX_UPLOAD_PIXELS = 40_000_000  # 40 MP: a GlaS tile is 0.4 MP; bigger is a bomb or a whole slide
+MAX_SECONDS = 86_400  # effort logged with one save: at most a day
+MAX_OPERATIONS = 10**6  # edits of one kind logged with one save
+MAX_OPERATION_KINDS = 100
+MAX_OPERATION_NAME = 64
 
 
 class ConflictError(PathosegError):
@@ -53,22 +62,76 @@ def decode_upload(data: bytes, filename: str) -> np.ndarray:
     return np.array(img.convert("RGB"), dtype=np.uint8)
 
 
+def decode_mask(data: bytes, filename: str) -> np.ndarray:
+    """Boolean mask from uploaded bytes: any non-zero value in any channel is gland. With an
+    alpha channel that has fully transparent pixels, the visible (alpha > 0) pixels are gland,
+    whatever colour they or the transparent ones have."""
+    if len(data) > MAX_UPLOAD_BYTES:
+        raise PathosegError(f"upload larger than {MAX_UPLOAD_BYTES // 2**20} MiB", filename)
+    img = open_image(io.BytesIO(data), filename, MAX_UPLOAD_PIXELS)
+    if img.mode in ("1", "I", "F") or img.mode.startswith("I;") or (img.mode == "L" and "transparency" not in img.info):
+        return np.array(img) != 0  # one channel (1-, 8-, 16- or 32-bit)
+    rgba = np.array(img.convert("RGBA"))  # palette, grey + alpha, RGB(A), CMYK, ...
+    alpha = rgba[..., 3]
+    if (alpha == 0).any():
+        return alpha > 0
+    return (rgba[..., :3] > 0).any(axis=-1)
+
+
+def _write_png(path: Path, array: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    PILImage.fromarray(array).save(path, format="PNG")
+
+
+def _place(staged: list[tuple[Path, Path]]) -> None:
+    """Move committed files into place (after their rows committed)."""
+    for tmp, final in staged:
+        try:
+            os.replace(tmp, final)
+        except FileNotFoundError:
+            if not final.is_file():
+                raise
+            # a reader found it missing and settled the staged files first
+
+
+def _discard(session: Session, staged: list[tuple[Path, Path]]) -> None:
+    """A save failed: drop its staged files and roll its rows back."""
+    for tmp, _ in staged:
+        tmp.unlink(missing_ok=True)
+    session.rollback()
+
+
 def add_image(project: Project, name: str, rgb: np.ndarray, mask: np.ndarray | None = None,
               user: str | None = None) -> Image:
+    """Import an image (and its mask as version 1); files are staged, the rows committed, then
+    the files renamed into place, so a failed or racing import leaves no file behind."""
+    if mask is not None and mask.shape != rgb.shape[:2]:
+        raise PathosegError(f"mask size does not match image {name}")
     with project.session() as s:
         if s.scalars(select(Image).where(Image.name == name)).first():
             raise PathosegError(f"an image named {name!r} is already in the project")
-        write_rgb_png(project.image_path(name), rgb)
-        row = Image(name=name, width=rgb.shape[1], height=rgb.shape[0], updated_by=user)
-        s.add(row)
-        s.flush()
-        if mask is not None:
-            if mask.shape != rgb.shape[:2]:
-                raise PathosegError(f"mask size does not match image {name}")
-            write_label_png(project.mask_path(name, 1), (mask > 0).astype(np.uint8) * 255)
-            s.add(Mask(image_id=row.id, version=1, source="import", user=user))
-            row.mask_version, row.status = 1, "approved"
-        s.commit()
+        staged: list[tuple[Path, Path]] = []
+        try:
+            final = project.image_path(name)
+            staged.append((project.staged_path(final), final))
+            _write_png(staged[-1][0], np.asarray(rgb, dtype=np.uint8))
+            row = Image(name=name, width=rgb.shape[1], height=rgb.shape[0], updated_by=user)
+            s.add(row)
+            s.flush()
+            if mask is not None:
+                final = project.mask_path(name, 1)
+                staged.append((project.staged_path(final), final))
+                _write_png(staged[-1][0], (mask > 0).astype(np.uint8) * 255)
+                s.add(Mask(image_id=row.id, version=1, source="import", user=user))
+                row.mask_version, row.status = 1, "approved"
+            s.commit()
+        except IntegrityError:  # the same name imported at the same moment
+            _discard(s, staged)
+            raise PathosegError(f"an image named {name!r} is already in the project") from None
+        except BaseException:
+            _discard(s, staged)
+            raise
+        _place(staged)
         return row
 
 
@@ -103,25 +166,80 @@ def predicted_instances(project: Project, image: Image) -> np.ndarray | None:
     return read_target(path).astype(np.int32) if path is not None and path.is_file() else None
 
 
+def effort(seconds: float, operations: dict | None) -> tuple[float, dict[str, int]]:
+    """The effort logged with a save, checked: finite seconds within a day, and at most
+    ``MAX_OPERATION_KINDS`` named edit counts of 0..``MAX_OPERATIONS``."""
+    try:
+        seconds = float(seconds)
+    except (TypeError, ValueError):
+        raise PathosegError(f"seconds must be a number, not {seconds!r}") from None
+    if not (math.isfinite(seconds) and 0 <= seconds <= MAX_SECONDS):
+        raise PathosegError(f"seconds must be from 0 to {MAX_SECONDS}, not {seconds}")
+    operations = dict(operations or {})
+    if len(operations) > MAX_OPERATION_KINDS:
+        raise PathosegError(f"at most {MAX_OPERATION_KINDS} kinds of operations, not {len(operations)}")
+    for kind, count in operations.items():
+        if not isinstance(kind, str) or not 0 < len(kind) <= MAX_OPERATION_NAME:
+            raise PathosegError(f"operation names are 1 to {MAX_OPERATION_NAME} characters, not {kind!r:.80}")
+        if isinstance(count, bool) or not isinstance(count, numbers.Integral) or not 0 <= count <= MAX_OPERATIONS:
+            raise PathosegError(f"operation counts are whole numbers from 0 to {MAX_OPERATIONS}, not {count!r:.80}")
+    return seconds, {kind: int(count) for kind, count in operations.items()}
+
+
+def _conflict(image: Image, base_version: int) -> ConflictError:
+    return ConflictError(f"{image.name} was saved by {image.updated_by} since you opened it "
+                         f"(version {image.mask_version}, yours {base_version}); reload to see it")
+
+
 def save_mask(project: Project, image_id: int, mask: np.ndarray, base_version: int, user: str,
               seconds: float = 0.0, operations: dict | None = None, approve: bool = False) -> Image:
-    """Store a corrected mask as a new version; refuse when ``base_version`` is stale."""
+    """Store a corrected mask as a new version; refuse when ``base_version`` is stale.
+
+    The version is claimed with a compare-and-set (``UPDATE images ... WHERE mask_version =
+    base``) in the same transaction as the new masks row, so of several saves from one base
+    version exactly one wins, on SQLite and PostgreSQL alike; the others get a ConflictError
+    naming who saved. The PNG is staged, the rows committed, then the PNG renamed into place."""
+    seconds, operations = effort(seconds, operations)
+    if isinstance(base_version, bool) or not isinstance(base_version, numbers.Integral) \
+            or not 0 <= base_version < MAX_ID:
+        raise PathosegError(f"base_version must be from 0 to {MAX_ID - 1}, not {base_version!r:.80}")
+    base_version = int(base_version)
     with project.session() as s:
-        image = s.get(Image, image_id, with_for_update=True)
+        image = s.get(Image, image_id) if 1 <= image_id <= MAX_ID else None
         if image is None:
             raise PathosegError(f"no image with id {image_id}")
         if image.mask_version != base_version:
-            raise ConflictError(f"{image.name} was saved by {image.updated_by} since you opened it "
-                                f"(version {image.mask_version}, yours {base_version}); reload to see it")
+            raise _conflict(image, base_version)
         if mask.shape != (image.height, image.width):
             raise PathosegError(f"mask is {mask.shape[1]}x{mask.shape[0]}, image {image.width}x{image.height}")
         version = base_version + 1
-        write_label_png(project.mask_path(image.name, version), (mask > 0).astype(np.uint8) * 255)
-        s.add(Mask(image_id=image.id, version=version, source="correction", user=user, seconds=float(seconds),
-                   operations=operations or {}))
-        image.mask_version, image.updated_by, image.updated_at = version, user, now()
-        image.status = "approved" if approve else "corrected"
-        s.commit()
+        final = project.mask_path(image.name, version)
+        staged = [(project.staged_path(final), final)]
+        try:
+            claim = s.execute(update(Image)
+                              .where(Image.id == image.id, Image.mask_version == base_version)
+                              .values(mask_version=version, updated_by=user, updated_at=now(),
+                                      status="approved" if approve else "corrected")
+                              .execution_options(synchronize_session=False))
+            lost = claim.rowcount != 1
+            if not lost:
+                _write_png(staged[0][0], (mask > 0).astype(np.uint8) * 255)
+                s.add(Mask(image_id=image.id, version=version, source="correction", user=user, seconds=seconds,
+                           operations=operations))
+                s.commit()
+        except IntegrityError:  # the unique (image, version) index: another save got there first
+            lost = True
+        except BaseException:
+            _discard(s, staged)
+            raise
+        if lost:
+            _discard(s, staged)
+            s.expire_all()
+            current = s.get(Image, image.id)
+            raise _conflict(current, base_version) if current is not None else PathosegError(
+                f"no image with id {image_id}")
+        _place(staged)
+        s.refresh(image)
         return image
 
 

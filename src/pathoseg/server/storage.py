@@ -5,6 +5,8 @@ Project directory:
     pathoseg.db                      SQLite database (unless --db names another)
     images/<name>.png                imported images (re-encoded PNG, never the upload as is)
     masks/<name>/v<k>.png            every saved mask version (0/255), never overwritten
+    .../.<file>.<16 hex>.tmp         a file being saved: written first, committed, then renamed
+                                     into place; leftovers are settled when the project opens
     models/v<k>.pt                   every trained model version
     predictions/v<k>/<name>.png      gland probability x 255 per model version
 """
@@ -12,14 +14,34 @@ Project directory:
 from __future__ import annotations
 
 import hashlib
+import os
+import re
 import secrets
+import time
+import warnings
 from datetime import UTC, datetime
 from pathlib import Path
 
-from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Integer, String, create_engine, select
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    create_engine,
+    select,
+)
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship, sessionmaker
 
 from pathoseg.errors import PathosegError
+
+MAX_ID = 2**31 - 1  # the largest id or version every supported database stores (PostgreSQL INTEGER)
+STAGED = re.compile(r"^\.(?P<final>.+)\.[0-9a-f]{16}\.tmp$")
+STALE_SECONDS = 600  # an uncommitted staged file this old belongs to a save that died
 
 
 def now() -> datetime:
@@ -56,6 +78,7 @@ class Mask(Base):
     """One saved mask version with the effort that produced it."""
 
     __tablename__ = "masks"
+    __table_args__ = (Index("uq_masks_image_version", "image_id", "version", unique=True),)
     id: Mapped[int] = mapped_column(primary_key=True)
     image_id: Mapped[int] = mapped_column(ForeignKey("images.id"))
     version: Mapped[int] = mapped_column(Integer)
@@ -103,6 +126,18 @@ class Project:
         self.engine = create_engine(url, connect_args=args)
         Base.metadata.create_all(self.engine)
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self._unique_mask_versions()
+        self.settle_staged_files()
+
+    def _unique_mask_versions(self) -> None:
+        """Databases made before the unique (image, version) index get it now."""
+        (index,) = (i for i in Mask.__table__.indexes if i.name == "uq_masks_image_version")
+        try:
+            index.create(self.engine, checkfirst=True)
+        except IntegrityError:
+            warnings.warn(f"{self.root}: the masks table has duplicate (image, version) rows from an older "
+                          "pathoseg; new saves are still checked, but remove the duplicates to get the "
+                          "database's own guard", stacklevel=3)
 
     def session(self) -> Session:
         return self.sessions()
@@ -126,6 +161,42 @@ class Project:
 
     def active_model(self, session: Session) -> ModelVersion | None:
         return session.scalars(select(ModelVersion).where(ModelVersion.active)).first()
+
+    @staticmethod
+    def staged_path(final: Path) -> Path:
+        """Where a new file is written before its database row commits (then renamed to ``final``)."""
+        return final.parent / f".{final.name}.{secrets.token_hex(8)}.tmp"
+
+    def settle_staged_files(self, stale_after: float = STALE_SECONDS) -> None:
+        """Finish or drop the staged files of saves that died: a file whose row committed is
+        renamed into place; one whose row never committed is deleted once it is ``stale_after``
+        seconds old (a younger one may be a save in flight in another process)."""
+        staged = [*(self.root / "images").glob(".*.tmp"), *(self.root / "masks").glob("*/.*.tmp")]
+        if not staged:
+            return
+        with self.session() as s:
+            for tmp in staged:
+                match = STAGED.match(tmp.name)
+                if match is None:
+                    continue
+                final = tmp.parent / match["final"]
+                try:
+                    if not final.exists() and self._committed(s, final):
+                        os.replace(tmp, final)
+                    elif time.time() - tmp.stat().st_mtime > stale_after:
+                        tmp.unlink()
+                except FileNotFoundError:  # another process settled it first
+                    pass
+
+    def _committed(self, s: Session, final: Path) -> bool:
+        """Whether the database has the row that ``final`` belongs to."""
+        if final.parent == self.root / "images":
+            return s.scalars(select(Image.id).where(Image.name == final.name.removesuffix(".png"))).first() is not None
+        version = re.fullmatch(r"v(\d+)\.png", final.name)
+        if final.parent.parent != self.root / "masks" or version is None or int(version[1]) > MAX_ID:
+            return False
+        return s.scalars(select(Mask.id).join(Image).where(Image.name == final.parent.name,
+                                                           Mask.version == int(version[1]))).first() is not None
 
 
 def hash_token(token: str) -> str:
