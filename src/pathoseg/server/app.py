@@ -1,7 +1,8 @@
 """The FastAPI app: REST API (described by its OpenAPI schema) plus the browser UI.
 
 Every write needs a user's token (``Authorization: Bearer <token>``); images are addressed
-by integer id, so no parameter ever becomes a path.
+by integer id, so no parameter ever becomes a path. Bodies over ``max_body_bytes`` are
+refused (413) before anything reads them; every error is ``{"detail": "one line"}``.
 """
 
 
@@ -13,28 +14,38 @@ from pathlib import Path
 from typing import Annotated
 
 import numpy as np
-from fastapi import Depends, FastAPI, File, Header, HTTPException, UploadFile
-from fastapi.responses import FileResponse, Response
+from fastapi import Depends, FastAPI, File, Header, HTTPException, Request, UploadFile
+from fastapi import Path as PathParam
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from PIL import Image as PILImage
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, StringConstraints
 from sqlalchemy import select
 
 from pathoseg.errors import PathosegError
 from pathoseg.server.jobs import TrainSettings, Worker, corrections_since_last_model
+from pathoseg.server.limits import BodySizeLimit
 from pathoseg.server.project import (
+    MAX_OPERATION_KINDS,
+    MAX_OPERATION_NAME,
+    MAX_OPERATIONS,
+    MAX_SECONDS,
     MAX_UPLOAD_BYTES,
     ConflictError,
     add_image,
+    decode_mask,
     decode_upload,
     export,
     predicted_instances,
     safe_name,
     save_mask,
 )
-from pathoseg.server.storage import Image, Job, ModelVersion, Project, User, user_for_token
+from pathoseg.server.storage import MAX_ID, Image, Job, ModelVersion, Project, User, user_for_token
 
 WEB = Path(__file__).parent / "web"
+# The largest upload as base64 in a JSON mask body, plus room for the rest of the request.
+MAX_BODY_BYTES = MAX_UPLOAD_BYTES * 4 // 3 + 2**20
 
 
 @dataclass
@@ -43,6 +54,16 @@ class ServerConfig:
     db_url: str | None = None
     retrain_every: int = 5  # start a retrain automatically after this many new corrections (0: never)
     train: TrainSettings = field(default_factory=TrainSettings)
+    max_body_bytes: int = MAX_BODY_BYTES  # larger request bodies get 413 before auth or parsing
+
+
+Id = Annotated[int, PathParam(ge=1, le=MAX_ID, description=f"1 to {MAX_ID}")]
+
+
+class ErrorOut(BaseModel):
+    """Every error the API returns: 401, 404, 409, 413, 422, ..."""
+
+    detail: str = Field(description="what went wrong, in one line")
 
 
 class ImageOut(BaseModel):
@@ -57,10 +78,14 @@ class ImageOut(BaseModel):
 
 
 class MaskIn(BaseModel):
-    png_base64: str = Field(description="PNG of the mask, image-sized; any non-zero pixel is gland")
-    base_version: int = Field(description="the mask_version the editor loaded (conflict check)")
-    seconds: float = 0.0
-    operations: dict[str, int] = Field(default_factory=dict)
+    png_base64: str = Field(description="PNG of the mask, image-sized; any non-zero value in any channel is "
+                                        "gland (with transparent pixels in an alpha channel: the visible ones)")
+    base_version: int = Field(ge=0, lt=MAX_ID, description="the mask_version the editor loaded (conflict check)")
+    seconds: float = Field(0.0, ge=0, le=MAX_SECONDS, allow_inf_nan=False,
+                           description="time spent on this correction")
+    operations: dict[Annotated[str, StringConstraints(min_length=1, max_length=MAX_OPERATION_NAME)],
+                     Annotated[int, Field(ge=0, le=MAX_OPERATIONS)]] = Field(
+        default_factory=dict, max_length=MAX_OPERATION_KINDS, description='edits made, e.g. {"brush": 3}')
     approve: bool = False
 
 
@@ -84,13 +109,37 @@ def _image_out(i: Image) -> ImageOut:
                     uncertainty=i.uncertainty, mask_version=i.mask_version, updated_by=i.updated_by)
 
 
+def _one_line(exc: RequestValidationError) -> str:
+    """FastAPI's list of validation errors as one line: 'seconds: Input should be ...; ...'."""
+    parts = []
+    for error in exc.errors():
+        if error.get("type") == "json_invalid":
+            parts.append("the body is not valid JSON")
+            continue
+        where = ".".join(str(p)[:40] for p in error.get("loc", ()) if p not in ("body", "path", "query", "header"))
+        message = " ".join(str(error.get("msg", "invalid")).split())
+        parts.append(f"{where}: {message}" if where else message)
+    return "; ".join(dict.fromkeys(parts))[:1000] or "invalid request"
+
+
 def create_app(cfg: ServerConfig) -> FastAPI:
     project = Project(cfg.project, cfg.db_url)
     worker = Worker(project, cfg.train)
-    app = FastAPI(title="pathoseg", version="0.1.0",
-                  description="Review gland predictions, correct them, retrain in the background.")
+    errors = {status: {"model": ErrorOut, "description": text}
+              for status, text in [(401, "no or unknown token"), (413, "request body too large"),
+                                   (422, "invalid input")]}
+    app = FastAPI(title="pathoseg", version="0.1.0", responses=errors,
+                  description="Review gland predictions, correct them, retrain in the background. "
+                              'Every error is {"detail": "one line"}.')
     app.state.project, app.state.worker = project, worker
     app.router.add_event_handler("shutdown", worker.shutdown)
+    app.add_middleware(BodySizeLimit, max_bytes=cfg.max_body_bytes)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return JSONResponse({"detail": _one_line(exc)}, status_code=422)
+
+    not_found = {404: {"model": ErrorOut, "description": "no such image, job or model version"}}
 
     def user(authorization: Annotated[str | None, Header()] = None) -> User:
         if not authorization or not authorization.startswith("Bearer "):
@@ -136,36 +185,45 @@ def create_app(cfg: ServerConfig) -> FastAPI:
             raise HTTPException(422, str(exc)) from None
         return _image_out(image)
 
-    @app.get("/api/images/{image_id}", response_model=ImageOut)
-    def image_info(image_id: int, u: Authed) -> ImageOut:
+    @app.get("/api/images/{image_id}", response_model=ImageOut, responses=not_found)
+    def image_info(image_id: Id, u: Authed) -> ImageOut:
         return _image_out(get_image(image_id))
 
-    @app.get("/api/images/{image_id}/image.png")
-    def image_png(image_id: int, u: Authed) -> FileResponse:
-        return FileResponse(project.image_path(get_image(image_id).name), media_type="image/png")
+    def placed(path: Path) -> FileResponse:
+        """A file whose row committed; in the moment before its save renames it into place
+        (or after a crash there), settle the staged files first."""
+        if not path.is_file():
+            project.settle_staged_files()
+        if not path.is_file():
+            raise HTTPException(503, "this file is being saved right now; try again", headers={"Retry-After": "1"})
+        return FileResponse(path, media_type="image/png")
 
-    @app.get("/api/images/{image_id}/mask.png")
-    def mask_png(image_id: int, u: Authed) -> Response:
+    @app.get("/api/images/{image_id}/image.png", responses=not_found)
+    def image_png(image_id: Id, u: Authed) -> FileResponse:
+        return placed(project.image_path(get_image(image_id).name))
+
+    @app.get("/api/images/{image_id}/mask.png", responses=not_found)
+    def mask_png(image_id: Id, u: Authed) -> Response:
         """The latest saved mask; without one, the active model's glands (instance decoder)."""
         image = get_image(image_id)
         if image.mask_version:
-            return FileResponse(project.mask_path(image.name, image.mask_version), media_type="image/png")
+            return placed(project.mask_path(image.name, image.mask_version))
         glands = predicted_instances(project, image)
         if glands is None:
             probs = _prediction(image)
             glands = (probs > 127) if probs is not None else np.zeros((image.height, image.width), bool)
         return _png((glands > 0).astype(np.uint8) * 255)
 
-    @app.get("/api/images/{image_id}/instances.png")
-    def instances_png(image_id: int, u: Authed) -> Response:
+    @app.get("/api/images/{image_id}/instances.png", responses=not_found)
+    def instances_png(image_id: Id, u: Authed) -> Response:
         """The active model's glands as a label map (0 background, 1..N; 16-bit when N > 255)."""
         glands = predicted_instances(project, get_image(image_id))
         if glands is None:
             raise HTTPException(404, "no prediction yet: no model is active")
         return _png(glands.astype(np.uint16) if glands.max(initial=0) > 255 else glands.astype(np.uint8))
 
-    @app.get("/api/images/{image_id}/prediction.png")
-    def prediction_png(image_id: int, u: Authed) -> Response:
+    @app.get("/api/images/{image_id}/prediction.png", responses=not_found)
+    def prediction_png(image_id: Id, u: Authed) -> Response:
         """The active model's gland probability x 255."""
         probs = _prediction(get_image(image_id))
         if probs is None:
@@ -179,12 +237,13 @@ def create_app(cfg: ServerConfig) -> FastAPI:
             return None
         return np.array(PILImage.open(project.prediction_path(active.version, image.name)))
 
-    @app.put("/api/images/{image_id}/mask", response_model=ImageOut)
-    def put_mask(image_id: int, body: MaskIn, u: Authed) -> ImageOut:
+    @app.put("/api/images/{image_id}/mask", response_model=ImageOut,
+             responses={**not_found, 409: {"model": ErrorOut, "description": "someone saved it since; names who"}})
+    def put_mask(image_id: Id, body: MaskIn, u: Authed) -> ImageOut:
         image = get_image(image_id)
         try:
             raw = base64.b64decode(body.png_base64, validate=True)
-            mask = decode_upload(raw, f"mask of {image.name}")[..., 0] > 0
+            mask = decode_mask(raw, f"mask of {image.name}")
             saved = save_mask(project, image_id, mask, body.base_version, u.name, body.seconds, body.operations,
                               body.approve)
         except ConflictError as exc:
@@ -203,8 +262,8 @@ def create_app(cfg: ServerConfig) -> FastAPI:
     def predict(u: Authed) -> JobOut:
         return job(worker.submit("predict"), u)
 
-    @app.get("/api/jobs/{job_id}", response_model=JobOut)
-    def job(job_id: int, u: Authed) -> JobOut:
+    @app.get("/api/jobs/{job_id}", response_model=JobOut, responses=not_found)
+    def job(job_id: Id, u: Authed) -> JobOut:
         with project.session() as s:
             j = s.get(Job, job_id)
         if j is None:
@@ -223,8 +282,8 @@ def create_app(cfg: ServerConfig) -> FastAPI:
             rows = list(s.scalars(select(ModelVersion).order_by(ModelVersion.version)))
         return [ModelOut(version=m.version, val_iou=m.val_iou, active=m.active, trained_on=m.trained_on) for m in rows]
 
-    @app.post("/api/models/{version}/activate", response_model=JobOut, status_code=202)
-    def activate(version: int, u: Authed) -> JobOut:
+    @app.post("/api/models/{version}/activate", response_model=JobOut, status_code=202, responses=not_found)
+    def activate(version: Id, u: Authed) -> JobOut:
         """Roll back (or forward) to a model version; predictions refresh in the background."""
         with project.session() as s:
             target = s.scalars(select(ModelVersion).where(ModelVersion.version == version)).first()

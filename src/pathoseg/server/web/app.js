@@ -234,7 +234,8 @@ async function save(approve) {
   if (!state.current) return;
   const body = {
     png_base64: maskPngBase64(), base_version: state.current.mask_version,
-    seconds: (performance.now() - state.openedAt) / 1000, operations: state.ops, approve,
+    // the API keeps at most a day per save: a tab left open over a weekend still saves
+    seconds: Math.min(86400, (performance.now() - state.openedAt) / 1000), operations: state.ops, approve,
   };
   try {
     const res = await api(`/api/images/${state.current.id}/mask`, {
