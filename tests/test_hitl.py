@@ -5,12 +5,13 @@ import shutil
 
 import numpy as np
 import pytest
+from skimage.draw import disk
 
 from pathoseg.data.cache import IGNORE
 from pathoseg.engine.train import TrainConfig
-from pathoseg.hitl.annotator import CostModel, SimulatedAnnotator, error_regions
+from pathoseg.hitl.annotator import SimulatedAnnotator
 from pathoseg.hitl.selection import mean_entropy, rank
-from pathoseg.hitl.strategies import BUILTIN, make_label, parse_strategy
+from pathoseg.hitl.strategies import BUILTIN, make_label, parse_strategy, predicted_glands
 from pathoseg.hitl.study import StudyConfig, StudyRunner
 from pathoseg.models import ModelConfig
 
@@ -21,63 +22,47 @@ def square(shape, r0, r1, c0, c1):
     return out
 
 
-GT = square((40, 40), 5, 25, 5, 25)
-PRED = square((40, 40), 5, 25, 10, 30) | square((40, 40), 32, 36, 32, 36)
+def discs(shape, *specs) -> np.ndarray:
+    out = np.zeros(shape, np.uint16)
+    for k, (r, c, rad) in enumerate(specs, start=1):
+        rr, cc = disk((r, c), rad, shape=shape)
+        out[rr, cc] = k
+    return out
 
 
-def test_full_budget_returns_ground_truth_and_zero_budget_the_prediction():
-    fixed, effort = SimulatedAnnotator(fix_fraction=1.0).correct(PRED, GT)
-    assert np.array_equal(fixed, GT)
-    assert effort.regions == 3 and effort.pixels == int((PRED ^ GT).sum())
-    same, none = SimulatedAnnotator(fix_fraction=0.0).correct(PRED, GT)
-    assert np.array_equal(same, PRED) and none.regions == 0 and none.pixels == 0
-
-
-def test_largest_region_first_and_min_region():
-    regions = error_regions(PRED, GT)
-    assert [r.size for r in regions] == [100, 100, 16]
-    _, effort = SimulatedAnnotator(fix_fraction=0.4).correct(PRED, GT)
-    assert effort.regions == 1 and effort.pixels == 100
-    _, effort = SimulatedAnnotator(fix_fraction=1.0, min_region=20).correct(PRED, GT)
-    assert effort.regions == 2  # the 16-px speck is not worth a stroke
-
-
-def test_effort_accounting():
-    cost = CostModel(seconds_per_image=5, seconds_per_region=3, seconds_per_boundary_pixel=0.5)
-    annot = SimulatedAnnotator(cost=cost)
-    scratch = annot.draw_from_scratch(GT)
-    outline = 4 * 20 - 4  # the 20x20 gland's boundary pixels
-    assert scratch.regions == 1 and scratch.pixels == 400 and scratch.boundary_px == outline
-    assert scratch.seconds == pytest.approx(5 + 3 + 0.5 * outline)
-    # at half scale, every pixel stands for four native pixels and boundaries for two
-    half = SimulatedAnnotator(cost=cost, scale=0.5).draw_from_scratch(GT)
-    assert half.pixels == 1600 and half.boundary_px == pytest.approx(2 * outline)
-    # a perfect prediction costs only the look at the image
-    assert annot.correct(GT, GT)[1].seconds == 5
-    # PRED is shifted 5 px right and adds a far 4x4 blob: the missed 5x20 strip on the left
-    # needs its outer edge (20 + 2x4 px touching background), the extra strip on the right
-    # the 20 px where it meets the kept gland, and the isolated blob no tracing at all
-    fix = annot.correct(PRED, GT)[1]
-    assert fix.regions == 3
-    assert fix.boundary_px == (20 + 8) + 20 + 0
-    assert fix.seconds < scratch.seconds + 2 * 3 + 0.5 * 30
+# two glands; the model merges them through a bridge and misses neither
+GT = discs((80, 120), (40, 30, 16), (40, 66, 16))
+PRED = (GT > 0) | square((80, 120), 34, 46, 40, 58)
 
 
 def test_labels_of_each_strategy():
-    gt = GT.astype(np.uint8)
     probs = np.where(PRED, 0.95, 0.02).astype(np.float32)
     probs[0, 0] = 0.6  # an unsure pixel
     annot = SimulatedAnnotator()
-    oracle, cost = make_label(BUILTIN["oracle"], True, None, gt, annot, False)
-    assert np.array_equal(oracle, gt) and cost.regions == 1
-    auto, cost = make_label(BUILTIN["auto"], False, probs, gt, annot, False)
-    assert np.array_equal(auto > 0, probs > 0.5) and cost.seconds == 0
-    confident, _ = make_label(BUILTIN["auto"], False, probs, gt, annot, True)
+    oracle, cost = make_label(BUILTIN["oracle"], True, None, GT, annot, False)
+    assert np.array_equal(oracle, GT) and cost.operations == {"add_polygon": 2}
+    # the model's own glands, through the instance decoder: one merged gland
+    auto, cost = make_label(BUILTIN["auto"], False, probs, GT, annot, False)
+    assert auto.dtype == np.uint16 and np.array_equal(auto > 0, PRED) and auto.max() == 1 and cost.seconds == 0
+    confident, _ = make_label(BUILTIN["auto"], False, probs, GT, annot, True)
     assert confident[0, 0] == IGNORE and (confident != IGNORE).sum() == confident.size - 1
-    hitl, cost = make_label(BUILTIN["hitl"], True, probs, gt, annot, False)
-    assert np.array_equal(hitl > 0, gt > 0) and cost.regions == 4
+    # the pathologist cuts the merged gland in two: the label is the true instance map
+    hitl, cost = make_label(BUILTIN["hitl"], True, probs, GT, annot, False)
+    assert hitl.dtype == np.uint16 and np.array_equal(hitl, GT)
+    assert cost.operations == {"split": 1} and cost.images == 1
+    assert 0 < cost.seconds < make_label(BUILTIN["oracle"], True, None, GT, annot, False)[1].seconds
+    # fixing none of the errors keeps the prediction
+    kept, cost = make_label(parse_strategy("mix:1:0"), True, probs, GT, annot, False)
+    assert np.array_equal(kept, auto) and cost.fixed == 0 and cost.errors == 1
     assert parse_strategy("mix:0.3:0.5").review_fraction == 0.3
     assert parse_strategy("hitl", 0.5, 0.8).fix_fraction == 0.8
+
+
+def test_predicted_glands_scale_the_decoder_sizes():
+    probs = np.zeros((60, 60), np.float32)
+    probs[10:20, 10:20] = 0.9  # 100 px: under the decoder's 200-px floor at native scale
+    assert predicted_glands(probs, scale=1.0).max() == 0
+    assert predicted_glands(probs, scale=0.5).max() == 1  # 100 px at half scale: 400 native px
 
 
 def test_uncertainty_ranking():

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
-from pathoseg.data.cache import IGNORE
-from pathoseg.data.images import label_components
-from pathoseg.data.targets import gland_pixels
+from pathoseg.data.targets import IGNORE
+from pathoseg.engine.instances import InstanceConfig, to_instances
 from pathoseg.errors import PathosegError
 from pathoseg.hitl.annotator import Effort, SimulatedAnnotator
 
@@ -16,7 +15,8 @@ from pathoseg.hitl.annotator import Effort, SimulatedAnnotator
 @dataclass(frozen=True)
 class Strategy:
     """``review_fraction`` of a round's images go to the annotator, who fixes ``fix_fraction``
-    of their error pixels; the rest enter as the model's own predictions (pseudo-labels)."""
+    of their error glands (largest first); the rest enter as the model's own predictions
+    (pseudo-labels)."""
 
     name: str
     oracle: bool = False  # labels are the ground truth, drawn from scratch
@@ -60,9 +60,21 @@ def parse_strategy(spec: str, review_fraction: float | None = None, fix_fraction
     raise PathosegError(f"unknown strategy {spec!r}; choose from {', '.join(BUILTIN)} or mix:REVIEW:FIX")
 
 
-def pseudo_label(probs: np.ndarray, confident_only: bool, low: float = 0.1, high: float = 0.9) -> np.ndarray:
+def predicted_glands(probs: np.ndarray, scale: float = 1.0, cfg: InstanceConfig | None = None) -> np.ndarray:
+    """The model's glands (uint16 instance map) from a gland probability map at working
+    ``scale``, through the one instance decoder; its size settings (native pixels) are
+    scaled to the working scale."""
+    area = scale**2
+    cfg = cfg or InstanceConfig()
+    cfg = replace(cfg, min_size=round(cfg.min_size * area), min_marker=round(cfg.min_marker * area),
+                  max_hole=round(cfg.max_hole * area), min_distance=max(1, round(cfg.min_distance * scale)))
+    return to_instances(probs, cfg).astype(np.uint16)
+
+
+def pseudo_label(probs: np.ndarray, confident_only: bool, low: float = 0.1, high: float = 0.9,
+                 scale: float = 1.0) -> np.ndarray:
     """The model's prediction as a target; unsure pixels IGNOREd when ``confident_only``."""
-    target = label_components(probs > 0.5).astype(np.uint16)
+    target = predicted_glands(probs, scale)
     if confident_only:
         target[(probs > low) & (probs < high)] = IGNORE
     return target
@@ -70,14 +82,14 @@ def pseudo_label(probs: np.ndarray, confident_only: bool, low: float = 0.1, high
 
 def make_label(strategy: Strategy, reviewed: bool, probs: np.ndarray | None, gt: np.ndarray,
                annotator: SimulatedAnnotator, confident_only: bool) -> tuple[np.ndarray, Effort]:
-    """The training target for one image under ``strategy`` and what it cost the human."""
-    gt_bool = gland_pixels(gt)
+    """The training target (uint16 instance map) for one image under ``strategy`` and what
+    it cost the human. ``probs``: the model's gland probability at working scale; ``gt``:
+    the true instance map."""
     if strategy.oracle:  # the true instance ids
-        return gt.astype(np.uint16), annotator.draw_from_scratch(gt_bool)
+        return gt.astype(np.uint16), annotator.draw_from_scratch(gt)
     if probs is None:
         raise ValueError("model-based strategies need the model's prediction")
     if not reviewed:
-        return pseudo_label(probs, confident_only), Effort()
-    fixer = SimulatedAnnotator(strategy.fix_fraction, annotator.min_region, annotator.cost, annotator.scale)
-    corrected, effort = fixer.correct(probs > 0.5, gt_bool)
-    return label_components(corrected).astype(np.uint16), effort
+        return pseudo_label(probs, confident_only, scale=annotator.scale), Effort()
+    fixer = replace(annotator, fix_fraction=strategy.fix_fraction)
+    return fixer.correct(predicted_glands(probs, annotator.scale), gt, probs)

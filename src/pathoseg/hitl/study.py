@@ -30,7 +30,7 @@ from pathoseg.engine.device import choose_device
 from pathoseg.engine.instances import InstanceConfig
 from pathoseg.engine.predict import PredictConfig, predict_probs
 from pathoseg.engine.train import TrainConfig, fit
-from pathoseg.hitl.annotator import CostModel, Effort, SimulatedAnnotator
+from pathoseg.hitl.annotator import DEFAULT_TOLERANCE_UM, UM_PER_PX_GLAS, CostModel, Effort, SimulatedAnnotator
 from pathoseg.hitl.selection import mean_entropy, rank
 from pathoseg.hitl.strategies import Strategy, make_label
 from pathoseg.io import write_json
@@ -51,7 +51,8 @@ class StudyConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     initial_steps: int = 200  # optimiser steps for the round-0 model
     round_steps: int = 80  # optimiser steps per later round (warm-started)
-    min_region: int = 16  # error regions smaller than this (working-scale px) are not worth a stroke
+    tolerance_um: float = DEFAULT_TOLERANCE_UM  # a gland outline this close to the truth is accepted as drawn
+    um_per_px: float = UM_PER_PX_GLAS  # native pixel size of the data
     confident_only: bool = False  # pseudo-labels ignore pixels with 0.1 < p < 0.9
     cost: CostModel = field(default_factory=CostModel)
     test_limit: int | None = None  # evaluate on at most this many test images (quick runs)
@@ -95,7 +96,8 @@ class StudyRunner:
         self.out = out
         self.device = choose_device(cfg.device)
         self.plan = plan_data(data_path, "official", seed=0, val_fraction=0)
-        self.annotator = SimulatedAnnotator(1.0, cfg.min_region, cfg.cost, cfg.train.scale)
+        self.annotator = SimulatedAnnotator(tolerance_um=cfg.tolerance_um, cost=cfg.cost, scale=cfg.train.scale,
+                                            um_per_px=cfg.um_per_px)
 
     # -- training and testing -------------------------------------------------------------
     def _train(self, model: GlandSegmenter, labels: dict[str, np.ndarray], pool: Pool, steps: int, lr: float,
@@ -129,8 +131,7 @@ class StudyRunner:
         labels = {n: pool.pairs[n].target for n in pool.initial}
         train_s = self._train(model, labels, pool, self.cfg.initial_steps, self.cfg.train.lr, seed * 1000)
         self._save_model(model, rdir / "model.pt")
-        effort = sum((self.annotator.draw_from_scratch(gland_pixels(pool.pairs[n].target)) for n in pool.initial),
-                     Effort())
+        effort = sum((self.annotator.draw_from_scratch(pool.pairs[n].target) for n in pool.initial), Effort())
         record = {"seed": seed, "round": 0, "strategy": "initial", "test": self._test(model, test_split),
                   "label_iou": 1.0, "effort": asdict(effort), "train_s": train_s,
                   "selected": list(pool.initial), "reviewed": list(pool.initial)}
