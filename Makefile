@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.pathoseg-installed
 
-.PHONY: demo test lint bench clean browser
+.PHONY: demo test lint bench clean browser postgres
 
 # (Re)install when the project's dependencies change.
 $(STAMP): pyproject.toml
@@ -23,7 +23,15 @@ browser:
 	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium; }
 
-test: $(STAMP) browser
+# The storage and API tests also run on PostgreSQL: tests/conftest.py starts a throwaway server
+# (initdb + pg_ctl on a free port) from Debian's binaries in /usr/lib/postgresql/*/bin.
+postgres:
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { \
+	  echo "installing Debian's postgresql for the database tests"; \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq postgresql; }
+
+test: $(STAMP) browser postgres
 	$(BIN)/ruff check src tests bench
 	$(BIN)/python -m pytest -q $(ARGS)
 
