@@ -28,14 +28,14 @@ def png_bytes(array: np.ndarray) -> bytes:
 
 
 @pytest.fixture
-def setup(tmp_path):
-    project = Project(tmp_path / "proj", create=True)
+def setup(tmp_path, db_url):  # on SQLite and on PostgreSQL
+    project = Project(tmp_path / "proj", db_url, create=True)
     for i in range(6):
         image, labels = synthetic_sample(40 + i, CFG)
         add_image(project, f"img{i}", image, labels if i < 4 else None)
     tokens = {"ana": create_user(project, "ana", admin=True), "ben": create_user(project, "ben")}
     settings = TrainSettings(steps=4, scale=1.0, crop=64, batch_size=4, device="cpu")
-    app = create_app(ServerConfig(str(tmp_path / "proj"), retrain_every=0, train=settings))
+    app = create_app(ServerConfig(str(tmp_path / "proj"), db_url, retrain_every=0, train=settings))
     with TestClient(app) as client:
         yield client, tokens, project, app
 
@@ -123,6 +123,7 @@ def test_uploads_are_checked(setup):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)  # training once is enough
 def test_retrain_makes_a_version_and_rollback_restores_predictions(setup):
     client, tokens, _, app = setup
     h = auth(tokens["ana"])
@@ -160,7 +161,8 @@ def test_retrain_makes_a_version_and_rollback_restores_predictions(setup):
 def test_jobs_report_failures_without_crashing(setup):
     client, tokens, _, app = setup
     h = auth(tokens["ben"])
-    job = client.post("/api/predict", headers=h).json()  # no model yet: the job fails, the server lives
+    job = client.post("/api/predict", headers=auth(tokens["ana"])).json()  # admins only; no model yet:
+    # the job fails, the server lives
     app.state.worker.wait(job["id"], timeout=60)
     done = client.get(f"/api/jobs/{job['id']}", headers=h).json()
     assert done["status"] == "failed" and "no model yet" in done["message"]

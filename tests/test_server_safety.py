@@ -22,10 +22,10 @@ from sqlalchemy.exc import IntegrityError
 from pathoseg.cli import build_parser
 from pathoseg.data.synthetic import SyntheticConfig, synthetic_sample
 from pathoseg.errors import PathosegError
-from pathoseg.server import app as app_module
 from pathoseg.server.app import ServerConfig, create_app
 from pathoseg.server.jobs import TrainSettings
 from pathoseg.server.project import ConflictError, add_image, save_mask
+from pathoseg.server.routers import masks as masks_router
 from pathoseg.server.storage import Image as ImageRow
 from pathoseg.server.storage import Mask, Project, create_user
 
@@ -66,8 +66,8 @@ def mask_rows(project: Project, image_id: int) -> list[int]:
 
 
 @pytest.fixture
-def project(tmp_path):
-    project = Project(tmp_path / "proj", create=True)
+def project(tmp_path, db_url):  # every test here runs on SQLite and on PostgreSQL
+    project = Project(tmp_path / "proj", db_url, create=True)
     for i in range(3):
         image, _ = synthetic_sample(60 + i, CFG)
         add_image(project, f"img{i}", image)
@@ -76,8 +76,8 @@ def project(tmp_path):
 
 @pytest.fixture
 def served(project):
-    tokens = {name: create_user(project, name) for name in ("ana", "ben", "cai", "dan", "eve")}
-    app = create_app(ServerConfig(str(project.root), retrain_every=0, train=SETTINGS))
+    tokens = {name: create_user(project, name, admin=name == "ana") for name in ("ana", "ben", "cai", "dan", "eve")}
+    app = create_app(ServerConfig(str(project.root), project.db_url, retrain_every=0, train=SETTINGS))
     with TestClient(app, raise_server_exceptions=False) as client:
         yield client, tokens, project, app
 
@@ -161,7 +161,7 @@ def test_an_older_database_gets_the_unique_index_when_opened(project):
     with project.engine.begin() as c:
         c.execute(text("DROP INDEX uq_masks_image_version"))
     assert not any(i["unique"] for i in inspect(project.engine).get_indexes("masks"))
-    reopened = Project(project.root)
+    reopened = Project(project.root, project.db_url)
     unique = [i["column_names"] for i in inspect(reopened.engine).get_indexes("masks") if i["unique"]]
     assert unique == [["image_id", "version"]]
 
@@ -204,7 +204,7 @@ def test_leftover_staged_files_are_cleaned_when_the_project_opens(project):
     in_flight = project.staged_path(project.mask_path("img0", 2))
     in_flight.write_bytes(b"y")
 
-    Project(project.root)
+    Project(project.root, project.db_url)
     assert sorted(p.name for p in folder.iterdir()) == sorted(["v1.png", in_flight.name])
     assert np.array_equal(np.array(Image.open(final)) > 0, square(0))
     assert not stray_image.exists()
@@ -231,9 +231,10 @@ def test_a_mask_committed_but_not_yet_in_place_is_served(served):
 @pytest.fixture
 def small_limit(project, monkeypatch):
     calls = []
-    monkeypatch.setattr(app_module, "save_mask", lambda *a, **k: calls.append(a))
+    monkeypatch.setattr(masks_router, "save_mask", lambda *a, **k: calls.append(a))
     tokens = {"ana": create_user(project, "ana")}
-    app = create_app(ServerConfig(str(project.root), retrain_every=0, train=SETTINGS, max_body_bytes=2000))
+    app = create_app(ServerConfig(str(project.root), project.db_url, retrain_every=0, train=SETTINGS,
+                                  max_body_bytes=2000))
     with TestClient(app, raise_server_exceptions=False) as client:
         yield client, tokens, project, app, calls
 
@@ -301,7 +302,7 @@ def test_the_default_limit_fits_the_largest_upload():
 # -- 3. hostile numbers ----------------------------------------------------------------------
 def test_huge_and_odd_ids_never_give_500(served):
     client, tokens, project, _ = served
-    h = auth(tokens["ana"])
+    h = auth(tokens["ana"])  # an admin: activating a model is for admins
     body = {"png_base64": b64(png_bytes(np.zeros(SHAPE, np.uint8))), "base_version": 0}
     for bad in (2**31, 2**63 - 1, 2**63, 2**64, 10**30, 0, -1, -(2**63) - 1):
         for method, url, kw in [("get", f"/api/images/{bad}", {}), ("get", f"/api/images/{bad}/image.png", {}),
@@ -433,13 +434,13 @@ def test_validation_errors_have_the_documented_shape(served):
     assert "HTTPValidationError" not in json.dumps(schema)
 
 
-def test_login_page_names_a_command_that_exists(served):
+def test_login_page_names_commands_that_exist(served):
     client, _, _, _ = served
     page = client.get("/").text
-    assert "users add" not in page
-    assert "<code>pathoseg project users PROJECT NAME</code>" in page
-    args = build_parser().parse_args(["project", "users", "PROJECT", "NAME"])
-    assert (args.action, args.project, args.source) == ("users", "PROJECT", "NAME")
+    for action in ("add", "token", "revoke"):
+        assert f"<code>pathoseg project users {action} PROJECT NAME</code>" in page
+        args = build_parser().parse_args(["project", "users", action, "PROJECT", "NAME"])
+        assert (args.action, args.users_action, args.project, args.name) == ("users", action, "PROJECT", "NAME")
 
 
 def test_nothing_stray_after_a_burst_of_mixed_saves(served):

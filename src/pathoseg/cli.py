@@ -250,50 +250,203 @@ def cmd_hitl(args: argparse.Namespace) -> None:
     print(f"record: {args.out}/hitl.json; report: {args.out}/report.html")
 
 
-def cmd_project(args: argparse.Namespace) -> None:
+def _refresh_predictions(project) -> None:
     from pathoseg.server.jobs import Worker
-    from pathoseg.server.project import add_folder, export, register_model
-    from pathoseg.server.storage import Project, User, create_user
 
-    init = args.action == "init"
-    project = Project(args.project, args.db, create=init)
-    if init:
-        print(f"project ready at {project.root}")
-        if args.model:
-            print(f"model v{register_model(project, args.model)} active (from {args.model})")
-    elif args.action == "add":
-        if not args.source:
-            raise PathosegError("project add needs a folder of images: pathoseg project add DIR SOURCE")
-        print(f"imported {add_folder(project, args.source)} images from {args.source}")
-    elif args.action == "export":
-        out = Path(args.source or Path(args.project) / "export")
-        print(f"exported masks, instances, GeoJSON and status.csv to {export(project, out)}")
-    elif args.action == "users":
-        if args.source:
-            token = create_user(project, args.source, admin=args.admin)
-            print(f"user {args.source} created; their login token (shown once): {token}")
-        else:
-            with project.session() as s:
-                for u in s.query(User).order_by(User.name):
-                    print(f"{u.name}{' (admin)' if u.is_admin else ''}")
-    if args.action in ("init", "add") and ((init and args.model) or not init):
-        with project.session() as s:
-            has_model = project.active_model(s) is not None
-        if has_model:
-            worker = Worker(project)
-            worker.wait(worker.submit("predict"))
-            worker.shutdown()
-            print("predictions refreshed with the active model")
+    with project.session() as s:
+        has_model = project.active_model(s) is not None
+    if has_model:
+        worker = Worker(project)
+        worker.wait(worker.submit("predict"))
+        worker.shutdown()
+        print("predictions refreshed with the active model")
+
+
+def cmd_project_init(args: argparse.Namespace) -> None:
+    from pathoseg.server.project import register_model
+    from pathoseg.server.storage import Project
+
+    project = Project(args.project, args.db, create=True)
+    print(f"project ready at {project.root}")
+    if args.model:
+        print(f"model v{register_model(project, args.model)} active (from {args.model})")
+        _refresh_predictions(project)
+
+
+def cmd_project_add(args: argparse.Namespace) -> None:
+    from pathoseg.server.project import add_folder
+    from pathoseg.server.storage import Project
+
+    project = Project(args.project, args.db)
+    print(f"imported {add_folder(project, args.source)} images from {args.source}")
+    _refresh_predictions(project)
+
+
+def cmd_project_export(args: argparse.Namespace) -> None:
+    from pathoseg.server.project import export
+    from pathoseg.server.storage import Project
+
+    project = Project(args.project, args.db)
+    out = Path(args.out or Path(args.project) / "export")
+    print(f"exported masks, instances, GeoJSON and status.csv to {export(project, out)}")
+
+
+def cmd_project_users(args: argparse.Namespace) -> None:
+    from pathoseg.server.storage import Project, add_user, list_users, reissue_token, revoke_token
+
+    project = Project(args.project, args.db)
+    if args.users_action == "add":
+        issued = add_user(project, args.name, "admin" if args.admin else "annotator", args.days)
+        print(f"{issued.role} {issued.name} created; their login token (shown once, valid until "
+              f"{issued.expires:%Y-%m-%d}): {issued.token}")
+    elif args.users_action == "token":
+        issued = reissue_token(project, args.name, args.days)
+        print(f"new token for {issued.name} (shown once, valid until {issued.expires:%Y-%m-%d}; "
+              f"the old one no longer works): {issued.token}")
+    elif args.users_action == "revoke":
+        user = revoke_token(project, args.name)
+        print(f"the token of {user.name} is revoked (a new one: pathoseg project users token {args.project} "
+              f"{user.name})")
+    else:
+        users = list_users(project)
+        for u in users:
+            state = "revoked" if u.revoked else f"token valid until {u.expires:%Y-%m-%d}" if u.expires else "token"
+            print(f"{u.name:<24} {u.role:<10} {state}")
+        if not users:
+            print(f"no users yet: pathoseg project users add {args.project} NAME --admin")
+
+
+def server_config(args: argparse.Namespace):
+    """The app's settings from ``pathoseg serve``'s options."""
+    from pathoseg.server.config import ServerConfig, TrainSettings
+
+    train = TrainSettings(steps=args.steps, scale=args.scale, crop=args.crop, batch_size=args.batch_size,
+                          preset=args.preset, device=args.device)
+    return ServerConfig(args.project, args.db, retrain_every=args.retrain_every, train=train,
+                        max_body_bytes=round(args.max_body_mb * 2**20), token_days=args.token_days,
+                        login_attempts=args.login_attempts, login_window=args.login_window)
 
 
 def cmd_serve(args: argparse.Namespace) -> None:
     import uvicorn
 
-    from pathoseg.server.app import ServerConfig, create_app
+    from pathoseg.server.app import create_app
 
-    app = create_app(ServerConfig(args.project, args.db, retrain_every=args.retrain_every))
-    print(f"pathoseg serving {args.project} at http://{args.host}:{args.port}/ (API docs at /docs)")
+    cfg = server_config(args)
+    app = create_app(cfg)
+    t = cfg.train
+    print(f"pathoseg serving {args.project} at http://{args.host}:{args.port}/ (API docs at /docs); retraining "
+          f"{'every ' + str(cfg.retrain_every) + ' corrections' if cfg.retrain_every else 'on request'}: "
+          f"{t.steps} steps of {t.batch_size} crops of {t.crop} px at scale {t.scale} on {t.device or 'auto'}")
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+
+
+def _positive(kind):
+    def parse(text: str):
+        value = kind(text)
+        if not value > 0:
+            raise argparse.ArgumentTypeError(f"must be positive, not {text}")
+        return value
+    return parse
+
+
+def _count(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, not {text}")
+    return value
+
+
+def _days(most: int):
+    def parse(text: str) -> int:
+        value = int(text)
+        if not 1 <= value <= most:
+            raise argparse.ArgumentTypeError(f"must be 1 to {most} days, not {text}")
+        return value
+    return parse
+
+
+def _add_project_parser(sub) -> None:
+    from pathoseg.server.storage import DEFAULT_TOKEN_DAYS, MAX_TOKEN_DAYS
+
+    p = sub.add_parser("project", help="manage a correction-app project: init, add, export, users")
+    actions = p.add_subparsers(dest="action", required=True, metavar="{init,add,export,users}")
+
+    def db(q: argparse.ArgumentParser) -> None:
+        q.add_argument("--db", help="database URL (default: SQLite inside the project)")
+
+    q = actions.add_parser("init", help="create a project folder")
+    q.add_argument("project", help="project folder")
+    q.add_argument("--model", help="a trained checkpoint to start from (e.g. runs/demo/model/best.pt)")
+    db(q)
+    q.set_defaults(func=cmd_project_init)
+
+    q = actions.add_parser("add", help="import a folder of images (images/ + masks/, or flat)")
+    q.add_argument("project", help="project folder")
+    q.add_argument("source", help="image folder")
+    db(q)
+    q.set_defaults(func=cmd_project_add)
+
+    q = actions.add_parser("export", help="masks, instance maps, GeoJSON and status.csv")
+    q.add_argument("project", help="project folder")
+    q.add_argument("out", nargs="?", help="output folder (default PROJECT/export)")
+    db(q)
+    q.set_defaults(func=cmd_project_export)
+
+    q = actions.add_parser("users", help="users and their login tokens: add, list, revoke, token")
+    who = q.add_subparsers(dest="users_action", required=True, metavar="{add,list,revoke,token}")
+    for name, text in [("add", "add a user and print their token"), ("list", "list users, roles and expiry"),
+                       ("revoke", "stop a user's token working"),
+                       ("token", "issue a new token for a user (the old one stops working)")]:
+        r = who.add_parser(name, help=text)
+        r.add_argument("project", help="project folder")
+        if name != "list":
+            r.add_argument("name", help="user name")
+        if name == "add":
+            r.add_argument("--admin", action="store_true",
+                           help="an admin (may train, activate models, export, upload, manage users); "
+                           "default: an annotator (reads, saves masks, approves)")
+        if name in ("add", "token"):
+            r.add_argument("--days", type=_days(MAX_TOKEN_DAYS), default=DEFAULT_TOKEN_DAYS, metavar="N",
+                           help=f"the token works for N days (default {DEFAULT_TOKEN_DAYS}, at most {MAX_TOKEN_DAYS})")
+        db(r)
+        r.set_defaults(func=cmd_project_users)
+
+
+def _add_serve_parser(sub) -> None:
+    from pathoseg.server.config import MAX_BODY_BYTES, ServerConfig, TrainSettings
+    from pathoseg.server.storage import MAX_TOKEN_DAYS
+
+    d, t = ServerConfig(""), TrainSettings()
+    p = sub.add_parser("serve", help="start the correction web app")
+    p.add_argument("--project", required=True)
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--db", help="database URL, e.g. postgresql+psycopg://user@host/db (default: SQLite in the project)")
+    g = p.add_argument_group("retraining (in a background worker)")
+    g.add_argument("--retrain-every", type=_count, default=d.retrain_every,
+                   help=f"retrain after this many corrections (0: only on request; default {d.retrain_every})")
+    g.add_argument("--steps", type=_positive(int), default=t.steps,
+                   help=f"optimiser steps per retrain (default {t.steps})")
+    g.add_argument("--batch-size", type=_positive(int), default=t.batch_size, help=f"default {t.batch_size}")
+    g.add_argument("--crop", type=_positive(int), default=t.crop,
+                   help=f"training crop side at working scale (default {t.crop})")
+    g.add_argument("--scale", type=_positive(float), default=t.scale,
+                   help=f"working resolution as a fraction of native (default {t.scale})")
+    g.add_argument("--preset", default=t.preset,
+                   help=f"model of the first version when none exists (default {t.preset})")
+    g.add_argument("--device", help="cpu, cuda, mps (default: the best available)")
+    g = p.add_argument_group("limits")
+    g.add_argument("--max-body-mb", type=_positive(float), default=MAX_BODY_BYTES / 2**20,
+                   help=f"larger request bodies get 413 (default {MAX_BODY_BYTES / 2**20:.0f})")
+    g.add_argument("--token-days", type=_days(MAX_TOKEN_DAYS), default=d.token_days, metavar="N",
+                   help=f"lifetime of tokens issued in the app (default {d.token_days})")
+    g.add_argument("--login-attempts", type=_positive(int), default=d.login_attempts,
+                   help=f"wrong tokens from one address within --login-window seconds before 429 "
+                   f"(default {d.login_attempts})")
+    g.add_argument("--login-window", type=_positive(float), default=d.login_window, metavar="SECONDS",
+                   help=f"default {d.login_window:.0f}")
+    p.set_defaults(func=cmd_serve)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -386,22 +539,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device")
     p.set_defaults(func=cmd_hitl)
 
-    p = sub.add_parser("project", help="manage a correction-app project: init, add, export, users")
-    p.add_argument("action", choices=("init", "add", "export", "users"))
-    p.add_argument("project", help="project folder")
-    p.add_argument("source", nargs="?", help="add: image folder; export: output folder; users: new user's name")
-    p.add_argument("--model", help="init: a trained checkpoint to start from (e.g. runs/demo/model/best.pt)")
-    p.add_argument("--admin", action="store_true", help="users: the new user is an admin")
-    p.add_argument("--db", help="database URL (default: SQLite inside the project)")
-    p.set_defaults(func=cmd_project)
-
-    p = sub.add_parser("serve", help="start the correction web app")
-    p.add_argument("--project", required=True)
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--db", help="database URL, e.g. postgresql://user@host/db (default: SQLite in the project)")
-    p.add_argument("--retrain-every", type=int, default=5, help="retrain after this many corrections (0: never)")
-    p.set_defaults(func=cmd_serve)
+    _add_project_parser(sub)
+    _add_serve_parser(sub)
 
     p = sub.add_parser("data", help="check a data set, write a synthetic one, or write a split")
     p.add_argument("action", choices=("check", "synth", "split"))

@@ -7,9 +7,8 @@ validation IoU; it becomes active only when it finished, and predictions are ref
 from __future__ import annotations
 
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
 
 import numpy as np
 from sqlalchemy import func, select
@@ -23,26 +22,19 @@ from pathoseg.engine.predict import PredictConfig, predict_maps
 from pathoseg.engine.train import TrainConfig, fit, validate
 from pathoseg.hitl.selection import mean_entropy
 from pathoseg.models import ModelConfig, build_model
+from pathoseg.server.config import TrainSettings
 from pathoseg.server.project import current_mask
 from pathoseg.server.storage import Image, Job, Mask, ModelVersion, Project, now
 
-
-@dataclass(frozen=True)
-class TrainSettings:
-    steps: int = 120
-    scale: float = 0.5
-    crop: int = 224
-    batch_size: int = 8
-    preset: str = "lite0"
-    device: str | None = None
+__all__ = ["TrainSettings", "Worker", "corrections_since_last_model", "fail_interrupted_jobs"]
 
 
 class Worker:
     """One thread; jobs queue behind each other. ``wait`` is for tests and the CLI."""
 
-    def __init__(self, project: Project, settings: TrainSettings = TrainSettings()) -> None:
+    def __init__(self, project: Project, settings: TrainSettings | None = None) -> None:
         self.project = project
-        self.settings = settings
+        self.settings = settings or TrainSettings()
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pathoseg-worker")
         self.futures: dict[int, Future] = {}
 
@@ -63,7 +55,8 @@ class Worker:
         self.futures[job_id].result(timeout)
 
     def shutdown(self) -> None:
-        self.pool.shutdown(wait=True)
+        """Drop the queued jobs (the next start marks them failed), wait for the running one."""
+        self.pool.shutdown(wait=True, cancel_futures=True)
 
     # -- job bodies ----------------------------------------------------------------------
     def _update(self, job_id: int, **fields) -> None:
@@ -154,6 +147,18 @@ class Worker:
                     image.status = "predicted"
                 session.commit()
             self._update(job_id, progress=0.9 + 0.1 * (k + 1) / len(names))
+
+
+def fail_interrupted_jobs(project: Project, keep: Collection[int] = ()) -> int:
+    """Mark jobs left queued or running by a server that stopped as failed (except ``keep``:
+    this process's own); returns how many."""
+    with project.session() as s:
+        stale = [j for j in s.scalars(select(Job).where(Job.status.in_(("queued", "running")))) if j.id not in keep]
+        for j in stale:
+            j.status, j.finished_at = "failed", now()
+            j.message = "interrupted: the server stopped before this job finished; start it again"
+        s.commit()
+    return len(stale)
 
 
 def corrections_since_last_model(project: Project) -> int:

@@ -1,8 +1,14 @@
-"""A request body size limit, enforced before anything parses the body or checks the token."""
+"""Request limits: a body size limit, enforced before anything parses the body or checks the
+token, and a login throttle for clients that keep sending wrong tokens."""
 
 from __future__ import annotations
 
 import json
+import math
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -81,3 +87,55 @@ class BodySizeLimit:
                     "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
                                 (b"connection", b"close")]})
         await send({"type": "http.response.body", "body": body})
+
+
+class LoginThrottle:
+    """After ``attempts`` failed token checks from one client within ``window`` seconds, that
+    client's requests get 429 (with ``Retry-After``) until the oldest failure leaves the window.
+
+    While a client is throttled its tokens are not even looked at, so a good token cannot be
+    told from a bad one; a success does not clear the failures, so one valid token does not
+    buy an attacker more guesses at another. Clients are told apart by address (behind a
+    reverse proxy, let it send X-Forwarded-For; uvicorn trusts that from 127.0.0.1)."""
+
+    MAX_CLIENTS = 10_000  # beyond this many clients with recent failures, the stalest are forgotten
+
+    def __init__(self, attempts: int = 10, window: float = 60.0, clock: Callable[[], float] = time.monotonic) -> None:
+        if attempts < 1 or window <= 0:
+            raise ValueError("the login throttle needs attempts >= 1 and window > 0")
+        self.attempts, self.window, self.clock = attempts, window, clock
+        self._failures: dict[str, deque[float]] = {}
+        self._lock = threading.Lock()
+
+    def retry_after(self, client: str) -> int:
+        """Seconds until ``client`` may try again (0: now)."""
+        with self._lock:
+            failures = self._recent(client, self.clock())
+            if failures is None or len(failures) < self.attempts:
+                return 0
+            return max(1, math.ceil(failures[-self.attempts] + self.window - self.clock()))
+
+    def failed(self, client: str) -> None:
+        with self._lock:
+            moment = self.clock()
+            failures = self._recent(client, moment)
+            if failures is None:
+                if len(self._failures) >= self.MAX_CLIENTS:
+                    self._forget_stale(moment)
+                failures = self._failures[client] = deque(maxlen=self.attempts)
+            failures.append(moment)
+
+    def _recent(self, client: str, moment: float) -> deque[float] | None:
+        failures = self._failures.get(client)
+        while failures and failures[0] <= moment - self.window:
+            failures.popleft()
+        if failures is not None and not failures:
+            del self._failures[client]
+            return None
+        return failures
+
+    def _forget_stale(self, moment: float) -> None:
+        for client in list(self._failures):
+            self._recent(client, moment)
+        while len(self._failures) >= self.MAX_CLIENTS:  # all recent: drop the longest-quiet ones
+            del self._failures[min(self._failures, key=lambda c: self._failures[c][-1])]

@@ -1,5 +1,8 @@
 """The project's database (SQLAlchemy; SQLite by default) and its files on disk.
 
+Users have a role (``admin`` or ``annotator``) and one login token at a time, stored only as
+its SHA-256 hash, with an expiry date; a token can be revoked and a new one issued.
+
 Project directory:
 
     pathoseg.db                      SQLite database (unless --db names another)
@@ -19,7 +22,8 @@ import re
 import secrets
 import time
 import warnings
-from datetime import UTC, datetime
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from sqlalchemy import (
@@ -32,7 +36,10 @@ from sqlalchemy import (
     Integer,
     String,
     create_engine,
+    inspect,
     select,
+    text,
+    update,
 )
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship, sessionmaker
@@ -42,6 +49,10 @@ from pathoseg.errors import PathosegError
 MAX_ID = 2**31 - 1  # the largest id or version every supported database stores (PostgreSQL INTEGER)
 STAGED = re.compile(r"^\.(?P<final>.+)\.[0-9a-f]{16}\.tmp$")
 STALE_SECONDS = 600  # an uncommitted staged file this old belongs to a save that died
+ROLES = ("admin", "annotator")
+DEFAULT_TOKEN_DAYS = 90
+MAX_TOKEN_DAYS = 3650
+USER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
 
 
 def now() -> datetime:
@@ -53,11 +64,28 @@ class Base(DeclarativeBase):
 
 
 class User(Base):
+    """A person who logs in. Admins also train, activate models, export, upload and manage
+    users; annotators read, save masks and approve."""
+
     __tablename__ = "users"
     id: Mapped[int] = mapped_column(primary_key=True)
     name: Mapped[str] = mapped_column(String(64), unique=True)
-    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
-    is_admin: Mapped[bool] = mapped_column(Boolean, default=False)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)  # SHA-256 of the token; never the token
+    role: Mapped[str] = mapped_column(String(16), default="annotator", server_default="annotator")
+    token_expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    token_revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+    @property
+    def is_admin(self) -> bool:
+        return self.role == "admin"
+
+    @property
+    def expires(self) -> datetime | None:
+        return aware(self.token_expires_at)
+
+    @property
+    def revoked(self) -> bool:
+        return self.token_revoked_at is not None
 
 
 class Image(Base):
@@ -123,10 +151,12 @@ class Project:
             raise PathosegError("not a pathoseg project (run: pathoseg project init DIR)", self.root)
         url = db_url or f"sqlite:///{self.root / 'pathoseg.db'}"
         args = {"check_same_thread": False, "timeout": 30} if url.startswith("sqlite") else {}
+        self.db_url = db_url
         self.engine = create_engine(url, connect_args=args)
         Base.metadata.create_all(self.engine)
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
         self._unique_mask_versions()
+        self._user_roles_and_expiry()
         self.settle_staged_files()
 
     def _unique_mask_versions(self) -> None:
@@ -138,6 +168,26 @@ class Project:
             warnings.warn(f"{self.root}: the masks table has duplicate (image, version) rows from an older "
                           "pathoseg; new saves are still checked, but remove the duplicates to get the "
                           "database's own guard", stacklevel=3)
+
+    def _user_roles_and_expiry(self) -> None:
+        """Databases from before roles and token expiry: ``is_admin`` becomes ``role``, and
+        tokens issued then expire ``DEFAULT_TOKEN_DAYS`` from now."""
+        columns = {c["name"] for c in inspect(self.engine).get_columns("users")}
+        if {"role", "token_expires_at", "token_revoked_at"} <= columns and "is_admin" not in columns:
+            return
+        table = User.__table__
+        with self.engine.begin() as c:
+            for name in ("role", "token_expires_at", "token_revoked_at"):
+                if name not in columns:
+                    column = table.c[name]
+                    kind = column.type.compile(dialect=self.engine.dialect)
+                    extra = " NOT NULL DEFAULT 'annotator'" if name == "role" else ""
+                    c.execute(text(f"ALTER TABLE users ADD COLUMN {name} {kind}{extra}"))
+            if "is_admin" in columns:
+                c.execute(text("UPDATE users SET role = 'admin' WHERE is_admin"))
+                c.execute(text("ALTER TABLE users DROP COLUMN is_admin"))
+            c.execute(update(table).where(table.c.token_expires_at.is_(None))
+                      .values(token_expires_at=now() + timedelta(days=DEFAULT_TOKEN_DAYS)))
 
     def session(self) -> Session:
         return self.sessions()
@@ -199,20 +249,117 @@ class Project:
                                                            Mask.version == int(version[1]))).first() is not None
 
 
+def aware(moment: datetime | None) -> datetime | None:
+    """SQLite hands back naive datetimes; everything pathoseg stores is UTC."""
+    return moment.replace(tzinfo=UTC) if moment is not None and moment.tzinfo is None else moment
+
+
+class TokenError(PathosegError):
+    """A token that does not log anyone in: unknown, expired or revoked."""
+
+
+class UserExists(PathosegError):
+    """The name is taken."""
+
+
+class NoSuchUser(PathosegError):
+    """No user has that name."""
+
+
+@dataclass(frozen=True)
+class Issued:
+    """A newly issued token (shown once) and when it expires."""
+
+    name: str
+    role: str
+    token: str
+    expires: datetime
+
+
 def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-def create_user(project: Project, name: str, admin: bool = False) -> str:
+def _days(days: int) -> timedelta:
+    if isinstance(days, bool) or not isinstance(days, int) or not 1 <= days <= MAX_TOKEN_DAYS:
+        raise PathosegError(f"a token lasts 1 to {MAX_TOKEN_DAYS} days, not {days!r:.40}")
+    return timedelta(days=days)
+
+
+def _find(session: Session, name: str) -> User:
+    user = session.scalars(select(User).where(User.name == name)).first()
+    if user is None:
+        raise NoSuchUser(f"no user named {name!r}")
+    return user
+
+
+def create_user(project: Project, name: str, admin: bool = False, days: int = DEFAULT_TOKEN_DAYS) -> str:
     """Create a user and return their login token (shown once; only its hash is stored)."""
+    return add_user(project, name, "admin" if admin else "annotator", days).token
+
+
+def add_user(project: Project, name: str, role: str = "annotator", days: int = DEFAULT_TOKEN_DAYS) -> Issued:
+    """Create a user with a token valid for ``days`` days."""
+    if not USER_NAME.match(name or ""):
+        raise PathosegError(f"user name {name!r:.80} not allowed: 1 to 64 letters, digits, '.', '_', '@' or '-'")
+    if role not in ROLES:
+        raise PathosegError(f"role must be one of {', '.join(ROLES)}, not {role!r:.40}")
+    lifetime = _days(days)
     token = secrets.token_urlsafe(24)
     with project.session() as s:
         if s.scalars(select(User).where(User.name == name)).first():
-            raise PathosegError(f"user {name!r} exists already")
-        s.add(User(name=name, token_hash=hash_token(token), is_admin=admin))
+            raise UserExists(f"user {name!r} exists already")
+        user = User(name=name, token_hash=hash_token(token), role=role, token_expires_at=now() + lifetime)
+        s.add(user)
+        try:
+            s.commit()
+        except IntegrityError:
+            s.rollback()
+            if s.scalars(select(User).where(User.name == name)).first():  # added at the same moment
+                raise UserExists(f"user {name!r} exists already") from None
+            raise
+        return Issued(name, role, token, user.expires)
+
+
+def reissue_token(project: Project, name: str, days: int = DEFAULT_TOKEN_DAYS) -> Issued:
+    """A new token for ``name`` (also after a revocation); the old one stops working."""
+    lifetime = _days(days)
+    token = secrets.token_urlsafe(24)
+    with project.session() as s:
+        user = _find(s, name)
+        user.token_hash, user.token_expires_at, user.token_revoked_at = hash_token(token), now() + lifetime, None
         s.commit()
-    return token
+        return Issued(user.name, user.role, token, user.expires)
+
+
+def revoke_token(project: Project, name: str) -> User:
+    """``name``'s token stops working now (``reissue_token`` gives them a new one)."""
+    with project.session() as s:
+        user = _find(s, name)
+        if user.token_revoked_at is None:
+            user.token_revoked_at = now()
+            s.commit()
+        return user
+
+
+def list_users(project: Project) -> list[User]:
+    with project.session() as s:
+        return list(s.scalars(select(User).order_by(User.name)))
 
 
 def user_for_token(session: Session, token: str) -> User | None:
+    """The user whose token this is (expired or revoked ones too); ``authenticate`` checks those."""
     return session.scalars(select(User).where(User.token_hash == hash_token(token))).first()
+
+
+def authenticate(session: Session, token: str, at: datetime | None = None) -> User:
+    """The user ``token`` logs in, or a TokenError saying why not."""
+    user = user_for_token(session, token) if token else None
+    if user is None:
+        raise TokenError("unknown token")
+    if user.revoked:
+        raise TokenError(f"the token of {user.name} was revoked; ask an admin for a new one")
+    expires = user.expires
+    if expires is not None and expires <= (at or now()):
+        raise TokenError(f"the token of {user.name} expired on {expires:%Y-%m-%d}; ask an admin for a new one")
+    return user

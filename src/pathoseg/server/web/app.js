@@ -27,9 +27,14 @@ function status(text) { $("status-line").textContent = text; }
 async function login(token) {
   state.token = token;
   try {
-    const me = await (await api("/api/me")).json();
+    const me = await (await api("/api/users/me")).json();
     localStorage.setItem("pathoseg-token", token);
-    $("who").textContent = me.name;
+    state.admin = me.role === "admin";
+    $("who").textContent = `${me.name} (${me.role})`;
+    $("who").title = me.token_expires_at ? "token valid until " + me.token_expires_at.slice(0, 10) : "";
+    // annotators review, save and approve; the rest is for admins (the API refuses it anyway)
+    document.querySelectorAll(".admin-only").forEach((el) => (el.hidden = !state.admin));
+    $("models").disabled = !state.admin;
     $("login").hidden = true;
     $("app").hidden = false;
     await loadQueue();

@@ -1,0 +1,36 @@
+"""The settings of one running app (``pathoseg serve`` fills them from its options); light to
+import, so the command line can show the defaults without loading torch."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from pathoseg.server.project import MAX_UPLOAD_BYTES
+from pathoseg.server.storage import DEFAULT_TOKEN_DAYS
+
+# The largest upload as base64 in a JSON mask body, plus room for the rest of the request.
+MAX_BODY_BYTES = MAX_UPLOAD_BYTES * 4 // 3 + 2**20
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """How the background worker retrains: ``steps`` optimiser steps of ``batch_size`` crops."""
+
+    steps: int = 120
+    scale: float = 0.5
+    crop: int = 224
+    batch_size: int = 8
+    preset: str = "lite0"  # the first model's, when the project has none yet
+    device: str | None = None
+
+
+@dataclass
+class ServerConfig:
+    project: str
+    db_url: str | None = None
+    retrain_every: int = 5  # start a retrain automatically after this many new corrections (0: never)
+    train: TrainSettings = field(default_factory=TrainSettings)
+    max_body_bytes: int = MAX_BODY_BYTES  # larger request bodies get 413 before auth or parsing
+    token_days: int = DEFAULT_TOKEN_DAYS  # lifetime of tokens issued through the API
+    login_attempts: int = 10  # wrong tokens from one address within login_window seconds, then 429
+    login_window: float = 60.0

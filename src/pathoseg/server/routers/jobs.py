@@ -1,0 +1,44 @@
+"""Background jobs: start a retrain or a prediction refresh (admins), follow their progress."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, HTTPException
+from sqlalchemy import select
+
+from pathoseg.server.deps import ADMIN_ONLY, NOT_FOUND, Admin, Annotator, Id, ProjectDep, WorkerDep
+from pathoseg.server.schemas import JobOut
+from pathoseg.server.storage import Job, Project
+
+router = APIRouter(prefix="/api", tags=["jobs"])
+
+
+def job_out(project: Project, job_id: int) -> JobOut:
+    with project.session() as s:
+        j = s.get(Job, job_id)
+    if j is None:
+        raise HTTPException(404, f"no job {job_id}")
+    return JobOut.of(j)
+
+
+@router.post("/train", response_model=JobOut, status_code=202, responses=ADMIN_ONLY)
+def train(u: Admin, project: ProjectDep, worker: WorkerDep) -> JobOut:
+    """Train a new model version from every saved mask, warm-started from the active one."""
+    return job_out(project, worker.submit("train"))
+
+
+@router.post("/predict", response_model=JobOut, status_code=202, responses=ADMIN_ONLY)
+def predict(u: Admin, project: ProjectDep, worker: WorkerDep) -> JobOut:
+    """Refresh every image's prediction with the active model."""
+    return job_out(project, worker.submit("predict"))
+
+
+@router.get("/jobs/{job_id}", response_model=JobOut, responses=NOT_FOUND)
+def job(job_id: Id, u: Annotator, project: ProjectDep) -> JobOut:
+    return job_out(project, job_id)
+
+
+@router.get("/jobs", response_model=list[JobOut])
+def jobs(u: Annotator, project: ProjectDep) -> list[JobOut]:
+    with project.session() as s:
+        rows = list(s.scalars(select(Job).order_by(Job.id.desc()).limit(20)))
+    return [JobOut.of(j) for j in rows]
