@@ -102,7 +102,6 @@ def _start_postgres(folder: Path) -> tuple[str, Callable[[], None]]:
 def postgres_server() -> Iterator[str]:
     """The URL (without database) of a PostgreSQL server started for this test session."""
     folder = Path(tempfile.mkdtemp(prefix="pathoseg-pg-"))  # not under pytest's root-only tmp folder
-    stop = None
     try:
         url, stop = _start_postgres(folder)
     except (_NoPostgres, OSError, subprocess.TimeoutExpired) as exc:
