@@ -76,7 +76,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     if data is None:
         raise PathosegError("no data: pass --data DIR (GlaS or images/ + masks/)")
     plan = plan_data(data, args.split, args.split_file, args.seed, args.val_fraction)
-    result = run_training(plan, _train_config(args), Path(args.out), args.device, args.resume)
+    result = run_training(plan, _train_config(args), Path(args.out), args.device, args.resume and not args.fresh)
     best = max((h["val_iou"] for h in result.history), default=float("nan"))
     print(f"best validation IoU {best:.4f}; checkpoints in {args.out} (best.pt, last.pt), log {args.out}/history.csv")
 
@@ -218,7 +218,7 @@ def cmd_compare(args: argparse.Namespace) -> None:
     train = replace(TrainConfig(), epochs=epochs, budget_minutes=args.budget, scale=args.scale, crop=args.crop)
     cfg = CompareConfig(models=[m.strip() for m in args.models.split(",") if m.strip()], protocol=args.protocol,
                         seeds=args.seeds, train=train, device=args.device)
-    rows = run_compare(data, cfg, Path(args.out))
+    rows = run_compare(data, cfg, Path(args.out), fresh=args.fresh)
     print(markdown_table(rows))
     print(f"table: {args.out}/compare.csv, {args.out}/compare.md; report: {args.out}/report.html")
 
@@ -243,7 +243,7 @@ def cmd_hitl(args: argparse.Namespace) -> None:
     if args.quick:
         cfg = replace(cfg, initial_steps=60, round_steps=30, test_limit=20,
                       train=replace(train, scale=min(args.scale, 0.35), crop=min(args.crop, 160)))
-    records = StudyRunner(data, cfg, Path(args.out)).run()
+    records = StudyRunner(data, cfg, Path(args.out), fresh=args.fresh).run()
     tables = write_study_outputs(records, cfg, Path(args.out))
     for title, table in tables.items():
         print(f"\n{title}\n{table}")
@@ -469,7 +469,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="official", choices=("official", "random"))
     p.add_argument("--split-file", help="read the split from this JSON (written there if missing)")
     p.add_argument("--val-fraction", type=float, default=0.1)
-    p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from OUT/last.pt (only when it was trained with the same settings)")
+    p.add_argument("--fresh", action="store_true",
+                   help="start over: delete OUT's earlier checkpoints and history (overrides --resume)")
     p.add_argument("--device")
     _add_model_args(p)
     _add_train_args(p)
@@ -517,6 +520,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--crop", type=int, default=224)
     p.add_argument("--out", default=str(DEFAULT_RUNS / "compare"))
     p.add_argument("--device")
+    p.add_argument("--fresh", action="store_true",
+                   help="train every requested model and seed again, deleting their earlier results "
+                   "(default: reuse finished runs made with the same settings)")
     p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("hitl", help="human-in-the-loop study: auto vs oracle vs hitl vs hitl10, round by round")
@@ -537,6 +543,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="about 10 minutes: short rounds, 20 test images")
     p.add_argument("--out", default=str(DEFAULT_RUNS / "hitl"))
     p.add_argument("--device")
+    p.add_argument("--fresh", action="store_true",
+                   help="start the study's seeds over, deleting their earlier rounds "
+                   "(default: resume finished rounds made with the same settings)")
     p.set_defaults(func=cmd_hitl)
 
     _add_project_parser(sub)

@@ -3,8 +3,12 @@
 Layout of ``out`` (what makes it resumable — ``record.json`` is written last, so a round
 without one is redone, and a round with one is never redone):
 
-    seed<k>/round0/{model.pt, record.json}                 shared by all strategies
-    seed<k>/<strategy>/round<r>/{labels/*.png, model.pt, record.json}
+    seed<k>/round0/{model.pt, settings.json, record.json}        shared by all strategies
+    seed<k>/<strategy>/round<r>/{labels/*.png, model.pt, settings.json, record.json}
+
+``settings.json`` records what the round's results depend on (:meth:`StudyRunner.round_settings`);
+a finished round made with other settings stops the study with the first difference, and
+``fresh`` starts the study's seeds over.
 """
 
 from __future__ import annotations
@@ -37,7 +41,8 @@ from pathoseg.io import write_json
 from pathoseg.metrics import pixel_counts
 from pathoseg.models import GlandSegmenter, build_model
 from pathoseg.pipeline.evaluation import evaluate_parts, model_segmenter, summarize_parts
-from pathoseg.pipeline.training import plan_data
+from pathoseg.pipeline.training import plan_data, split_settings
+from pathoseg.runconfig import check_fingerprint, remove_results, write_fingerprint
 
 
 @dataclass
@@ -90,10 +95,15 @@ def make_pool(data: SampleSet, split: Split, cfg: StudyConfig, seed: int) -> Poo
     return Pool(split, pairs, initial, pool)
 
 
+# Training settings a round does not take from the study's TrainConfig (it sets them itself).
+_ROUND_SETS = ("epochs", "seed", "budget_minutes", "progress")
+
+
 class StudyRunner:
-    def __init__(self, data_path: str | Path, cfg: StudyConfig, out: Path):
+    def __init__(self, data_path: str | Path, cfg: StudyConfig, out: Path, fresh: bool = False):
         self.cfg = cfg
         self.out = out
+        self.fresh = fresh
         self.device = choose_device(cfg.device)
         self.plan = plan_data(data_path, "official", seed=0, val_fraction=0)
         self.annotator = SimulatedAnnotator(tolerance_um=cfg.tolerance_um, cost=cfg.cost, scale=cfg.train.scale,
@@ -121,10 +131,42 @@ class StudyRunner:
         model, _ = load_model(path, self.device)
         return model
 
+    # -- resuming -------------------------------------------------------------------------
+    def round_settings(self, strategy: Strategy | None = None) -> dict:
+        """What a round's record depends on. Round 0 (``strategy`` None): the data split, the
+        training settings rounds use, the initial labels and steps, the annotator and the test
+        subset. Later rounds add the strategy and the round plan (number of rounds, selection,
+        retraining). Left out: the device, how many seeds and which other strategies run (the
+        seed is in the folder's name)."""
+        c = self.cfg
+        train = {k: v for k, v in c.train.to_dict().items() if k not in _ROUND_SETS}
+        settings = {"split": split_settings(self.plan.split), "train": train,
+                    "initial_fraction": c.initial_fraction, "initial_steps": c.initial_steps,
+                    "annotator": {"tolerance_um": c.tolerance_um, "um_per_px": c.um_per_px, "cost": asdict(c.cost)},
+                    "test_limit": c.test_limit}
+        if strategy is not None:
+            settings = {"strategy": asdict(strategy), "rounds": c.rounds, "selection": c.selection,
+                        "retrain": c.retrain, "round_steps": c.round_steps, "confident_only": c.confident_only,
+                        **settings}
+        return settings
+
+    def _finished(self, rdir: Path, strategy: Strategy | None, what: str) -> bool:
+        """Whether ``rdir`` holds a finished round; stops if it was made with other settings."""
+        if not (rdir / "record.json").is_file():
+            return False
+        check_fingerprint(rdir, self.round_settings(strategy), what)
+        return True
+
+    def start_over(self) -> None:
+        """``fresh``: delete the rounds of the seeds this study runs (every strategy's, since
+        they all build on the seed's round 0)."""
+        for seed in range(self.cfg.seeds):
+            remove_results(self.out / f"seed{seed}")
+
     # -- rounds ---------------------------------------------------------------------------
     def round0(self, pool: Pool, seed: int, test_split: Split) -> tuple[GlandSegmenter, dict]:
         rdir = self.out / f"seed{seed}" / "round0"
-        if (rdir / "record.json").is_file():
+        if self._finished(rdir, None, f"round 0 of seed {seed}"):
             return self._load_model(rdir / "model.pt"), json.loads((rdir / "record.json").read_text())
         torch.manual_seed(seed)
         model = build_model(self.cfg.train.model)
@@ -135,6 +177,7 @@ class StudyRunner:
         record = {"seed": seed, "round": 0, "strategy": "initial", "test": self._test(model, test_split),
                   "label_iou": 1.0, "effort": asdict(effort), "train_s": train_s,
                   "selected": list(pool.initial), "reviewed": list(pool.initial)}
+        write_fingerprint(rdir, self.round_settings())
         write_json(rdir / "record.json", record)
         return model, record
 
@@ -172,13 +215,14 @@ class StudyRunner:
         record = {"seed": seed, "round": r, "strategy": strategy.name, "test": self._test(model, test_split),
                   "label_iou": label_quality(labels, pool), "effort": asdict(effort), "train_s": train_s,
                   "selected": batch, "reviewed": sorted(reviewed)}
+        write_fingerprint(rdir, self.round_settings(strategy))
         write_json(rdir / "record.json", record)
         return model, record
 
     def resume_round(self, labels: dict[str, np.ndarray], seed: int, strategy: Strategy, r: int
                      ) -> tuple[GlandSegmenter, dict] | None:
         rdir = self.out / f"seed{seed}" / strategy.name / f"round{r}"
-        if not (rdir / "record.json").is_file():
+        if not self._finished(rdir, strategy, f"round {r} of {strategy.name}, seed {seed},"):
             return None
         record = json.loads((rdir / "record.json").read_text())
         for name in record["selected"]:
@@ -186,6 +230,8 @@ class StudyRunner:
         return self._load_model(rdir / "model.pt"), record
 
     def run(self) -> list[dict]:
+        if self.fresh:
+            self.start_over()
         records = []
         total = self.cfg.seeds * (1 + len(self.cfg.strategies) * self.cfg.rounds)
         bar = tqdm(total=total, desc="HITL study", unit="round", dynamic_ncols=True)

@@ -1,7 +1,9 @@
 """``pathoseg compare``: backbones side by side under one protocol.
 
 Each (model, seed) run trains in a child process of its own, so its peak memory is its own
-and a finished run is never repeated: ``runs/<model>/seed<k>/result.json`` marks it done.
+and a finished run is never repeated: ``runs/<model>/seed<k>/result.json`` marks it done and
+records the settings it was made with (:func:`run_settings`). A finished run made with other
+settings stops the comparison with the first difference; ``fresh`` runs everything again.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import csv
 import json
 import multiprocessing as mp
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -26,7 +29,8 @@ from pathoseg.io import atomic_path, write_json, write_text
 from pathoseg.metrics import pixel_counts
 from pathoseg.models import count_parameters, get_preset
 from pathoseg.pipeline.evaluation import evaluate_parts, headline_part, model_segmenter, summarize_parts
-from pathoseg.pipeline.training import plan_data, run_training
+from pathoseg.pipeline.training import plan_data, run_training, training_settings
+from pathoseg.runconfig import check_fingerprint, remove_results, stamp
 from pathoseg.viz.figures import Panel, gallery_figure, save_figure
 from pathoseg.viz.overlay import overlap_image
 from pathoseg.viz.report import Report, image_html
@@ -59,8 +63,19 @@ def gallery_names(test_names: list[str], n: int) -> list[str]:
     return [test_names[i] for i in idx]
 
 
-def run_one(data_path: str, cfg: CompareConfig, model: str, seed: int, out: str) -> None:
-    """Train, evaluate and profile one (model, seed); write ``result.json`` last."""
+def run_settings(data_path: str | Path, cfg: CompareConfig, model: str, seed: int) -> dict:
+    """What one (model, seed) result depends on: the protocol, that model's training settings
+    (config and split, :func:`training_settings`) and the device type, since latency and peak
+    memory are measured on it. The gallery size (pictures only), the other models and the
+    number of seeds are left out."""
+    plan = plan_data(data_path, _split_kind(cfg.protocol), seed=seed)
+    return {"protocol": cfg.protocol, "device": choose_device(cfg.device).type,
+            "training": training_settings(cfg.train_config(model, seed), plan.split)}
+
+
+def run_one(data_path: str, cfg: CompareConfig, model: str, seed: int, out: str,
+            settings: dict | None = None) -> None:
+    """Train, evaluate and profile one (model, seed); write ``result.json`` (with ``settings``) last."""
     run_dir = Path(out)
     device = choose_device(cfg.device)
     plan = plan_data(data_path, _split_kind(cfg.protocol), seed=seed)
@@ -87,19 +102,33 @@ def run_one(data_path: str, cfg: CompareConfig, model: str, seed: int, out: str)
         "model": model, "seed": seed, "protocol": cfg.protocol, "device": str(device),
         "params_m": count_parameters(net) / 1e6, "gflops": gflops(net), "latency_ms": latency_ms(net, pcfg, device),
         "train_s": train_s, "epochs_run": len(result.history), "peak_mem_mb": peak, "metrics": metrics,
+        **stamp(settings if settings is not None else run_settings(data_path, cfg, model, seed)),
     }
     write_json(run_dir / "result.json", record)
 
 
-def _run_isolated(data_path: str, cfg: CompareConfig, model: str, seed: int, out: Path) -> dict:
+def _spawn(target: Callable[..., None], *args) -> int | None:
+    """Run ``target(*args)`` in a fresh process; its exit code."""
+    proc = mp.get_context("spawn").Process(target=target, args=args)
+    proc.start()
+    proc.join()
+    return proc.exitcode
+
+
+def _run_isolated(data_path: str, cfg: CompareConfig, model: str, seed: int, out: Path,
+                  fresh: bool = False) -> dict:
+    """The result of one (model, seed): reused when ``out`` holds one made with the same
+    settings, else trained in a child process. ``fresh`` deletes ``out`` first."""
     done = out / "result.json"
-    if not done.is_file():
-        ctx = mp.get_context("spawn")
-        proc = ctx.Process(target=run_one, args=(data_path, cfg, model, seed, str(out)))
-        proc.start()
-        proc.join()
-        if proc.exitcode != 0 or not done.is_file():
-            raise PathosegError(f"run for {model} seed {seed} failed (exit code {proc.exitcode}); see above", out)
+    settings = run_settings(data_path, cfg, model, seed)
+    if fresh:
+        remove_results(out)
+    if done.is_file():
+        check_fingerprint(out, settings, f"the finished {model} seed {seed} run", name="result.json")
+    else:
+        exitcode = _spawn(run_one, data_path, cfg, model, seed, str(out), settings)
+        if exitcode != 0 or not done.is_file():
+            raise PathosegError(f"run for {model} seed {seed} failed (exit code {exitcode}); see above", out)
     return json.loads(done.read_text())
 
 
@@ -170,7 +199,9 @@ def _side_by_side(data_path: str, cfg: CompareConfig, out: Path, models: list[st
     return gallery_figure(panels, columns=len(models), title="Same test images across models") if panels else None
 
 
-def run_compare(data_path: str | Path, cfg: CompareConfig, out: Path, log=print) -> list[dict]:
+def run_compare(data_path: str | Path, cfg: CompareConfig, out: Path, log=print, fresh: bool = False) -> list[dict]:
+    """Train (or reuse) every (model, seed) run, then the tables and report. ``fresh``: train
+    every requested run again, deleting its earlier results."""
     if cfg.protocol not in PROTOCOLS:
         raise PathosegError(f"unknown protocol {cfg.protocol!r}; choose from {', '.join(PROTOCOLS)}")
     for m in cfg.models:
@@ -180,9 +211,9 @@ def run_compare(data_path: str | Path, cfg: CompareConfig, out: Path, log=print)
     for model in cfg.models:
         for seed in range(cfg.seeds):
             run_dir = out / "runs" / model / f"seed{seed}"
-            status = "done before" if (run_dir / "result.json").is_file() else "training"
+            status = "done before" if (run_dir / "result.json").is_file() and not fresh else "training"
             log(f"[{model} seed {seed}] {status}")
-            records.append(_run_isolated(str(data_path), cfg, model, seed, run_dir))
+            records.append(_run_isolated(str(data_path), cfg, model, seed, run_dir, fresh))
     rows = aggregate(records)
     with atomic_path(out / "compare.csv") as tmp, tmp.open("w", newline="") as f:
         fieldnames = list(dict.fromkeys(k for r in rows for k in r))

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -16,6 +18,7 @@ from pathoseg.engine.device import choose_device
 from pathoseg.engine.train import TrainConfig, TrainResult, resume_state, train_to_dir
 from pathoseg.errors import PathosegError
 from pathoseg.models import build_model
+from pathoseg.runconfig import SETTINGS_FILE, check_fingerprint, digest, remove_results, write_fingerprint
 
 SHARED_GLAS = Path(__file__).resolve().parents[3] / ".." / "shared" / "data" / "glas"
 
@@ -52,25 +55,56 @@ def plan_data(data_path: str | Path, split_kind: str = "official", split_file: s
     return DataPlan(data, split)
 
 
+# Settings that change no result: left out of a run's fingerprint.
+NO_EFFECT = ("progress",)
+RUN_FILES = ("best.pt", "last.pt", "history.csv", SETTINGS_FILE)  # what a fresh start deletes
+
+
+def split_settings(split: Split | Mapping[str, Any]) -> dict:
+    """A split among the settings: its kind, seed and (as a hash) which images go where.
+    Where the data set lies is left out: a moved data set is the same data."""
+    d = split.to_dict() if isinstance(split, Split) else dict(split)
+    parts = {"train": d.get("train", []), "val": d.get("val", []), "test": d.get("test", {})}
+    return {"kind": d.get("kind"), "seed": d.get("seed"), "images": digest(parts)}
+
+
+def training_settings(cfg: TrainConfig | Mapping[str, Any], split: Split | Mapping[str, Any]) -> dict:
+    """What a training run's results depend on: the training config (less progress bars) and
+    the split. The device is left out: a run stopped on one device may resume on another."""
+    d = cfg.to_dict() if isinstance(cfg, TrainConfig) else dict(cfg)
+    return {**{k: v for k, v in d.items() if k not in NO_EFFECT}, "split": split_settings(split)}
+
+
 def run_training(plan: DataPlan, cfg: TrainConfig, out: Path, device: str | None = None,
                  resume: bool = False) -> TrainResult:
-    """Train into ``out`` (best.pt, last.pt, history.csv, split.json); ``resume`` continues last.pt."""
+    """Train into ``out`` (best.pt, last.pt, history.csv, split.json, settings.json).
+
+    ``resume`` continues last.pt, but only when it was trained with the same settings
+    (:func:`training_settings`; else a :class:`PathosegError` names the first difference).
+    Without ``resume`` the run starts over: an earlier run's checkpoints and history in ``out``
+    are deleted first, so a stop before the first epoch ends never leaves them looking current.
+    """
     dev = choose_device(device)
     torch.manual_seed(cfg.seed)
-    out.mkdir(parents=True, exist_ok=True)
-    plan.split.save(out / "split.json")
+    settings = training_settings(cfg, plan.split)
     state = None
     if resume:
         last = out / "last.pt"
         if not last.is_file():
             raise PathosegError("nothing to resume: no last.pt", out)
         ckpt = load_checkpoint(last)
+        recorded = training_settings(ckpt.train_config, ckpt.split) if ckpt.train_config and ckpt.split else None
+        check_fingerprint(out, settings, "the training run", fallback=recorded)
         if ckpt.model_config.preset != cfg.model.preset:
             raise PathosegError(f"trained with preset {ckpt.model_config.preset}, not {cfg.model.preset}", last)
         model = ckpt.build(dev)
         state = resume_state(ckpt)
     else:
+        remove_results(out, RUN_FILES)
         model = build_model(cfg.model)
+    out.mkdir(parents=True, exist_ok=True)
+    plan.split.save(out / "split.json")
+    write_fingerprint(out, settings)
     train_pairs = load_scaled(plan.data.subset(plan.split.train), cfg.scale, cfg.progress)
     val_pairs = load_scaled(plan.data.subset(plan.split.val), cfg.scale, cfg.progress)
     split = {**plan.split.to_dict(), "data_root": str(plan.data.root)}  # lets evaluate find the data again
