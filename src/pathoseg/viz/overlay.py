@@ -29,15 +29,16 @@ def overlap_image(image: np.ndarray, gt: np.ndarray, pred: np.ndarray, alpha: fl
 
 
 def instance_colors(n: int) -> np.ndarray:
-    """``n`` distinct, saturated RGB colours (golden-ratio hues), the same for the same n."""
+    """``n`` distinct, saturated RGB colours, the same for the same n. Hues stay between cyan
+    and magenta (golden-ratio steps), away from the overlap picture's red, green and yellow."""
     from matplotlib.colors import hsv_to_rgb
 
-    hues = (np.arange(n) * 0.618034) % 1.0
-    hsv = np.stack([hues, np.full(n, 0.9), np.full(n, 0.95)], axis=1)
+    hues = 0.48 + 0.44 * ((np.arange(n) * 0.618034) % 1.0)
+    hsv = np.stack([hues, np.full(n, 1.0), np.full(n, 0.9)], axis=1)
     return (hsv_to_rgb(hsv) * 255).astype(np.uint8)
 
 
-def outline_instances(picture: np.ndarray, labels: np.ndarray, width: int = 2) -> np.ndarray:
+def outline_instances(picture: np.ndarray, labels: np.ndarray, width: int = 3) -> np.ndarray:
     """Each gland of ``labels`` outlined in its own colour on top of ``picture``."""
     from scipy import ndimage as ndi
     from skimage.segmentation import find_boundaries
