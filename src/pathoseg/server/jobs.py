@@ -14,7 +14,7 @@ import numpy as np
 from sqlalchemy import func, select
 
 from pathoseg.data.cache import ScaledPair, resize_image, resize_target, to_target
-from pathoseg.data.images import label_components, read_image, write_label_png
+from pathoseg.data.images import read_image, write_label_png
 from pathoseg.engine.checkpoint import Checkpoint, load_model
 from pathoseg.engine.device import choose_device
 from pathoseg.engine.instances import decode_instances
@@ -23,7 +23,7 @@ from pathoseg.engine.train import TrainConfig, fit, validate
 from pathoseg.hitl.selection import mean_entropy
 from pathoseg.models import ModelConfig, build_model
 from pathoseg.server.config import TrainSettings
-from pathoseg.server.project import current_mask
+from pathoseg.server.project import current_labels
 from pathoseg.server.storage import Image, Job, Mask, ModelVersion, Project, now
 
 __all__ = ["TrainSettings", "Worker", "corrections_since_last_model", "fail_interrupted_jobs"]
@@ -76,14 +76,16 @@ class Worker:
             self._update(job_id, status="failed", message=f"{type(exc).__name__}: {exc}"[:500], finished_at=now())
 
     def _labelled(self) -> list[tuple[str, int, np.ndarray, np.ndarray]]:
+        """(name, mask version, image, training target) of every image with a saved mask; the
+        target keeps the saved gland ids (older binary masks: their components)."""
         s = self.settings
         out = []
         with self.project.session() as session:
             for image in session.scalars(select(Image).where(Image.mask_version > 0).order_by(Image.name)):
-                mask = current_mask(self.project, image)
+                labels = current_labels(self.project, image)
                 rgb = read_image(self.project.image_path(image.name))
                 out.append((image.name, image.mask_version, resize_image(rgb, s.scale),
-                            resize_target(to_target(label_components(mask > 0)), s.scale)))
+                            resize_target(to_target(labels), s.scale)))
         return out
 
     def _train(self, job_id: int) -> None:

@@ -1,4 +1,8 @@
-"""Project operations shared by the CLI and the API: import, save masks, export."""
+"""Project operations shared by the CLI and the API: import, save masks, export.
+
+Masks are instance label maps: 0 background, 1..N glands (numbered in order when saved;
+8-bit PNG, 16-bit when N > 255). Binary masks (from older projects, or uploaded) are read
+as their 8-connected components."""
 
 from __future__ import annotations
 
@@ -10,11 +14,12 @@ import numbers
 import os
 import re
 import warnings
+from datetime import datetime
 from pathlib import Path
 
 import numpy as np
 from PIL import Image as PILImage
-from skimage import measure
+from skimage import segmentation
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -29,6 +34,7 @@ from pathoseg.data.images import (
     read_target,
     write_label_png,
 )
+from pathoseg.data.targets import IGNORE
 from pathoseg.errors import PathosegError
 from pathoseg.io import atomic_path, write_text
 from pathoseg.server.storage import MAX_ID, Image, Mask, Project, now
@@ -40,6 +46,13 @@ MAX_SECONDS = 86_400  # effort logged with one save: at most a day
 MAX_OPERATIONS = 10**6  # edits of one kind logged with one save
 MAX_OPERATION_KINDS = 100
 MAX_OPERATION_NAME = 64
+MAX_LOG = 10_000  # entries of the operation log saved with one mask
+MAX_GLAND_ID = IGNORE - 1  # 65534: 65535 marks unlabelled pixels in training targets
+# What the editor logs: the simulated pathologist's vocabulary (pathoseg.hitl.annotator) plus
+# its own helpers. Brush and eraser strokes on a gland are "redraw_boundary".
+OPERATION_TYPES = ("accept", "accept_all", "delete", "add_click", "add_polygon", "split", "merge",
+                   "redraw_boundary", "fill_holes", "undo", "redo")
+MASK_KINDS = ("auto", "labels", "binary")
 
 
 class ConflictError(PathosegError):
@@ -62,20 +75,62 @@ def decode_upload(data: bytes, filename: str) -> np.ndarray:
     return np.array(img.convert("RGB"), dtype=np.uint8)
 
 
-def decode_mask(data: bytes, filename: str) -> np.ndarray:
-    """Boolean mask from uploaded bytes: any non-zero value in any channel is gland. With an
-    alpha channel that has fully transparent pixels, the visible (alpha > 0) pixels are gland,
-    whatever colour they or the transparent ones have."""
+def decode_mask(data: bytes, filename: str, kind: str = "auto") -> np.ndarray:
+    """Instance label map (int32: 0 background, ids of glands) from uploaded PNG bytes.
+
+    ``labels``: a single-channel PNG (8, 16 or 32 bit) whose values are gland ids.
+    ``binary``: any non-zero value in any channel is gland (with an alpha channel that has
+    fully transparent pixels, the visible pixels are); its 8-connected components become
+    the glands. ``auto``: a single-channel PNG with two or more different non-zero values is
+    a label map, anything else a binary mask. Ids above ``MAX_GLAND_ID`` are refused."""
+    if kind not in MASK_KINDS:
+        raise PathosegError(f"mask kind must be one of {', '.join(MASK_KINDS)}, not {kind!r:.40}")
     if len(data) > MAX_UPLOAD_BYTES:
         raise PathosegError(f"upload larger than {MAX_UPLOAD_BYTES // 2**20} MiB", filename)
     img = open_image(io.BytesIO(data), filename, MAX_UPLOAD_PIXELS)
-    if img.mode in ("1", "I", "F") or img.mode.startswith("I;") or (img.mode == "L" and "transparency" not in img.info):
-        return np.array(img) != 0  # one channel (1-, 8-, 16- or 32-bit)
-    rgba = np.array(img.convert("RGBA"))  # palette, grey + alpha, RGB(A), CMYK, ...
-    alpha = rgba[..., 3]
-    if (alpha == 0).any():
-        return alpha > 0
-    return (rgba[..., :3] > 0).any(axis=-1)
+    single = img.mode in ("1", "I", "F") or img.mode.startswith("I;") or (
+        img.mode == "L" and "transparency" not in img.info)
+    if kind == "labels" and (not single or img.mode in ("1", "F")):
+        raise PathosegError(f"a label map must be a single-channel 8- or 16-bit PNG, not mode {img.mode}", filename)
+    if single:
+        values = np.array(img)
+        if kind == "labels" or (kind == "auto" and img.mode not in ("1", "F")
+                                and len(np.unique(values[values != 0])) >= 2):
+            return _checked_ids(values, filename)
+        binary = values != 0  # one channel (1-, 8-, 16- or 32-bit)
+    else:
+        rgba = np.array(img.convert("RGBA"))  # palette, grey + alpha, RGB(A), CMYK, ...
+        alpha = rgba[..., 3]
+        binary = alpha > 0 if (alpha == 0).any() else (rgba[..., :3] > 0).any(axis=-1)
+    return _checked_ids(label_components(binary), filename)
+
+
+def _checked_ids(values: np.ndarray, filename: str) -> np.ndarray:
+    values = np.asarray(values)
+    if values.dtype.kind not in "biu":
+        raise PathosegError(f"gland ids must be whole numbers, not {values.dtype}", filename)
+    if values.size and values.min() < 0:
+        raise PathosegError(f"gland ids must not be negative (found {int(values.min())})", filename)
+    top = int(values.max(initial=0))
+    if top > MAX_GLAND_ID:
+        raise PathosegError(f"gland ids go up to {MAX_GLAND_ID} (65535 marks unlabelled pixels), "
+                            f"this mask has id {top}", filename)
+    return values.astype(np.int32)
+
+
+def as_labels(mask: np.ndarray) -> np.ndarray:
+    """Ids numbered 1..N in order (int32); a boolean mask becomes its 8-connected components."""
+    mask = np.asarray(mask)
+    labels = label_components(mask) if mask.dtype == bool else _checked_ids(mask, "mask")
+    labels = segmentation.relabel_sequential(labels)[0].astype(np.int32)
+    if labels.max(initial=0) > MAX_GLAND_ID:
+        raise PathosegError(f"at most {MAX_GLAND_ID} glands per mask, not {int(labels.max())}")
+    return labels
+
+
+def label_png_array(labels: np.ndarray) -> np.ndarray:
+    """A label map as the PNG stores it: 8-bit when its ids fit, else 16-bit."""
+    return labels.astype(np.uint8 if labels.max(initial=0) < 256 else np.uint16)
 
 
 def _write_png(path: Path, array: np.ndarray) -> None:
@@ -121,7 +176,7 @@ def add_image(project: Project, name: str, rgb: np.ndarray, mask: np.ndarray | N
             if mask is not None:
                 final = project.mask_path(name, 1)
                 staged.append((project.staged_path(final), final))
-                _write_png(staged[-1][0], (mask > 0).astype(np.uint8) * 255)
+                _write_png(staged[-1][0], label_png_array(as_labels(mask)))
                 s.add(Mask(image_id=row.id, version=1, source="import", user=user))
                 row.mask_version, row.status = 1, "approved"
             s.commit()
@@ -144,7 +199,7 @@ def add_folder(project: Project, folder: str | Path) -> int:
     n = 0
     for path in images_in(img_dir):
         name = safe_name(path.name)
-        with warnings.catch_warnings():  # the app stores binary masks for now: nothing is lost
+        with warnings.catch_warnings():  # a binary mask's components become its glands, as the app reads them
             warnings.simplefilter("ignore", BinaryMaskWarning)
             mask = read_mask(masks[name]) if name in masks else None
         add_image(project, name, read_image(path), mask)
@@ -152,10 +207,19 @@ def add_folder(project: Project, folder: str | Path) -> int:
     return n
 
 
-def current_mask(project: Project, image: Image) -> np.ndarray | None:
+def read_labels(path: Path) -> np.ndarray:
+    """A stored mask as a label map (int32): a label map as written, an older binary (0/255)
+    mask as its 8-connected components."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", BinaryMaskWarning)
+        return read_mask(path)
+
+
+def current_labels(project: Project, image: Image) -> np.ndarray | None:
+    """The latest saved mask of ``image`` as a label map, or None before the first."""
     if image.mask_version == 0:
         return None
-    return read_target(project.mask_path(image.name, image.mask_version)) > 0
+    return read_labels(project.mask_path(image.name, image.mask_version))
 
 
 def predicted_instances(project: Project, image: Image) -> np.ndarray | None:
@@ -166,15 +230,23 @@ def predicted_instances(project: Project, image: Image) -> np.ndarray | None:
     return read_target(path).astype(np.int32) if path is not None and path.is_file() else None
 
 
-def effort(seconds: float, operations: dict | None) -> tuple[float, dict[str, int]]:
-    """The effort logged with a save, checked: finite seconds within a day, and at most
-    ``MAX_OPERATION_KINDS`` named edit counts of 0..``MAX_OPERATIONS``."""
+def effort(seconds: float, operations: dict | list | None
+           ) -> tuple[float, dict[str, int], list[dict] | None]:
+    """The effort logged with a save, checked: finite seconds within a day, and either at most
+    ``MAX_OPERATION_KINDS`` named edit counts of 0..``MAX_OPERATIONS``, or an operation log
+    (see :func:`operation_log`), whose per-type counts are returned with it."""
     try:
         seconds = float(seconds)
     except (TypeError, ValueError):
         raise PathosegError(f"seconds must be a number, not {seconds!r}") from None
     if not (math.isfinite(seconds) and 0 <= seconds <= MAX_SECONDS):
         raise PathosegError(f"seconds must be from 0 to {MAX_SECONDS}, not {seconds}")
+    if isinstance(operations, list | tuple):
+        log = operation_log(operations)
+        counts: dict[str, int] = {}
+        for entry in log:
+            counts[entry["type"]] = counts.get(entry["type"], 0) + 1
+        return seconds, counts, log
     operations = dict(operations or {})
     if len(operations) > MAX_OPERATION_KINDS:
         raise PathosegError(f"at most {MAX_OPERATION_KINDS} kinds of operations, not {len(operations)}")
@@ -183,7 +255,43 @@ def effort(seconds: float, operations: dict | None) -> tuple[float, dict[str, in
             raise PathosegError(f"operation names are 1 to {MAX_OPERATION_NAME} characters, not {kind!r:.80}")
         if isinstance(count, bool) or not isinstance(count, numbers.Integral) or not 0 <= count <= MAX_OPERATIONS:
             raise PathosegError(f"operation counts are whole numbers from 0 to {MAX_OPERATIONS}, not {count!r:.80}")
-    return seconds, {kind: int(count) for kind, count in operations.items()}
+    return seconds, {kind: int(count) for kind, count in operations.items()}, None
+
+
+def _gland_id(value: object, what: str) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not 0 <= value <= MAX_GLAND_ID:
+        raise PathosegError(f"{what} must be a gland id from 0 to {MAX_GLAND_ID}, not {value!r:.40}")
+    return int(value)
+
+
+def operation_log(entries: list | tuple) -> list[dict]:
+    """An editor's operation log, checked: at most ``MAX_LOG`` entries, each
+    ``{"type": one of OPERATION_TYPES, "timestamp": ISO 8601 time, "gland": id or None}``
+    (``"other"``: the second gland of a merge or the new one of a split). Stored as given,
+    timestamps in ISO form."""
+    if len(entries) > MAX_LOG:
+        raise PathosegError(f"at most {MAX_LOG} logged operations per save, not {len(entries)}")
+    out = []
+    for k, entry in enumerate(entries):
+        if not isinstance(entry, dict) or not {"type", "timestamp"} <= set(entry) \
+                or not set(entry) <= {"type", "timestamp", "gland", "other"}:
+            raise PathosegError(f"operation {k}: expected type, timestamp and gland, not {entry!r:.80}")
+        if entry["type"] not in OPERATION_TYPES:
+            raise PathosegError(f"operation {k}: unknown type {entry['type']!r:.40}; "
+                                f"known: {', '.join(OPERATION_TYPES)}")
+        stamp = entry["timestamp"]
+        try:
+            stamp = stamp if isinstance(stamp, datetime) else datetime.fromisoformat(stamp)
+        except (TypeError, ValueError):
+            raise PathosegError(f"operation {k}: timestamp must be an ISO 8601 time, not {stamp!r:.40}") from None
+        item = {"type": entry["type"], "timestamp": stamp.isoformat(),
+                "gland": _gland_id(entry.get("gland"), f"operation {k}: gland")}
+        if entry.get("other") is not None:
+            item["other"] = _gland_id(entry["other"], f"operation {k}: other")
+        out.append(item)
+    return out
 
 
 def _conflict(image: Image, base_version: int) -> ConflictError:
@@ -192,14 +300,19 @@ def _conflict(image: Image, base_version: int) -> ConflictError:
 
 
 def save_mask(project: Project, image_id: int, mask: np.ndarray, base_version: int, user: str,
-              seconds: float = 0.0, operations: dict | None = None, approve: bool = False) -> Image:
+              seconds: float = 0.0, operations: dict | list | None = None, approve: bool = False) -> Image:
     """Store a corrected mask as a new version; refuse when ``base_version`` is stale.
+
+    ``mask``: an instance label map (ids are numbered 1..N in order) or a boolean mask (its
+    components become the glands). ``operations``: edit counts by name, or the editor's
+    operation log (stored with its per-type counts).
 
     The version is claimed with a compare-and-set (``UPDATE images ... WHERE mask_version =
     base``) in the same transaction as the new masks row, so of several saves from one base
     version exactly one wins, on SQLite and PostgreSQL alike; the others get a ConflictError
     naming who saved. The PNG is staged, the rows committed, then the PNG renamed into place."""
-    seconds, operations = effort(seconds, operations)
+    seconds, operations, log = effort(seconds, operations)
+    labels = as_labels(mask)
     if isinstance(base_version, bool) or not isinstance(base_version, numbers.Integral) \
             or not 0 <= base_version < MAX_ID:
         raise PathosegError(f"base_version must be from 0 to {MAX_ID - 1}, not {base_version!r:.80}")
@@ -223,9 +336,9 @@ def save_mask(project: Project, image_id: int, mask: np.ndarray, base_version: i
                               .execution_options(synchronize_session=False))
             lost = claim.rowcount != 1
             if not lost:
-                _write_png(staged[0][0], (mask > 0).astype(np.uint8) * 255)
+                _write_png(staged[0][0], label_png_array(labels))
                 s.add(Mask(image_id=image.id, version=version, source="correction", user=user, seconds=seconds,
-                           operations=operations))
+                           operations=operations, operation_log=log))
                 s.commit()
         except IntegrityError:  # the unique (image, version) index: another save got there first
             lost = True
@@ -243,23 +356,33 @@ def save_mask(project: Project, image_id: int, mask: np.ndarray, base_version: i
         return image
 
 
-def polygons(mask: np.ndarray) -> list[list[list[float]]]:
-    """Outer contours (x, y) of each gland, closed, for GeoJSON; ``mask`` is an instance
-    label map (a binary mask: its components are the glands)."""
+def gland_geometries(labels: np.ndarray) -> list[tuple[int, dict]]:
+    """One GeoJSON geometry per gland of a label map (a binary mask: per component), in
+    pixel coordinates (x right, y down; a pixel covers [x, x+1) x [y, y+1)): the union of
+    its pixels, so holes stay as interior rings and the area is the pixel count exactly.
+    A gland in pieces is a MultiPolygon."""
+    from shapely import geometry, ops
+    from shapely.geometry.polygon import orient
+
+    labels = label_components(labels) if labels.dtype == bool else np.asarray(labels)
     out = []
-    labels = np.pad(mask if mask.dtype != bool else label_components(mask), 1)
-    for region in measure.regionprops(labels):
-        contour = max(measure.find_contours(labels == region.label, 0.5), key=len)
-        ring = [[float(c - 1), float(r - 1)] for r, c in contour]
-        if ring[0] != ring[-1]:
-            ring.append(ring[0])
-        if len(ring) >= 4:
-            out.append(ring)
+    for gland in np.unique(labels[labels > 0]).tolist():
+        boxes = []
+        rows = np.flatnonzero((labels == gland).any(axis=1))
+        for r in rows.tolist():
+            line = np.concatenate([[False], labels[r] == gland, [False]])
+            edges = np.flatnonzero(line[1:] != line[:-1])  # run starts, ends (exclusive)
+            boxes += [geometry.box(a, r, b, r + 1) for a, b in zip(edges[::2], edges[1::2], strict=True)]
+        shape = ops.unary_union(boxes).simplify(0)  # drops the vertices along straight edges
+        parts = [orient(p, 1.0) for p in getattr(shape, "geoms", [shape])]
+        shape = parts[0] if len(parts) == 1 else geometry.MultiPolygon(parts)
+        out.append((int(gland), geometry.mapping(shape)))
     return out
 
 
 def export(project: Project, out: str | Path) -> Path:
-    """masks/ (0/255), instances/ (label maps), geojson/ (QuPath), status.csv (status and effort).
+    """masks/ (0/255), instances/ (label maps with the saved ids), geojson/ (QuPath: one feature
+    per gland, holes as interior rings), status.csv (status and effort).
 
     Images nobody corrected yet are exported with the active model's glands (status
     ``predicted`` in status.csv), straight from the instance decoder."""
@@ -267,8 +390,9 @@ def export(project: Project, out: str | Path) -> Path:
     rows = []
     with project.session() as s:
         for image in s.scalars(select(Image).order_by(Image.name)):
-            mask = current_mask(project, image)
-            instances = label_components(mask) if mask is not None else predicted_instances(project, image)
+            instances = current_labels(project, image)
+            if instances is None:
+                instances = predicted_instances(project, image)
             seconds = sum(m.seconds for m in image.masks)
             rows.append({"name": image.name, "status": image.status, "mask_version": image.mask_version,
                          "updated_by": image.updated_by or "", "seconds": round(seconds, 1),
@@ -277,10 +401,10 @@ def export(project: Project, out: str | Path) -> Path:
                 continue
             write_label_png(out / "masks" / f"{image.name}.png", (instances > 0).astype(np.uint8) * 255)
             write_label_png(out / "instances" / f"{image.name}.png", instances)
-            features = [{"type": "Feature", "geometry": {"type": "Polygon", "coordinates": [ring]},
-                         "properties": {"objectType": "annotation",
+            features = [{"type": "Feature", "geometry": shape,
+                         "properties": {"objectType": "annotation", "name": f"gland {gland}", "gland_id": gland,
                                         "classification": {"name": "Gland", "color": [0, 160, 0]}}}
-                        for ring in polygons(instances)]
+                        for gland, shape in gland_geometries(instances)]
             write_text(out / "geojson" / f"{image.name}.geojson",
                        json.dumps({"type": "FeatureCollection", "features": features}))
     with atomic_path(out / "status.csv") as tmp, tmp.open("w", newline="") as f:

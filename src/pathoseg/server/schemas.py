@@ -5,9 +5,17 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, StringConstraints, Tag
 
-from pathoseg.server.project import MAX_OPERATION_KINDS, MAX_OPERATION_NAME, MAX_OPERATIONS, MAX_SECONDS
+from pathoseg.server.project import (
+    MAX_GLAND_ID,
+    MAX_LOG,
+    MAX_OPERATION_KINDS,
+    MAX_OPERATION_NAME,
+    MAX_OPERATIONS,
+    MAX_SECONDS,
+    OPERATION_TYPES,
+)
 from pathoseg.server.storage import MAX_ID, MAX_TOKEN_DAYS, USER_NAME, Image, Job, User
 
 
@@ -33,16 +41,59 @@ class ImageOut(BaseModel):
                    uncertainty=i.uncertainty, mask_version=i.mask_version, updated_by=i.updated_by)
 
 
+GlandId = Annotated[int, Field(ge=0, le=MAX_GLAND_ID)]
+OperationType = Literal[OPERATION_TYPES]  # type: ignore[valid-type]
+
+
+class OperationIn(BaseModel):
+    """One entry of the editor's operation log."""
+
+    model_config = ConfigDict(extra="forbid")
+    type: OperationType = Field(description="what was done: " + ", ".join(OPERATION_TYPES))
+    timestamp: datetime = Field(description="when (ISO 8601)")
+    gland: GlandId | None = Field(None, description="the gland it was done to (its id in the editor then)")
+    other: GlandId | None = Field(None, description="merge: the gland merged in; split: the new gland")
+
+
+Counts = Annotated[dict[Annotated[str, StringConstraints(min_length=1, max_length=MAX_OPERATION_NAME)],
+                        Annotated[int, Field(ge=0, le=MAX_OPERATIONS)]],
+                   Field(max_length=MAX_OPERATION_KINDS), Tag("counts")]
+Log = Annotated[list[OperationIn], Field(max_length=MAX_LOG), Tag("log")]
+
+
+def _operations_form(value: object) -> str:
+    return "log" if isinstance(value, list | tuple) else "counts"
+
+
 class MaskIn(BaseModel):
-    png_base64: str = Field(description="PNG of the mask, image-sized; any non-zero value in any channel is "
-                                        "gland (with transparent pixels in an alpha channel: the visible ones)")
+    png_base64: str = Field(description="PNG of the mask, image-sized: an instance label map (one channel, 8 or 16 "
+                                        "bit: 0 background, 1..N glands) or a binary mask (any non-zero value in "
+                                        "any channel is gland; with transparent pixels in an alpha channel: the "
+                                        "visible ones), whose connected components become the glands")
+    kind: Literal["auto", "labels", "binary"] = Field(
+        "auto", description="how to read the PNG: labels, binary, or auto (one channel with two or more different "
+                            "non-zero values: labels; else binary)")
     base_version: int = Field(ge=0, lt=MAX_ID, description="the mask_version the editor loaded (conflict check)")
     seconds: float = Field(0.0, ge=0, le=MAX_SECONDS, allow_inf_nan=False,
                            description="time spent on this correction")
-    operations: dict[Annotated[str, StringConstraints(min_length=1, max_length=MAX_OPERATION_NAME)],
-                     Annotated[int, Field(ge=0, le=MAX_OPERATIONS)]] = Field(
-        default_factory=dict, max_length=MAX_OPERATION_KINDS, description='edits made, e.g. {"brush": 3}')
+    operations: Annotated[Counts | Log, Discriminator(_operations_form)] = Field(
+        default_factory=dict,
+        description=f'the edits made: the editor\'s log (at most {MAX_LOG} entries, e.g. [{{"type": "split", '
+                    f'"timestamp": "2025-01-31T10:00:00Z", "gland": 3}}]; their counts per type are kept too) or '
+                    f'counts by name (e.g. {{"brush": 3}})')
     approve: bool = False
+
+
+class MaskOut(BaseModel):
+    """What was logged with one saved mask version."""
+
+    version: int
+    source: str
+    user: str | None
+    seconds: float
+    created_at: datetime
+    operations: dict[str, int]
+    operation_log: list[dict] | None
 
 
 class JobOut(BaseModel):

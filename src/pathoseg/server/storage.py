@@ -7,11 +7,14 @@ Project directory:
 
     pathoseg.db                      SQLite database (unless --db names another)
     images/<name>.png                imported images (re-encoded PNG, never the upload as is)
-    masks/<name>/v<k>.png            every saved mask version (0/255), never overwritten
+    masks/<name>/v<k>.png            every saved mask version, never overwritten: an instance label
+                                     map (0 background, 1..N; 16-bit when N > 255); older
+                                     projects' binary 0/255 masks are read as their components
     .../.<file>.<16 hex>.tmp         a file being saved: written first, committed, then renamed
                                      into place; leftovers are settled when the project opens
     models/v<k>.pt                   every trained model version
     predictions/v<k>/<name>.png      gland probability x 255 per model version
+    predictions/v<k>/instances/<name>.png   the model's glands (label map) per model version
 """
 
 from __future__ import annotations
@@ -41,7 +44,7 @@ from sqlalchemy import (
     text,
     update,
 )
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship, sessionmaker
 
 from pathoseg.errors import PathosegError
@@ -113,7 +116,9 @@ class Mask(Base):
     source: Mapped[str] = mapped_column(String(16))  # import / correction
     user: Mapped[str | None] = mapped_column(String(64), nullable=True)
     seconds: Mapped[float] = mapped_column(Float, default=0.0)
-    operations: Mapped[dict] = mapped_column(JSON, default=dict)  # e.g. {"brush": 3, "polygon": 1}
+    operations: Mapped[dict] = mapped_column(JSON, default=dict)  # counts per type, e.g. {"split": 1, "delete": 2}
+    # the editor's log: [{"type": "split", "timestamp": ISO time, "gland": 3, "other": 7}, ...]
+    operation_log: Mapped[list | None] = mapped_column(JSON, nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now)
     image: Mapped[Image] = relationship(back_populates="masks")
 
@@ -157,6 +162,7 @@ class Project:
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
         self._unique_mask_versions()
         self._user_roles_and_expiry()
+        self._operation_log_column()
         self.settle_staged_files()
 
     def _unique_mask_versions(self) -> None:
@@ -168,6 +174,21 @@ class Project:
             warnings.warn(f"{self.root}: the masks table has duplicate (image, version) rows from an older "
                           "pathoseg; new saves are still checked, but remove the duplicates to get the "
                           "database's own guard", stacklevel=3)
+
+    def _operation_log_column(self) -> None:
+        """Databases from before the editor's operation log get its (empty) column."""
+        def present() -> bool:
+            return "operation_log" in {c["name"] for c in inspect(self.engine).get_columns("masks")}
+
+        if present():
+            return
+        kind = Mask.__table__.c.operation_log.type.compile(dialect=self.engine.dialect)
+        try:
+            with self.engine.begin() as c:
+                c.execute(text(f"ALTER TABLE masks ADD COLUMN operation_log {kind}"))
+        except DBAPIError:
+            if not present():  # not another process opening the project at the same moment
+                raise
 
     def _user_roles_and_expiry(self) -> None:
         """Databases from before roles and token expiry: ``is_admin`` becomes ``role``, and

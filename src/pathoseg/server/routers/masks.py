@@ -1,4 +1,5 @@
-"""Masks: the current mask of an image, and saving a correction (any logged-in user)."""
+"""Masks: the current mask of an image (an instance label map), its saved versions with their
+operation logs, and saving a correction (any logged-in user)."""
 
 from __future__ import annotations
 
@@ -22,23 +23,46 @@ from pathoseg.server.deps import (
     prediction,
 )
 from pathoseg.server.jobs import corrections_since_last_model
-from pathoseg.server.project import ConflictError, decode_mask, predicted_instances, save_mask
-from pathoseg.server.schemas import ErrorOut, ImageOut, MaskIn
+from pathoseg.server.project import (
+    ConflictError,
+    as_labels,
+    decode_mask,
+    label_png_array,
+    predicted_instances,
+    read_labels,
+    save_mask,
+)
+from pathoseg.server.schemas import ErrorOut, ImageOut, MaskIn, MaskOut
+from pathoseg.server.storage import Image
 
 router = APIRouter(prefix="/api/images", tags=["masks"])
 
 
 @router.get("/{image_id}/mask.png", responses=NOT_FOUND)
 def mask_png(image_id: Id, u: Annotator, project: ProjectDep) -> Response:
-    """The latest saved mask; without one, the active model's glands (instance decoder)."""
+    """The latest saved mask as an instance label map (0 background, 1..N glands; 16-bit when
+    N > 255; an older binary mask: its components); without one, the active model's glands
+    (instance decoder)."""
     image = get_image(project, image_id)
     if image.mask_version:
-        return placed(project, project.mask_path(image.name, image.mask_version))
-    glands = predicted_instances(project, image)
-    if glands is None:
-        probs = prediction(project, image)
-        glands = (probs > 127) if probs is not None else np.zeros((image.height, image.width), bool)
-    return png((glands > 0).astype(np.uint8) * 255)
+        glands = read_labels(placed(project, project.mask_path(image.name, image.mask_version)).path)
+    else:
+        glands = predicted_instances(project, image)
+        if glands is None:
+            probs = prediction(project, image)
+            glands = as_labels(probs > 127) if probs is not None else np.zeros((image.height, image.width), np.int32)
+    return png(label_png_array(glands))
+
+
+@router.get("/{image_id}/masks", response_model=list[MaskOut], responses=NOT_FOUND)
+def mask_versions(image_id: Id, u: Annotator, project: ProjectDep) -> list[MaskOut]:
+    """Every saved mask version of the image, oldest first, with the effort and operation log
+    saved with it."""
+    get_image(project, image_id)
+    with project.session() as s:
+        image = s.get(Image, image_id)
+        return [MaskOut(version=m.version, source=m.source, user=m.user, seconds=m.seconds, created_at=m.created_at,
+                        operations=m.operations or {}, operation_log=m.operation_log) for m in image.masks]
 
 
 @router.put("/{image_id}/mask", response_model=ImageOut,
@@ -47,10 +71,12 @@ def put_mask(image_id: Id, body: MaskIn, u: Annotator, project: ProjectDep, work
              cfg: ConfigDep) -> ImageOut:
     """Save a correction as the next mask version (``approve``: and mark the image approved)."""
     image = get_image(project, image_id)
+    operations = body.operations if isinstance(body.operations, dict) else [
+        op.model_dump(exclude_none=True) for op in body.operations]
     try:
         raw = base64.b64decode(body.png_base64, validate=True)
-        mask = decode_mask(raw, f"mask of {image.name}")
-        saved = save_mask(project, image_id, mask, body.base_version, u.name, body.seconds, body.operations,
+        mask = decode_mask(raw, f"mask of {image.name}", body.kind)
+        saved = save_mask(project, image_id, mask, body.base_version, u.name, body.seconds, operations,
                           body.approve)
     except ConflictError as exc:
         raise HTTPException(409, str(exc)) from None

@@ -1,13 +1,23 @@
 // pathoseg review UI: talks only to the REST API (/api, see /docs for the schema).
+//
+// The editor works on glands: the mask is an instance label map (0 background, 1..N glands)
+// held as a Uint16Array; every tool acts on gland ids, is undoable, and appends to an
+// operation log ({type, timestamp, gland}) that is saved with the mask.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
+const MAX_ID = 65534;  // the API's largest gland id (65535 marks unlabelled pixels in training)
+const ADD_THRESHOLD = 0.3;  // one-click add: the model's probability region above this
+const UNDO_DEPTH = 40;
 const state = {
   token: localStorage.getItem("pathoseg-token") || "",
-  images: [], current: null, tool: "brush", size: 12,
-  img: null, mask: null, maskCtx: null, pred: null,
-  zoom: 1, ox: 0, oy: 0, undo: [], redo: [], polygon: [],
-  ops: {}, openedAt: 0, drawing: false, last: null, panning: false, spaceDown: false,
+  images: [], current: null, tool: "select", size: 12,
+  img: null, w: 0, h: 0, labels: null, prob: null, predCanvas: null,
+  overlay: null, overlayCtx: null, overlayData: null,
+  selected: 0, accepted: new Set(),
+  zoom: 1, ox: 0, oy: 0, undo: [], redo: [], polygon: [], line: [],
+  log: [], dirty: false, openedAt: 0,
+  drawing: false, stroke: null, last: null, panning: false, spaceDown: false,
 };
 
 async function api(path, options = {}) {
@@ -21,7 +31,100 @@ async function api(path, options = {}) {
   return res;
 }
 
-function status(text) { $("status-line").textContent = text; }
+function status(text, problem = false) {
+  const line = $("status-line");
+  line.textContent = text;
+  line.classList.toggle("problem", problem);
+}
+// An operation that cannot be done: say why, change nothing.
+function refuse(text) { status(text, true); return false; }
+
+// ---- PNG: label maps and probabilities are read and written exactly (8 or 16 bit) --------
+async function inflate(bytes, compress) {
+  const stream = new Blob([bytes]).stream().pipeThrough(compress ? new CompressionStream("deflate")
+                                                                  : new DecompressionStream("deflate"));
+  return new Uint8Array(await new Response(stream).arrayBuffer());
+}
+
+// First channel of a non-interlaced PNG (grey, grey+alpha, RGB or RGBA; 8 or 16 bit).
+async function decodePng(buffer) {
+  const b = new Uint8Array(buffer), dv = new DataView(buffer);
+  let pos = 8, w = 0, h = 0, depth = 0, type = 0, interlace = 0;
+  const parts = [];
+  while (pos + 8 <= b.length) {
+    const len = dv.getUint32(pos), kind = String.fromCharCode(...b.subarray(pos + 4, pos + 8));
+    if (kind === "IHDR") {
+      w = dv.getUint32(pos + 8); h = dv.getUint32(pos + 12);
+      depth = b[pos + 16]; type = b[pos + 17]; interlace = b[pos + 20];
+    } else if (kind === "IDAT") parts.push(b.subarray(pos + 8, pos + 8 + len));
+    else if (kind === "IEND") break;
+    pos += 12 + len;
+  }
+  const channels = { 0: 1, 2: 3, 4: 2, 6: 4 }[type];
+  if (!channels || (depth !== 8 && depth !== 16) || interlace) throw new Error("unsupported PNG");
+  const raw = await inflate(new Blob(parts), false);
+  const bpp = channels * depth / 8, stride = w * bpp, out = new Uint8Array(h * stride);
+  for (let y = 0; y < h; y++) {
+    const filter = raw[y * (stride + 1)], src = y * (stride + 1) + 1, row = y * stride, up = row - stride;
+    for (let x = 0; x < stride; x++) {
+      const a = x >= bpp ? out[row + x - bpp] : 0, u = y ? out[up + x] : 0, c = x >= bpp && y ? out[up + x - bpp] : 0;
+      let v = raw[src + x];
+      if (filter === 1) v += a;
+      else if (filter === 2) v += u;
+      else if (filter === 3) v += (a + u) >> 1;
+      else if (filter === 4) {
+        const p = a + u - c, pa = Math.abs(p - a), pb = Math.abs(p - u), pc = Math.abs(p - c);
+        v += pa <= pb && pa <= pc ? a : pb <= pc ? u : c;
+      }
+      out[row + x] = v & 255;
+    }
+  }
+  const values = depth === 16 ? new Uint16Array(w * h) : new Uint8Array(w * h);
+  for (let i = 0; i < w * h; i++) values[i] = depth === 16 ? (out[i * bpp] << 8) | out[i * bpp + 1] : out[i * bpp];
+  return { w, h, values };
+}
+
+const CRC = new Uint32Array(256).map((_, n) => {
+  let c = n;
+  for (let k = 0; k < 8; k++) c = c & 1 ? 0xedb88320 ^ (c >>> 1) : c >>> 1;
+  return c >>> 0;
+});
+function crc32(bytes) {
+  let c = 0xffffffff;
+  for (const x of bytes) c = CRC[(c ^ x) & 255] ^ (c >>> 8);
+  return (c ^ 0xffffffff) >>> 0;
+}
+
+// A one-channel PNG of the label map: 8-bit when every id fits, else 16-bit.
+async function encodeLabelPng(labels, w, h) {
+  let top = 0;
+  for (const v of labels) if (v > top) top = v;
+  const deep = top > 255, bpp = deep ? 2 : 1, stride = w * bpp, raw = new Uint8Array(h * (stride + 1));
+  for (let y = 0; y < h; y++) {
+    const row = y * (stride + 1) + 1;  // filter byte 0: none
+    for (let x = 0; x < w; x++) {
+      const v = labels[y * w + x];
+      if (deep) { raw[row + 2 * x] = v >> 8; raw[row + 2 * x + 1] = v & 255; } else raw[row + x] = v;
+    }
+  }
+  const chunk = (kind, data) => {
+    const out = new Uint8Array(12 + data.length), dv = new DataView(out.buffer);
+    dv.setUint32(0, data.length);
+    for (let i = 0; i < 4; i++) out[4 + i] = kind.charCodeAt(i);
+    out.set(data, 8);
+    dv.setUint32(8 + data.length, crc32(out.subarray(4, 8 + data.length)));
+    return out;
+  };
+  const head = new Uint8Array(13), hv = new DataView(head.buffer);
+  hv.setUint32(0, w); hv.setUint32(4, h); head[8] = deep ? 16 : 8;  // colour type 0 (grey), no interlace
+  const png = new Blob([new Uint8Array([137, 80, 78, 71, 13, 10, 26, 10]), chunk("IHDR", head),
+    chunk("IDAT", await inflate(raw, true)), chunk("IEND", new Uint8Array(0))]);
+  return new Promise((resolve) => {
+    const reader = new FileReader();
+    reader.onload = () => resolve(reader.result.split(",")[1]);
+    reader.readAsDataURL(png);
+  });
+}
 
 // ---- login ---------------------------------------------------------------------------
 async function login(token) {
@@ -71,36 +174,112 @@ function loadImage(url) {
   }));
 }
 
+async function loadPng(url) { return decodePng(await (await api(url)).arrayBuffer()); }
+
 async function openImage(id) {
+  if (state.dirty && state.current && state.current.id !== id
+      && !window.confirm(`${state.current.name} has unsaved edits. Discard them and open another image?`)) {
+    status(`kept ${state.current.name}: save (S) first, or open the other image again to discard the edits`);
+    return;
+  }
   const info = await (await api(`/api/images/${id}`)).json();
-  state.current = info;
-  state.img = await loadImage(`/api/images/${id}/image.png`);
-  const maskImg = await loadImage(`/api/images/${id}/mask.png`);
-  state.mask = document.createElement("canvas");
-  state.mask.width = info.width; state.mask.height = info.height;
-  state.maskCtx = state.mask.getContext("2d", { willReadFrequently: true });
-  state.maskCtx.drawImage(maskImg, 0, 0);
-  binarise();
-  state.pred = null;
-  api(`/api/images/${id}/prediction.png`).then((r) => r.blob()).then((b) => {
-    const p = new Image(); p.onload = () => { state.pred = p; render(); }; p.src = URL.createObjectURL(b);
-  }).catch(() => {});
-  state.undo = []; state.redo = []; state.polygon = []; state.ops = {};
+  const img = await loadImage(`/api/images/${id}/image.png`);
+  const mask = await loadPng(`/api/images/${id}/mask.png`);
+  if (mask.w !== info.width || mask.h !== info.height) { status("the mask does not fit the image", true); return; }
+  Object.assign(state, { current: info, img, w: info.width, h: info.height, labels: Uint16Array.from(mask.values),
+    prob: null, predCanvas: null, selected: 0, accepted: new Set(), undo: [], redo: [], polygon: [], line: [],
+    log: [], dirty: false, drawing: false, stroke: null });
+  state.overlay = document.createElement("canvas");
+  state.overlay.width = state.w; state.overlay.height = state.h;
+  state.overlayCtx = state.overlay.getContext("2d");
+  state.overlayData = state.overlayCtx.createImageData(state.w, state.h);
   state.openedAt = performance.now();
+  loadPng(`/api/images/${id}/prediction.png`).then((p) => {
+    if (state.current.id !== id || p.w !== state.w || p.h !== state.h) return;
+    state.prob = p.values;
+    state.predCanvas = document.createElement("canvas");
+    state.predCanvas.width = p.w; state.predCanvas.height = p.h;
+    const ctx = state.predCanvas.getContext("2d"), d = ctx.createImageData(p.w, p.h);
+    for (let i = 0; i < p.values.length; i++) {
+      d.data[4 * i] = d.data[4 * i + 1] = d.data[4 * i + 2] = p.values[i]; d.data[4 * i + 3] = 255;
+    }
+    ctx.putImageData(d, 0, 0);
+    render();
+  }).catch(() => {});
   fitView();
+  paintOverlay();
   document.querySelectorAll("#queue-list li").forEach((li) => li.classList.toggle("current", +li.dataset.id === id));
-  status(`${info.name} — ${info.width}x${info.height}, ${info.status}, mask version ${info.mask_version}`);
+  status(`${info.name} — ${info.width}x${info.height}, ${info.status}, mask version ${info.mask_version}, `
+         + `${glandIds().size} glands`);
   $("view").focus();
 }
 
-// Mask pixels: opaque green where gland, transparent elsewhere.
-function binarise() {
-  const d = state.maskCtx.getImageData(0, 0, state.mask.width, state.mask.height);
-  for (let i = 0; i < d.data.length; i += 4) {
-    const on = Math.max(d.data[i], d.data[i + 1]) > 127 && d.data[i + 3] > 127;  // white (loaded) or green (painted)
-    d.data[i] = 0; d.data[i + 1] = on ? 255 : 0; d.data[i + 2] = 0; d.data[i + 3] = on ? 255 : 0;
+// ---- glands --------------------------------------------------------------------------
+function glandIds() {
+  const ids = new Set();
+  for (const v of state.labels) if (v) ids.add(v);
+  return ids;
+}
+
+function hasGland(id) {
+  if (!Number.isInteger(id) || id < 1 || id > MAX_ID) return false;
+  return state.labels.indexOf(id) !== -1;
+}
+
+function nextId() {
+  let top = 0;
+  for (const v of state.labels) if (v > top) top = v;
+  return top + 1;
+}
+
+function area(id) {
+  let n = 0;
+  for (const v of state.labels) if (v === id) n++;
+  return n;
+}
+
+function bbox(test, pad = 0) {
+  const { w, h, labels } = state;
+  let x0 = w, y0 = h, x1 = -1, y1 = -1;
+  for (let i = 0; i < labels.length; i++) {
+    if (!test(i)) continue;
+    const x = i % w, y = (i - x) / w;
+    if (x < x0) x0 = x; if (x > x1) x1 = x; if (y < y0) y0 = y; if (y > y1) y1 = y;
   }
-  state.maskCtx.putImageData(d, 0, 0);
+  if (x1 < 0) return null;
+  return [Math.max(0, x0 - pad), Math.max(0, y0 - pad), Math.min(w - 1, x1 + pad), Math.min(h - 1, y1 + pad)];
+}
+
+const palette = new Map();
+function colour(id) {
+  if (!palette.has(id)) {  // golden-angle hues: neighbouring ids get far-apart colours
+    const hue = (id * 137.508) % 360, s = 0.75, l = 0.5, k = (n) => (n + hue / 30) % 12;
+    const f = (n) => l - s * Math.min(l, 1 - l) * Math.max(-1, Math.min(k(n) - 3, 9 - k(n), 1));
+    palette.set(id, [f(0) * 255, f(8) * 255, f(4) * 255]);
+  }
+  return palette.get(id);
+}
+
+// The mask layer: each gland filled in its own colour, its outline opaque; the selected
+// gland's outline yellow, accepted glands' outlines white.
+function paintOverlay() {
+  if (!state.labels) return;
+  const { w, h, labels, selected, accepted } = state, d = state.overlayData.data;
+  const fill = Math.round(($("opacity").value / 100) * 255);
+  for (let i = 0; i < labels.length; i++) {
+    const id = labels[i], o = 4 * i;
+    if (!id) { d[o + 3] = 0; continue; }
+    const x = i % w;
+    const edge = x === 0 || x === w - 1 || i < w || i >= w * (h - 1)
+      || labels[i - 1] !== id || labels[i + 1] !== id || labels[i - w] !== id || labels[i + w] !== id;
+    const c = colour(id);
+    if (edge && id === selected) { d[o] = 255; d[o + 1] = 235; d[o + 2] = 59; d[o + 3] = 255; }
+    else if (edge && accepted.has(id)) { d[o] = d[o + 1] = d[o + 2] = 255; d[o + 3] = 255; }
+    else if (edge) { d[o] = c[0] * 0.7; d[o + 1] = c[1] * 0.7; d[o + 2] = c[2] * 0.7; d[o + 3] = 255; }
+    else { d[o] = c[0]; d[o + 1] = c[1]; d[o + 2] = c[2]; d[o + 3] = id === selected ? Math.min(255, fill + 50) : fill; }
+  }
+  state.overlayCtx.putImageData(state.overlayData, 0, 0);
+  render();
 }
 
 // ---- view ----------------------------------------------------------------------------
@@ -132,126 +311,462 @@ function render() {
   ctx.setTransform(state.zoom, 0, 0, state.zoom, state.ox, state.oy);
   ctx.imageSmoothingEnabled = state.zoom < 1;
   ctx.drawImage(state.img, 0, 0);
-  if ($("show-mask").checked) {
-    ctx.globalAlpha = $("opacity").value / 100;
-    ctx.drawImage(state.mask, 0, 0);
-    ctx.globalAlpha = 1;
-  }
-  if ($("show-pred").checked && state.pred) {
+  if ($("show-mask").checked && state.overlay) ctx.drawImage(state.overlay, 0, 0);
+  if ($("show-pred").checked && state.predCanvas) {
     ctx.globalAlpha = 0.35;
     ctx.globalCompositeOperation = "screen";
-    ctx.drawImage(state.pred, 0, 0);
+    ctx.drawImage(state.predCanvas, 0, 0);
     ctx.globalCompositeOperation = "source-over";
     ctx.globalAlpha = 1;
   }
-  if (state.polygon.length) {
-    ctx.strokeStyle = "#ffeb3b"; ctx.lineWidth = 1.5 / state.zoom;
+  const path = (points, colourName, dash) => {
+    if (!points.length) return;
+    ctx.strokeStyle = colourName; ctx.lineWidth = 1.5 / state.zoom; ctx.setLineDash(dash.map((v) => v / state.zoom));
     ctx.beginPath();
-    state.polygon.forEach(([x, y], i) => (i ? ctx.lineTo(x, y) : ctx.moveTo(x, y)));
+    points.forEach(([x, y], i) => (i ? ctx.lineTo(x, y) : ctx.moveTo(x, y)));
     ctx.stroke();
-  }
+    ctx.setLineDash([]);
+  };
+  path(state.polygon, "#ffeb3b", []);
+  path(state.line, "#ff1744", [4, 3]);
 }
 
-// ---- editing -------------------------------------------------------------------------
+// ---- undo, log -------------------------------------------------------------------------
 function snapshot() {
-  state.undo.push(state.maskCtx.getImageData(0, 0, state.mask.width, state.mask.height));
-  if (state.undo.length > 30) state.undo.shift();
+  return { labels: state.labels.slice(), accepted: [...state.accepted], selected: state.selected };
+}
+
+function restore(s) {
+  state.labels = s.labels; state.accepted = new Set(s.accepted); state.selected = s.selected;
+}
+
+function remember() {
+  state.undo.push(snapshot());
+  if (state.undo.length > UNDO_DEPTH) state.undo.shift();
   state.redo = [];
 }
 
-function count(op) { state.ops[op] = (state.ops[op] || 0) + 1; }
-
-function stroke(from, to) {
-  const ctx = state.maskCtx;
-  ctx.globalCompositeOperation = state.tool === "eraser" ? "destination-out" : "source-over";
-  ctx.strokeStyle = ctx.fillStyle = "rgb(0,255,0)";
-  ctx.lineWidth = state.size; ctx.lineCap = "round"; ctx.lineJoin = "round";
-  ctx.beginPath(); ctx.moveTo(from[0], from[1]); ctx.lineTo(to[0], to[1]); ctx.stroke();
-  ctx.globalCompositeOperation = "source-over";
-}
-
-function closePolygon() {
-  if (state.polygon.length >= 3) {
-    snapshot();
-    const ctx = state.maskCtx;
-    ctx.fillStyle = "rgb(0,255,0)";
-    ctx.beginPath();
-    state.polygon.forEach(([x, y], i) => (i ? ctx.lineTo(x, y) : ctx.moveTo(x, y)));
-    ctx.closePath(); ctx.fill();
-    binarise();
-    count("polygon");
-  }
-  state.polygon = [];
-  render();
-}
-
-function fillHoles() {
-  snapshot();
-  const w = state.mask.width, h = state.mask.height;
-  const d = state.maskCtx.getImageData(0, 0, w, h);
-  const outside = new Uint8Array(w * h), stack = [];
-  const push = (i) => { if (!outside[i] && d.data[4 * i + 3] === 0) { outside[i] = 1; stack.push(i); } };
-  for (let x = 0; x < w; x++) { push(x); push((h - 1) * w + x); }
-  for (let y = 0; y < h; y++) { push(y * w); push(y * w + w - 1); }
-  while (stack.length) {
-    const i = stack.pop(), x = i % w;
-    if (x > 0) push(i - 1);
-    if (x < w - 1) push(i + 1);
-    if (i >= w) push(i - w);
-    if (i < w * (h - 1)) push(i + w);
-  }
-  for (let i = 0; i < w * h; i++) {
-    if (!outside[i] && d.data[4 * i + 3] === 0) { d.data[4 * i + 1] = 255; d.data[4 * i + 3] = 255; }
-  }
-  state.maskCtx.putImageData(d, 0, 0);
-  count("fill_holes");
-  render();
+function logOp(type, gland = null, other = null) {
+  const entry = { type, timestamp: new Date().toISOString(), gland };
+  if (other != null) entry.other = other;
+  state.log.push(entry);
+  state.dirty = true;
 }
 
 function undo() {
-  if (!state.undo.length) return;
-  state.redo.push(state.maskCtx.getImageData(0, 0, state.mask.width, state.mask.height));
-  state.maskCtx.putImageData(state.undo.pop(), 0, 0);
-  count("undo"); render();
+  if (!state.labels) return;
+  if (!state.undo.length) { refuse("nothing to undo"); return; }
+  state.redo.push(snapshot());
+  restore(state.undo.pop());
+  logOp("undo");
+  paintOverlay();
+  status("undone");
 }
 
 function redo() {
-  if (!state.redo.length) return;
-  state.undo.push(state.maskCtx.getImageData(0, 0, state.mask.width, state.mask.height));
-  state.maskCtx.putImageData(state.redo.pop(), 0, 0);
+  if (!state.labels) return;
+  if (!state.redo.length) { refuse("nothing to redo"); return; }
+  state.undo.push(snapshot());
+  restore(state.redo.pop());
+  logOp("redo");
+  paintOverlay();
+  status("redone");
+}
+
+function changed(message) { paintOverlay(); status(message); return true; }
+
+// ---- gland operations (each checks its input, says why when it cannot, changes nothing then)
+function requireGland(id, what = "") {
+  if (!state.labels) return refuse("open an image first");
+  if (!id) return refuse(`select a gland${what} first (click it with the select tool, V)`);
+  if (!hasGland(id)) return refuse(`gland ${id} is not in the mask`);
+  return true;
+}
+
+function pixelAt(x, y) {
+  const px = Math.floor(x), py = Math.floor(y);
+  if (!(px >= 0 && py >= 0 && px < state.w && py < state.h)) return -1;
+  return py * state.w + px;
+}
+
+function select(id) {
+  if (!state.labels) return refuse("open an image first");
+  if (id && !hasGland(id)) return refuse(`gland ${id} is not in the mask`);
+  state.selected = id || 0;
+  paintOverlay();
+  status(id ? `gland ${id} selected (${area(id)} px${state.accepted.has(id) ? ", accepted" : ""})` : "nothing selected");
+  return true;
+}
+
+function selectAt(x, y) {
+  const i = pixelAt(x, y);
+  return select(i < 0 ? 0 : state.labels[i]);
+}
+
+function deleteGland(id = state.selected) {
+  if (!requireGland(id, " to delete")) return false;
+  remember();
+  const { labels } = state;
+  for (let i = 0; i < labels.length; i++) if (labels[i] === id) labels[i] = 0;
+  state.accepted.delete(id);
+  if (state.selected === id) state.selected = 0;
+  logOp("delete", id);
+  return changed(`gland ${id} deleted`);
+}
+
+function acceptGland(id = state.selected) {
+  if (!requireGland(id, " to accept (Shift+K accepts all)")) return false;
+  if (state.accepted.has(id)) return refuse(`gland ${id} is accepted already`);
+  remember();
+  state.accepted.add(id);
+  logOp("accept", id);
+  return changed(`gland ${id} accepted`);
+}
+
+function acceptAll() {
+  if (!state.labels) return refuse("open an image first");
+  const ids = glandIds();
+  if (!ids.size) return refuse("there are no glands to accept");
+  remember();
+  ids.forEach((id) => state.accepted.add(id));
+  logOp("accept_all");
+  return changed(`all ${ids.size} glands accepted`);
+}
+
+// Fill the background pixels of ``region`` (a Uint8Array mask) that it encloses.
+function fillEnclosed(region, box) {
+  const { w, labels } = state, [x0, y0, x1, y1] = box, outside = new Uint8Array(labels.length), stack = [];
+  const push = (i) => { if (!outside[i] && !region[i]) { outside[i] = 1; stack.push(i); } };
+  for (let x = x0; x <= x1; x++) { push(y0 * w + x); push(y1 * w + x); }
+  for (let y = y0; y <= y1; y++) { push(y * w + x0); push(y * w + x1); }
+  while (stack.length) {
+    const i = stack.pop(), x = i % w, y = (i - x) / w;
+    if (x > x0) push(i - 1);
+    if (x < x1) push(i + 1);
+    if (y > y0) push(i - w);
+    if (y < y1) push(i + w);
+  }
+  let n = 0;
+  for (let y = y0; y <= y1; y++) {
+    for (let x = x0; x <= x1; x++) {
+      const i = y * w + x;
+      if (!outside[i] && !region[i] && !labels[i]) { region[i] = 1; n++; }
+    }
+  }
+  return n;
+}
+
+function newGland(region, type, message) {
+  const id = nextId();
+  if (id > MAX_ID) return refuse(`at most ${MAX_ID} glands per mask`);
+  remember();
+  for (let i = 0; i < region.length; i++) if (region[i]) state.labels[i] = id;
+  state.selected = id;
+  logOp(type, id);
+  return changed(message(id));
+}
+
+// One click: the connected region of the model's probability above 0.3 around the click
+// (over background only, its enclosed holes filled); where the model sees nothing, a polygon.
+function addClick(x, y) {
+  if (!state.labels) return refuse("open an image first");
+  const start = pixelAt(x, y);
+  if (start < 0) return refuse("click inside the image to add a gland");
+  if (state.labels[start]) return refuse(`there is a gland here already (gland ${state.labels[start]}); `
+                                         + "select it, or delete it first");
+  const cut = Math.floor(ADD_THRESHOLD * 255) + 1;  // probability x 255 above 0.3
+  if (!state.prob || state.prob[start] < cut) {
+    setTool("polygon");
+    const why = state.prob ? `the model sees no gland here (probability ${(state.prob[start] / 255).toFixed(2)} `
+                             + `<= ${ADD_THRESHOLD})` : "there is no model prediction for this image";
+    return refuse(`${why}: draw a polygon around the gland instead (click its outline, Enter closes)`);
+  }
+  const { w, h, labels, prob } = state, region = new Uint8Array(labels.length), stack = [start];
+  region[start] = 1;
+  let n = 0, x0 = w, y0 = h, x1 = 0, y1 = 0;
+  while (stack.length) {
+    const i = stack.pop(), px = i % w, py = (i - px) / w;
+    n++;
+    if (px < x0) x0 = px; if (px > x1) x1 = px; if (py < y0) y0 = py; if (py > y1) y1 = py;
+    for (let dy = -1; dy <= 1; dy++) {
+      for (let dx = -1; dx <= 1; dx++) {
+        const qx = px + dx, qy = py + dy, j = qy * w + qx;
+        if (qx < 0 || qy < 0 || qx >= w || qy >= h || region[j] || labels[j] || prob[j] < cut) continue;
+        region[j] = 1; stack.push(j);
+      }
+    }
+  }
+  if (n > labels.length / 2) {
+    setTool("polygon");
+    return refuse("the model's region here covers most of the image: draw a polygon around the gland instead");
+  }
+  fillEnclosed(region, [Math.max(0, x0 - 1), Math.max(0, y0 - 1), Math.min(w - 1, x1 + 1), Math.min(h - 1, y1 + 1)]);
+  return newGland(region, "add_click", (id) => `gland ${id} added (${area(id)} px, from the model at ${ADD_THRESHOLD})`);
+}
+
+// A polygon: pixels whose centre lies inside (even-odd), background only.
+function addPolygon(points) {
+  if (!state.labels) return refuse("open an image first");
+  if (points.length < 3) return refuse("a polygon needs at least 3 points");
+  const { w, h, labels } = state, region = new Uint8Array(labels.length);
+  let n = 0;
+  for (let y = 0; y < h; y++) {
+    const cy = y + 0.5, xs = [];
+    for (let k = 0; k < points.length; k++) {
+      const [ax, ay] = points[k], [bx, by] = points[(k + 1) % points.length];
+      if ((ay <= cy) !== (by <= cy)) xs.push(ax + ((cy - ay) / (by - ay)) * (bx - ax));
+    }
+    xs.sort((a, b) => a - b);
+    for (let k = 0; k + 1 < xs.length; k += 2) {
+      for (let x = Math.max(0, Math.ceil(xs[k] - 0.5)); x < w && x + 0.5 < xs[k + 1]; x++) {
+        if (!labels[y * w + x]) { region[y * w + x] = 1; n++; }
+      }
+    }
+  }
+  if (!n) return refuse("the polygon covers no background: glands do not overlap");
+  return newGland(region, "add_polygon", (id) => `gland ${id} added (${n} px, drawn)`);
+}
+
+function closePolygon() {
+  const points = state.polygon;
+  state.polygon = [];
+  if (points.length) addPolygon(points);
   render();
 }
 
-function maskPngBase64() {
-  const w = state.mask.width, h = state.mask.height;
-  const src = state.maskCtx.getImageData(0, 0, w, h);
-  const out = document.createElement("canvas"); out.width = w; out.height = h;
-  const octx = out.getContext("2d"), o = octx.createImageData(w, h);
-  for (let i = 0; i < src.data.length; i += 4) {
-    const v = src.data[i + 3] > 127 ? 255 : 0;
-    o.data[i] = o.data[i + 1] = o.data[i + 2] = v; o.data[i + 3] = 255;
+// Pixels under a drawn line, 4-connected (so that it cuts 8-connected glands too).
+function linePixels(points) {
+  const { w } = state, out = new Set();
+  let prev = null;
+  const visit = (x, y) => {
+    const px = Math.floor(x), py = Math.floor(y);
+    if (prev && prev[0] === px && prev[1] === py) return;
+    if (prev && prev[0] !== px && prev[1] !== py) visitCell(px, prev[1]);  // corner: close the diagonal gap
+    visitCell(px, py);
+    prev = [px, py];
+  };
+  const visitCell = (px, py) => { if (px >= 0 && py >= 0 && px < state.w && py < state.h) out.add(py * w + px); };
+  for (let k = 0; k < points.length; k++) {
+    const [ax, ay] = points[k], [bx, by] = points[Math.min(k + 1, points.length - 1)];
+    const steps = Math.max(1, Math.ceil(Math.hypot(bx - ax, by - ay) * 4));
+    for (let s = 0; s <= steps; s++) visit(ax + ((bx - ax) * s) / steps, ay + ((by - ay) * s) / steps);
   }
-  octx.putImageData(o, 0, 0);
-  return out.toDataURL("image/png").split(",")[1];
+  return out;
+}
+
+// Split a gland along a drawn line: the line's pixels become background, each side of the
+// line keeps or gets an id (the largest side keeps the gland's), crumbs join the side they touch.
+function splitAlong(points, id = state.selected) {
+  if (!state.labels) return refuse("open an image first");
+  if (points.length < 2) return refuse("draw a line across the gland to split it");
+  const cells = linePixels(points), { w, h, labels } = state;
+  if (!id) {  // the gland the line crosses most
+    const hits = new Map();
+    cells.forEach((i) => { if (labels[i]) hits.set(labels[i], (hits.get(labels[i]) || 0) + 1); });
+    if (!hits.size) return refuse("the line does not cross a gland: draw it across the gland you want to split");
+    id = [...hits].sort((a, b) => b[1] - a[1])[0][0];
+  }
+  if (!hasGland(id)) return refuse(`gland ${id} is not in the mask`);
+  const box = bbox((i) => labels[i] === id);
+  const [x0, y0, x1, y1] = box, size = area(id);
+  if (![...cells].some((i) => labels[i] === id)) return refuse(`the line does not cross gland ${id}`);
+  // 4-connected pieces of the gland without the line
+  const piece = new Int32Array(labels.length), sizes = [0];
+  for (let y = y0; y <= y1; y++) {
+    for (let x = x0; x <= x1; x++) {
+      const s = y * w + x;
+      if (labels[s] !== id || cells.has(s) || piece[s]) continue;
+      const k = sizes.length, stack = [s];
+      piece[s] = k; sizes.push(0);
+      while (stack.length) {
+        const i = stack.pop(), px = i % w, py = (i - px) / w;
+        sizes[k]++;
+        for (const [qx, qy] of [[px - 1, py], [px + 1, py], [px, py - 1], [px, py + 1]]) {
+          const j = qy * w + qx;
+          if (qx < x0 || qy < y0 || qx > x1 || qy > y1 || piece[j] || labels[j] !== id || cells.has(j)) continue;
+          piece[j] = k; stack.push(j);
+        }
+      }
+    }
+  }
+  const minimum = Math.max(10, 0.02 * size);
+  const sides = sizes.map((n, k) => [k, n]).filter(([k, n]) => k && n >= minimum).sort((a, b) => b[1] - a[1]);
+  if (sides.length < 2) return refuse(`the line does not cut gland ${id} in two: draw it across the whole gland`);
+  const first = nextId();
+  if (first + sides.length - 2 > MAX_ID) return refuse(`at most ${MAX_ID} glands per mask`);
+  remember();
+  const side = new Map(sides.map(([k], n) => [k, n === 0 ? id : first + n - 1]));
+  // crumbs (pieces too small to be a side) join the nearest side, through 8-neighbours
+  const owner = new Int32Array(labels.length), queue = [];
+  for (let y = y0; y <= y1; y++) {
+    for (let x = x0; x <= x1; x++) {
+      const i = y * w + x;
+      if (side.has(piece[i])) { owner[i] = side.get(piece[i]); queue.push(i); }
+    }
+  }
+  for (let q = 0; q < queue.length; q++) {
+    const i = queue[q], px = i % w, py = (i - px) / w;
+    for (let dy = -1; dy <= 1; dy++) {
+      for (let dx = -1; dx <= 1; dx++) {
+        const qx = px + dx, qy = py + dy, j = qy * w + qx;
+        if (qx < 0 || qy < 0 || qx >= w || qy >= h || owner[j] || !piece[j]) continue;
+        owner[j] = owner[i]; queue.push(j);
+      }
+    }
+  }
+  for (let y = y0; y <= y1; y++) {
+    for (let x = x0; x <= x1; x++) {
+      const i = y * w + x;
+      if (labels[i] === id) labels[i] = piece[i] ? owner[i] || id : 0;  // the line's pixels: background
+    }
+  }
+  state.accepted.delete(id);
+  state.selected = id;
+  logOp("split", id, first);
+  const made = sides.slice(1).map((_, n) => first + n);
+  return changed(`gland ${id} split: ${[id, ...made].join(", ")}`);
+}
+
+// Merge gland ``other`` into ``id``; background pixels between them (4-neighbours of both) join too.
+function mergeGlands(id, other) {
+  if (!requireGland(id, " to merge into")) return false;
+  if (!other) return refuse(`click the gland to merge into gland ${id}`);
+  if (!hasGland(other)) return refuse(`gland ${other} is not in the mask`);
+  if (other === id) return refuse(`a gland cannot be merged with itself (gland ${id}): click another gland`);
+  remember();
+  const { w, labels } = state, [x0, y0, x1, y1] = bbox((i) => labels[i] === id || labels[i] === other, 1);
+  const seam = [];
+  for (let y = y0; y <= y1; y++) {
+    for (let x = x0; x <= x1; x++) {
+      const i = y * w + x;
+      if (labels[i]) continue;
+      const near = [x > x0 ? labels[i - 1] : 0, x < x1 ? labels[i + 1] : 0, y > y0 ? labels[i - w] : 0,
+        y < y1 ? labels[i + w] : 0];
+      if (near.includes(id) && near.includes(other)) seam.push(i);
+    }
+  }
+  for (let i = 0; i < labels.length; i++) if (labels[i] === other) labels[i] = id;
+  seam.forEach((i) => (labels[i] = id));
+  state.accepted.delete(id); state.accepted.delete(other);
+  state.selected = id;
+  logOp("merge", id, other);
+  return changed(`gland ${other} merged into gland ${id}`);
+}
+
+function mergeClick(x, y) {
+  if (!state.labels) return refuse("open an image first");
+  const i = pixelAt(x, y), id = i < 0 ? 0 : state.labels[i];
+  if (!state.selected) {
+    if (!id) return refuse("click the first gland to merge");
+    select(id);
+    status(`gland ${id} selected: now click the gland to merge into it`);
+    return true;
+  }
+  if (!id) return refuse(`click a gland to merge into gland ${state.selected}`);
+  return mergeGlands(state.selected, id);
+}
+
+function fillHoles(id = state.selected) {
+  if (!state.labels) return refuse("open an image first");
+  if (id && !hasGland(id)) return refuse(`gland ${id} is not in the mask`);
+  const ids = id ? [id] : [...glandIds()], before = state.labels.slice();
+  let n = 0;
+  for (const g of ids) {
+    const region = new Uint8Array(state.labels.length);
+    for (let i = 0; i < region.length; i++) if (state.labels[i] === g) region[i] = 1;
+    const added = fillEnclosed(region, bbox((i) => region[i] === 1, 1));
+    if (added) { for (let i = 0; i < region.length; i++) if (region[i]) state.labels[i] = g; n += added; }
+  }
+  if (!n) return refuse(id ? `gland ${id} has no holes` : "no gland has holes");
+  const after = state.labels;
+  state.labels = before;
+  remember();
+  state.labels = after;
+  logOp("fill_holes", id || null);
+  return changed(`${n} px of holes filled`);
+}
+
+// Boundary brush and eraser: act on the selected gland (the brush paints background only;
+// on background with nothing selected it paints a new gland, logged as a drawn add).
+function beginStroke(x, y) {
+  if (!state.labels) return refuse("open an image first");
+  const i = pixelAt(x, y), under = i < 0 ? 0 : state.labels[i];
+  let id = state.selected, fresh = false;
+  if (id && !hasGland(id)) return refuse(`gland ${id} is not in the mask`);
+  if (!id && under) { id = under; select(id); }
+  if (!id) {
+    if (state.tool === "eraser") return refuse("select a gland to erase from (the eraser acts on the selected gland)");
+    id = nextId(); fresh = true;
+    if (id > MAX_ID) return refuse(`at most ${MAX_ID} glands per mask`);
+  }
+  state.stroke = { id, fresh, before: snapshot(), changed: 0 };
+  state.drawing = true; state.last = [x, y];
+  strokeSegment([x, y], [x, y]);
+  return true;
+}
+
+function strokeSegment(a, b) {
+  const { w, h, labels } = state, s = state.stroke, r = state.size / 2, erase = state.tool === "eraser";
+  const x0 = Math.max(0, Math.floor(Math.min(a[0], b[0]) - r)), x1 = Math.min(w - 1, Math.ceil(Math.max(a[0], b[0]) + r));
+  const y0 = Math.max(0, Math.floor(Math.min(a[1], b[1]) - r)), y1 = Math.min(h - 1, Math.ceil(Math.max(a[1], b[1]) + r));
+  const dx = b[0] - a[0], dy = b[1] - a[1], len2 = dx * dx + dy * dy;
+  for (let y = y0; y <= y1; y++) {
+    for (let x = x0; x <= x1; x++) {
+      const cx = x + 0.5, cy = y + 0.5;
+      const t = len2 ? Math.max(0, Math.min(1, ((cx - a[0]) * dx + (cy - a[1]) * dy) / len2)) : 0;
+      if (Math.hypot(cx - a[0] - t * dx, cy - a[1] - t * dy) > r) continue;
+      const i = y * w + x;
+      if (erase ? labels[i] === s.id : labels[i] === 0) { labels[i] = erase ? 0 : s.id; s.changed++; }
+    }
+  }
+}
+
+function endStroke() {
+  const s = state.stroke;
+  state.stroke = null; state.drawing = false;
+  if (!s) return;
+  if (!s.changed) { status("nothing changed: the brush paints background, the eraser the selected gland"); return; }
+  state.undo.push(s.before);
+  if (state.undo.length > UNDO_DEPTH) state.undo.shift();
+  state.redo = [];
+  state.accepted.delete(s.id);
+  if (s.fresh) { state.selected = s.id; logOp("add_polygon", s.id); }
+  else logOp("redraw_boundary", s.id);
+  changed(s.fresh ? `gland ${s.id} painted` : `gland ${s.id}: outline ${state.tool === "eraser" ? "erased" : "painted"}`);
+}
+
+// ---- saving ----------------------------------------------------------------------------
+// Ids are renumbered 1..N in order before saving (as the server stores them).
+function compactIds() {
+  const ids = [...glandIds()].sort((a, b) => a - b), map = new Map(ids.map((id, k) => [id, k + 1]));
+  if (ids.every((id, k) => id === k + 1)) return;
+  const { labels } = state;
+  for (let i = 0; i < labels.length; i++) if (labels[i]) labels[i] = map.get(labels[i]);
+  state.selected = map.get(state.selected) || 0;
+  state.accepted = new Set([...state.accepted].filter((id) => map.has(id)).map((id) => map.get(id)));
+  paintOverlay();
 }
 
 async function save(approve) {
-  if (!state.current) return;
+  if (!state.current || !state.labels) return;
+  compactIds();
   const body = {
-    png_base64: maskPngBase64(), base_version: state.current.mask_version,
+    png_base64: await encodeLabelPng(state.labels, state.w, state.h), kind: "labels",
+    base_version: state.current.mask_version,
     // the API keeps at most a day per save: a tab left open over a weekend still saves
-    seconds: Math.min(86400, (performance.now() - state.openedAt) / 1000), operations: state.ops, approve,
+    seconds: Math.min(86400, (performance.now() - state.openedAt) / 1000), operations: state.log.slice(-10000),
+    approve,
   };
   try {
     const res = await api(`/api/images/${state.current.id}/mask`, {
       method: "PUT", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body),
     });
     state.current = await res.json();
-    state.ops = {}; state.openedAt = performance.now();
+    state.log = []; state.dirty = false; state.openedAt = performance.now();
     status(`saved ${state.current.name} as version ${state.current.mask_version}`);
     await loadQueue();
   } catch (e) {
-    status("NOT saved: " + e.message);
+    status("NOT saved: " + e.message, true);
   }
 }
 
@@ -284,10 +799,21 @@ async function pollJobs() {
 }
 
 // ---- events --------------------------------------------------------------------------
+const TOOL_HINTS = {
+  select: "click a gland to select it", add: "click inside a missed gland to add it",
+  polygon: "click around a gland, double-click or Enter to close", split: "draw a line across a gland to split it",
+  merge: "click a gland, then the gland to merge into it", brush: "paint onto the selected gland",
+  eraser: "erase from the selected gland", pan: "drag to move the view",
+};
+
 function setTool(tool) {
   state.tool = tool;
+  state.polygon = []; state.line = [];
   document.querySelectorAll("#toolbar [data-tool]").forEach((b) => b.classList.toggle("active", b.dataset.tool === tool));
+  if (state.labels) { status(`${tool}: ${TOOL_HINTS[tool]}`); render(); }
 }
+
+function toggleHelp(show) { $("help").hidden = show === undefined ? !$("help").hidden : !show; }
 
 function wire() {
   $("login-btn").onclick = () => login($("token").value.trim());
@@ -295,12 +821,19 @@ function wire() {
   $("order").onchange = loadQueue;
   document.querySelectorAll("#toolbar [data-tool]").forEach((b) => (b.onclick = () => setTool(b.dataset.tool)));
   $("size").oninput = (e) => (state.size = +e.target.value);
-  $("fill").onclick = fillHoles;
+  $("delete").onclick = () => deleteGland();
+  $("accept").onclick = () => acceptGland();
+  $("accept-all").onclick = acceptAll;
+  $("fill").onclick = () => fillHoles();
   $("undo").onclick = undo;
   $("redo").onclick = redo;
+  $("help-btn").onclick = () => toggleHelp();
+  $("help-close").onclick = () => toggleHelp(false);
   $("submit").onclick = () => save(false);
   $("approve").onclick = () => save(true);
-  ["show-mask", "opacity", "show-pred"].forEach((id) => ($(id).oninput = render));
+  $("show-mask").oninput = render;
+  $("show-pred").oninput = render;
+  $("opacity").oninput = paintOverlay;
   $("retrain").onclick = async () => { await api("/api/train", { method: "POST" }); };
   $("models").onchange = async (e) => { await api(`/api/models/${e.target.value}/activate`, { method: "POST" }); };
   $("export").onclick = async (e) => {
@@ -311,22 +844,28 @@ function wire() {
   $("upload").onchange = async (e) => {
     for (const f of e.target.files) {
       const fd = new FormData(); fd.append("file", f);
-      try { await api("/api/images", { method: "POST", body: fd }); } catch (err) { status(`${f.name}: ${err.message}`); }
+      try { await api("/api/images", { method: "POST", body: fd }); } catch (err) { status(`${f.name}: ${err.message}`, true); }
     }
     await loadQueue();
   };
+  window.addEventListener("beforeunload", (ev) => {
+    if (state.dirty) { ev.preventDefault(); ev.returnValue = ""; }
+  });
 
   const c = $("view");
   c.addEventListener("mousedown", (ev) => {
     if (!state.img) return;
-    const p = screenToImage(ev);
+    const [x, y] = screenToImage(ev);
     if (state.tool === "pan" || state.spaceDown || ev.button !== 0) {
       state.panning = true; state.last = [ev.clientX, ev.clientY]; return;
     }
-    if (state.tool === "polygon") { state.polygon.push(p); render(); return; }
-    snapshot();
-    state.drawing = true; state.last = p;
-    stroke(p, p); count(state.tool); render();
+    if (ev.detail > 1 && state.tool === "polygon") return;  // the double-click that closes it
+    if (state.tool === "select") selectAt(x, y);
+    else if (state.tool === "add") addClick(x, y);
+    else if (state.tool === "merge") mergeClick(x, y);
+    else if (state.tool === "polygon") { state.polygon.push([x, y]); render(); }
+    else if (state.tool === "split") { state.line = [[x, y]]; state.drawing = true; render(); }
+    else if (state.tool === "brush" || state.tool === "eraser") { if (beginStroke(x, y)) paintOverlay(); }
   });
   c.addEventListener("mousemove", (ev) => {
     if (state.panning) {
@@ -335,11 +874,17 @@ function wire() {
     }
     if (!state.drawing) return;
     const p = screenToImage(ev);
-    stroke(state.last, p); state.last = p; render();
+    if (state.tool === "split") { state.line.push(p); render(); return; }
+    if (state.stroke) { strokeSegment(state.last, p); state.last = p; paintOverlay(); }
   });
   window.addEventListener("mouseup", () => {
-    if (state.drawing) binarise();
-    state.drawing = false; state.panning = false; render();
+    if (state.drawing && state.tool === "split") {
+      const line = state.line;
+      state.line = []; state.drawing = false;
+      splitAlong(line);
+      render();
+    } else if (state.stroke) endStroke();
+    state.drawing = false; state.panning = false;
   });
   c.addEventListener("dblclick", () => { if (state.tool === "polygon") closePolygon(); });
   c.addEventListener("contextmenu", (ev) => ev.preventDefault());
@@ -356,18 +901,29 @@ function wire() {
     const k = ev.key.toLowerCase();
     if ((ev.ctrlKey || ev.metaKey) && k === "z") { ev.preventDefault(); ev.shiftKey ? redo() : undo(); return; }
     if ((ev.ctrlKey || ev.metaKey) && k === "y") { ev.preventDefault(); redo(); return; }
-    if (k === " ") { state.spaceDown = true; return; }
-    const keys = { b: () => setTool("brush"), e: () => setTool("eraser"), p: () => setTool("polygon"), h: () => setTool("pan"),
-      f: fillHoles, s: () => save(false), a: () => save(true), enter: closePolygon, escape: () => { state.polygon = []; render(); },
+    if (ev.ctrlKey || ev.metaKey || ev.altKey) return;
+    if (k === " ") { state.spaceDown = true; ev.preventDefault(); return; }
+    const keys = {
+      v: () => setTool("select"), c: () => setTool("add"), p: () => setTool("polygon"), x: () => setTool("split"),
+      g: () => setTool("merge"), b: () => setTool("brush"), e: () => setTool("eraser"), h: () => setTool("pan"),
+      delete: () => deleteGland(), backspace: () => deleteGland(),
+      k: () => (ev.shiftKey ? acceptAll() : acceptGland()),
+      f: () => fillHoles(), s: () => save(false), a: () => save(true), enter: closePolygon,
+      escape: () => { state.polygon = []; state.line = []; toggleHelp(false); if (state.labels) select(0); },
       m: () => { $("show-mask").checked = !$("show-mask").checked; render(); },
+      "?": () => toggleHelp(),
       "[": () => { state.size = Math.max(1, state.size - 2); $("size").value = state.size; },
-      "]": () => { state.size = Math.min(60, state.size + 2); $("size").value = state.size; } };
+      "]": () => { state.size = Math.min(60, state.size + 2); $("size").value = state.size; },
+    };
     if (keys[k]) { ev.preventDefault(); keys[k](); }
   });
   window.addEventListener("keyup", (ev) => { if (ev.key === " ") state.spaceDown = false; });
 }
 
 wire();
-setTool("brush");
-window.pathoseg = { state, imageToScreen, openImage, login };
+setTool("select");
+window.pathoseg = {
+  state, imageToScreen, openImage, login, save, select, deleteGland, acceptGland, acceptAll, addClick, addPolygon,
+  splitAlong, mergeGlands, fillHoles, undo, redo,
+};
 if (state.token) login(state.token);
