@@ -60,7 +60,8 @@ def test_paint_a_stroke_and_save(served, tmp_path):
     from playwright.sync_api import sync_playwright
 
     url, token, project = served
-    # PATHOSEG_UPDATE_SCREENSHOTS=1 refreshes the README's pictures; otherwise they go to tmp
+    # PATHOSEG_UPDATE_SCREENSHOTS=1 refreshes the README's queue picture (tests/test_server_glands.py
+    # takes the editor's); otherwise they go to tmp
     shots = DOC_SHOTS if os.environ.get("PATHOSEG_UPDATE_SCREENSHOTS") else tmp_path
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=FLAGS)
@@ -85,13 +86,15 @@ def test_paint_a_stroke_and_save(served, tmp_path):
             page.mouse.move(p0[0] + t * (p1[0] - p0[0]), p0[1] + t * (p1[1] - p0[1]))
         page.mouse.up()
         shots.mkdir(parents=True, exist_ok=True)
-        page.screenshot(path=str(shots / "editor.png"))
+        page.screenshot(path=str(tmp_path / "stroke.png"))
         page.click("#submit")
         page.wait_for_function("document.getElementById('status-line').textContent.startsWith('saved')")
         page.screenshot(path=str(shots / "queue.png"), clip={"x": 0, "y": 0, "width": 1280, "height": 420})
         browser.close()
 
-    stored = read_mask(project.mask_path("slide_02", 1)) > 0
+    stored = read_mask(project.mask_path("slide_02", 1))
+    assert stored.max() == 1, "one stroke on empty tissue paints one gland"
+    stored = stored > 0
     # distance of every pixel to the stroke's centre line
     line = np.zeros(stored.shape, bool)
     for t in np.linspace(0, 1, 400):
@@ -99,4 +102,4 @@ def test_paint_a_stroke_and_save(served, tmp_path):
     dist = ndi.distance_transform_edt(~line)
     assert stored[dist <= size / 2 - 1.5].all(), "the stroke's core must be painted"
     assert not stored[dist > size / 2 + 1.5].any(), "nothing may change away from the stroke"
-    assert (shots / "editor.png").stat().st_size > 10_000
+    assert (tmp_path / "stroke.png").stat().st_size > 10_000
