@@ -14,13 +14,14 @@ import numbers
 import os
 import re
 import warnings
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 
 import numpy as np
 from PIL import Image as PILImage
 from skimage import segmentation
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -414,18 +415,67 @@ def export(project: Project, out: str | Path) -> Path:
     return out
 
 
+def store_model(project: Project, checkpoint, *, val_iou: float | None, trained_on: list,
+                only_if_active: int | str | None = "always",
+                in_transaction: Callable[[Session, int], None] | None = None) -> tuple[int, bool]:
+    """Store ``checkpoint`` as the next model version; returns (version, activated).
+
+    ``only_if_active``: ``"always"`` activates it; a version number (or None: no model)
+    activates it only when that version is the active one at this moment (a compare-and-set
+    in the same transaction), else it is stored inactive. ``in_transaction(session, version)``
+    runs before the commit (a job checks that it still owns itself). The file is staged, the
+    row committed, then the file renamed into place; a version number taken at the same
+    moment by another process is retried with the next one."""
+    from pathoseg.server.storage import ModelVersion, lock_models
+
+    tmp: Path | None = None
+    try:
+        for _ in range(20):
+            with project.session() as s:
+                version = (s.scalar(select(func.max(ModelVersion.version))) or 0) + 1
+                final = project.model_path(version)
+                staged = project.staged_path(final)
+                final.parent.mkdir(parents=True, exist_ok=True)
+                if tmp is None:
+                    checkpoint.save(staged)
+                else:
+                    os.replace(tmp, staged)
+                tmp = staged
+                try:
+                    if in_transaction is not None:
+                        in_transaction(s, version)
+                    lock_models(s)
+                    s.add(ModelVersion(version=version, val_iou=val_iou, active=False, trained_on=trained_on))
+                    s.flush()
+                    if only_if_active == "always":
+                        s.execute(update(ModelVersion).where(ModelVersion.active).values(active=False))
+                        activate = True
+                    elif only_if_active is None:
+                        activate = s.scalars(select(ModelVersion.id).where(ModelVersion.active)).first() is None
+                    else:
+                        activate = s.execute(update(ModelVersion).where(ModelVersion.version == only_if_active,
+                                                                        ModelVersion.active)
+                                             .values(active=False)).rowcount == 1
+                    if activate:
+                        s.execute(update(ModelVersion).where(ModelVersion.version == version).values(active=True))
+                    s.commit()
+                except IntegrityError:  # the version number, or the one active slot, was taken meanwhile
+                    s.rollback()
+                    continue
+                os.replace(tmp, final)
+                tmp = None
+                return version, activate
+        raise PathosegError("could not store the model: other processes keep taking the version numbers")
+    finally:
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)
+
+
 def register_model(project: Project, checkpoint: str | Path) -> int:
     """Copy a trained checkpoint in as the next model version and make it active."""
     from pathoseg.engine.checkpoint import load_checkpoint
-    from pathoseg.server.storage import ModelVersion
 
     ckpt = load_checkpoint(checkpoint)  # refuses foreign files with a one-line error
-    with project.session() as s:
-        version = max([m.version for m in s.scalars(select(ModelVersion))], default=0) + 1
-        ckpt.save(project.model_path(version))
-        for m in s.scalars(select(ModelVersion).where(ModelVersion.active)):
-            m.active = False
-        s.add(ModelVersion(version=version, val_iou=ckpt.metrics.get("best_val_iou"), active=True,
-                           trained_on=[["(imported checkpoint)", 0]]))
-        s.commit()
+    version, _ = store_model(project, ckpt, val_iou=ckpt.metrics.get("best_val_iou"),
+                             trained_on=[["(imported checkpoint)", 0]])
     return version

@@ -12,7 +12,7 @@ Project directory:
                                      projects' binary 0/255 masks are read as their components
     .../.<file>.<16 hex>.tmp         a file being saved: written first, committed, then renamed
                                      into place; leftovers are settled when the project opens
-    models/v<k>.pt                   every trained model version
+    models/v<k>.pt                   every trained model version (staged and renamed like masks)
     predictions/v<k>/<name>.png      gland probability x 255 per model version
     predictions/v<k>/instances/<name>.png   the model's glands (label map) per model version
 """
@@ -39,6 +39,7 @@ from sqlalchemy import (
     Integer,
     String,
     create_engine,
+    func,
     inspect,
     select,
     text,
@@ -124,7 +125,12 @@ class Mask(Base):
 
 
 class ModelVersion(Base):
+    """A trained (or imported) model. At most one is active (a partial unique index), so two
+    activations at the same moment cannot leave two active versions."""
+
     __tablename__ = "models"
+    __table_args__ = (Index("uq_models_one_active", "active", unique=True,
+                            sqlite_where=text("active"), postgresql_where=text("active")),)
     id: Mapped[int] = mapped_column(primary_key=True)
     version: Mapped[int] = mapped_column(Integer, unique=True)
     val_iou: Mapped[float | None] = mapped_column(Float, nullable=True)
@@ -134,7 +140,13 @@ class ModelVersion(Base):
 
 
 class Job(Base):
+    """The job queue (see ``pathoseg.server.jobs``): a worker claims a queued job by setting
+    it running under its id, heartbeats it, and finishes it. At most one job of each kind is
+    queued at a time (a partial unique index)."""
+
     __tablename__ = "jobs"
+    __table_args__ = (Index("uq_jobs_one_queued", "kind", unique=True,
+                            sqlite_where=text("status = 'queued'"), postgresql_where=text("status = 'queued'")),)
     id: Mapped[int] = mapped_column(primary_key=True)
     kind: Mapped[str] = mapped_column(String(16))  # train / predict
     status: Mapped[str] = mapped_column(String(16), default="queued")  # queued/running/done/failed
@@ -142,6 +154,11 @@ class Job(Base):
     message: Mapped[str] = mapped_column(String(500), default="")
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")  # claims so far
+    worker: Mapped[str | None] = mapped_column(String(200), nullable=True)  # who runs it (host:pid:tag)
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)  # database clock
+    model_version: Mapped[int | None] = mapped_column(Integer, nullable=True)  # the version a train job made
 
 
 class Project:
@@ -163,6 +180,9 @@ class Project:
         self._unique_mask_versions()
         self._user_roles_and_expiry()
         self._operation_log_column()
+        self._job_queue_columns()
+        self._one_queued_job_per_kind()
+        self._one_active_model()
         self.settle_staged_files()
 
     def _unique_mask_versions(self) -> None:
@@ -189,6 +209,56 @@ class Project:
         except DBAPIError:
             if not present():  # not another process opening the project at the same moment
                 raise
+
+    def _job_queue_columns(self) -> None:
+        """Databases from before the job queue get its columns (attempts, worker, started_at,
+        heartbeat_at, model_version)."""
+        def missing() -> list[str]:
+            have = {c["name"] for c in inspect(self.engine).get_columns("jobs")}
+            return [c.name for c in Job.__table__.columns if c.name not in have]
+
+        for name in missing():
+            column = Job.__table__.c[name]
+            kind = column.type.compile(dialect=self.engine.dialect)
+            extra = f" NOT NULL DEFAULT {column.server_default.arg}" if column.server_default is not None else ""
+            try:
+                with self.engine.begin() as c:
+                    c.execute(text(f"ALTER TABLE jobs ADD COLUMN {name} {kind}{extra}"))
+            except DBAPIError:
+                if name in missing():  # not another process adding it at the same moment
+                    raise
+
+    def _one_queued_job_per_kind(self) -> None:
+        """Older databases get the index that keeps one queued job per kind; queued duplicates
+        (several servers' leftovers) fail first, naming the queued job that replaces them."""
+        (index,) = Job.__table__.indexes
+        try:
+            index.create(self.engine, checkfirst=True)
+        except IntegrityError:
+            with self.session() as s:
+                kept: dict[str, int] = {}
+                for job in s.scalars(select(Job).where(Job.status == "queued").order_by(Job.id)):
+                    if job.kind in kept:
+                        job.status, job.finished_at = "failed", now()
+                        job.message = f"a duplicate of queued job #{kept[job.kind]}"
+                    kept.setdefault(job.kind, job.id)
+                s.commit()
+            index.create(self.engine, checkfirst=True)
+
+    def _one_active_model(self) -> None:
+        """Older databases get the index that keeps one model version active; with several
+        active (a race of older servers), the newest stays active."""
+        (index,) = ModelVersion.__table__.indexes
+        try:
+            index.create(self.engine, checkfirst=True)
+        except IntegrityError:
+            with self.session() as s:
+                active = list(s.scalars(select(ModelVersion).where(ModelVersion.active)
+                                        .order_by(ModelVersion.version.desc())))
+                for m in active[1:]:
+                    m.active = False
+                s.commit()
+            index.create(self.engine, checkfirst=True)
 
     def _user_roles_and_expiry(self) -> None:
         """Databases from before roles and token expiry: ``is_admin`` becomes ``role``, and
@@ -233,6 +303,24 @@ class Project:
     def active_model(self, session: Session) -> ModelVersion | None:
         return session.scalars(select(ModelVersion).where(ModelVersion.active)).first()
 
+    def activate_model(self, version: int) -> bool:
+        """Make ``version`` the one active model (rollback or forward); False when there is no
+        such version. Retried when another activation commits at the same moment."""
+        for _ in range(10):
+            with self.session() as s:
+                if s.scalars(select(ModelVersion.id).where(ModelVersion.version == version)).first() is None:
+                    return False
+                try:
+                    lock_models(s)
+                    s.execute(update(ModelVersion).where(ModelVersion.active, ModelVersion.version != version)
+                              .values(active=False))
+                    s.execute(update(ModelVersion).where(ModelVersion.version == version).values(active=True))
+                    s.commit()
+                    return True
+                except IntegrityError:  # another version became active meanwhile: once more
+                    s.rollback()
+        raise PathosegError(f"could not activate model version {version}: other activations keep interfering")
+
     @staticmethod
     def staged_path(final: Path) -> Path:
         """Where a new file is written before its database row commits (then renamed to ``final``)."""
@@ -242,13 +330,16 @@ class Project:
         """Finish or drop the staged files of saves that died: a file whose row committed is
         renamed into place; one whose row never committed is deleted once it is ``stale_after``
         seconds old (a younger one may be a save in flight in another process)."""
-        staged = [*(self.root / "images").glob(".*.tmp"), *(self.root / "masks").glob("*/.*.tmp")]
+        staged = [*(self.root / "images").glob(".*.tmp"), *(self.root / "masks").glob("*/.*.tmp"),
+                  *(self.root / "models").glob(".*.tmp"), *(self.root / "models").glob(".*.pt")]
         if not staged:
             return
         with self.session() as s:
             for tmp in staged:
                 match = STAGED.match(tmp.name)
-                if match is None:
+                if match is None:  # a checkpoint's own half-written temporary file (models/.v3.pt.*.pt)
+                    if tmp.parent.name == "models" and time.time() - tmp.stat().st_mtime > stale_after:
+                        tmp.unlink(missing_ok=True)
                     continue
                 final = tmp.parent / match["final"]
                 try:
@@ -263,11 +354,28 @@ class Project:
         """Whether the database has the row that ``final`` belongs to."""
         if final.parent == self.root / "images":
             return s.scalars(select(Image.id).where(Image.name == final.name.removesuffix(".png"))).first() is not None
+        if final.parent == self.root / "models":
+            version = re.fullmatch(r"v(\d+)\.pt", final.name)
+            return version is not None and int(version[1]) <= MAX_ID and s.scalars(
+                select(ModelVersion.id).where(ModelVersion.version == int(version[1]))).first() is not None
         version = re.fullmatch(r"v(\d+)\.png", final.name)
         if final.parent.parent != self.root / "masks" or version is None or int(version[1]) > MAX_ID:
             return False
         return s.scalars(select(Mask.id).join(Image).where(Image.name == final.parent.name,
                                                            Mask.version == int(version[1]))).first() is not None
+
+
+def lock_models(session: Session) -> None:
+    """Lock every model version row, in version order (PostgreSQL; SQLite locks the whole
+    database on the first write anyway), so that activations and finishing retrains take
+    their turns instead of deadlocking."""
+    session.execute(select(ModelVersion.id).order_by(ModelVersion.version).with_for_update()).all()
+
+
+def db_now(session: Session) -> datetime:
+    """The database's clock (UTC): heartbeats are stamped and judged by it, so workers on other
+    machines with skewed clocks agree on which job is dead."""
+    return aware(session.scalar(select(func.current_timestamp()))).astimezone(UTC)
 
 
 def aware(moment: datetime | None) -> datetime | None:
