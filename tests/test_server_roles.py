@@ -305,19 +305,20 @@ def test_one_router_per_resource():
     assert tags["/api/users/{name}/revoke"] == ["users"] and tags["/api/models/{version}/activate"] == ["models"]
 
 
-def test_lifespan_fails_jobs_of_a_stopped_server_and_stops_the_worker(project):
+def test_lifespan_requeues_jobs_of_a_stopped_server(project):
+    # jobs survive a restart (#11): the running one (no heartbeat: its server died) is queued
+    # again for a retry, the queued one stays queued; tests/test_server_jobs.py runs them
     with project.session() as s:
         s.add_all([Job(kind="train", status="running"), Job(kind="predict", status="queued"),
                    Job(kind="predict", status="done", progress=1.0)])
         s.commit()
     token = create_user(project, "ana", admin=True)
-    app = create_app(ServerConfig(str(project.root), project.db_url, retrain_every=0, train=SETTINGS))
+    app = create_app(ServerConfig(str(project.root), project.db_url, retrain_every=0, train=SETTINGS, worker=False))
     with TestClient(app) as client:
         jobs = {j["id"]: j for j in client.get("/api/jobs", headers=auth(token)).json()}
-        assert [jobs[k]["status"] for k in (1, 2, 3)] == ["failed", "failed", "done"]
-        assert "interrupted" in jobs[1]["message"]
-    with pytest.raises(RuntimeError):  # the lifespan's end shut the worker down
-        app.state.worker.submit("predict")
+        assert [jobs[k]["status"] for k in (1, 2, 3)] == ["queued", "queued", "done"]
+        assert "retrying" in jobs[1]["message"]
+    assert not app.state.worker.running
 
 
 # -- the command line -------------------------------------------------------------------------

@@ -41,7 +41,8 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
 
 def _add_predict_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tta", action="store_true", help="average over flips (3x slower, slightly better)")
-    p.add_argument("--tile", type=int, default=None, help="predict in windows of this side (large images)")
+    p.add_argument("--tile", type=int, default=None,
+                   help="predict in windows of this side at working scale (large images; slides: default 1024)")
     d = InstanceConfig()
     p.add_argument("--instances", default=d.method, choices=INSTANCE_METHODS,
                    help="instance decoder: auto = the model's own (contour / sdt), components for a "
@@ -141,17 +142,56 @@ def _split_and_parts(split: str, split_part: str | None) -> tuple[str, list[str]
 
 
 def cmd_predict(args: argparse.Namespace) -> None:
-    from pathoseg.data.folder import images_in
+    from pathoseg.data.resolution import check_mpp
     from pathoseg.engine.checkpoint import load_model
     from pathoseg.engine.device import choose_device
-    from pathoseg.pipeline.prediction import predict_files
+    from pathoseg.pipeline.prediction import (
+        collect_inputs,
+        file_digest,
+        min_size_from_area,
+        model_mpp_of,
+        need_model_mpp,
+        open_slides,
+        predict_files,
+        predict_slides,
+        resolution_configs,
+    )
 
+    images, slides = collect_inputs(args.inputs)  # every check before anything is written
+    first = (images or slides)[0]
+    mpp = check_mpp(args.mpp, "--mpp", first) if args.mpp is not None else None
+    if args.min_size is not None and args.min_area is not None:
+        raise PathosegError("pass --min-size (pixels) or --min-area (µm²), not both")
+    if args.region is not None and not slides:
+        raise PathosegError("--region applies to whole-slide images; none given", first)
     device = choose_device(args.device)
     model, ckpt = load_model(args.checkpoint, device)
-    images = [p for src in args.inputs for p in images_in(src)]
+    model_mpp = model_mpp_of(ckpt, args.model_mpp, args.checkpoint)
     pcfg, icfg = _predict_configs(args, ckpt)
-    predict_files(model, images, Path(args.out), pcfg, icfg, device)
-    print(f"{len(images)} images -> {args.out}/masks, {args.out}/instances, {args.out}/overlays")
+    icfg = min_size_from_area(icfg, args.min_area, model_mpp, args.checkpoint)
+    if slides:
+        need_model_mpp(model_mpp, args.checkpoint, "for whole-slide images")
+    if images and mpp is not None:
+        need_model_mpp(model_mpp, args.checkpoint, "for --mpp")
+    opened = open_slides(slides, mpp, args.region)
+    out = Path(args.out)
+    try:
+        if images:
+            img_pcfg, img_icfg = resolution_configs(pcfg, icfg, mpp, model_mpp)
+            predict_files(model, images, out, img_pcfg, img_icfg, device)
+            print(f"{len(images)} images -> {out}/masks, {out}/instances, {out}/overlays")
+    except BaseException:
+        for slide, _ in opened:
+            slide.close()
+        raise
+    if opened:
+        identity = {"checkpoint": file_digest(args.checkpoint)}
+        runs = predict_slides(model, opened, out / "slides", model_mpp, ckpt.scale, icfg, device, args.tile,
+                              args.tta, identity)
+        for (slide, _), run in zip(opened, runs, strict=True):
+            print(f"{slide.path.name}: {run.glands} glands in {run.tissue_mpx:.1f} MP of tissue "
+                  f"({run.seconds:.0f} s) -> {run.outputs['geojson']}, {run.outputs['mask']}, "
+                  f"{run.outputs['overview']}")
 
 
 def cmd_visualize(args: argparse.Namespace) -> None:
@@ -251,15 +291,16 @@ def cmd_hitl(args: argparse.Namespace) -> None:
 
 
 def _refresh_predictions(project) -> None:
-    from pathoseg.server.jobs import Worker
+    from pathoseg.server.jobs import Worker, enqueue
 
     with project.session() as s:
         has_model = project.active_model(s) is not None
     if has_model:
-        worker = Worker(project)
-        worker.wait(worker.submit("predict"))
-        worker.shutdown()
-        print("predictions refreshed with the active model")
+        job_id = enqueue(project, "predict")
+        if Worker(project).run_once(job_id) == job_id:
+            print("predictions refreshed with the active model")
+        else:  # a running server's or worker's claimed it first
+            print(f"predictions are being refreshed by a running worker (job {job_id})")
 
 
 def cmd_project_init(args: argparse.Namespace) -> None:
@@ -318,13 +359,19 @@ def cmd_project_users(args: argparse.Namespace) -> None:
 
 def server_config(args: argparse.Namespace):
     """The app's settings from ``pathoseg serve``'s options."""
-    from pathoseg.server.config import ServerConfig, TrainSettings
+    from pathoseg.server.config import ServerConfig
 
-    train = TrainSettings(steps=args.steps, scale=args.scale, crop=args.crop, batch_size=args.batch_size,
-                          preset=args.preset, device=args.device)
-    return ServerConfig(args.project, args.db, retrain_every=args.retrain_every, train=train,
+    return ServerConfig(args.project, args.db, retrain_every=args.retrain_every, train=_train_settings(args),
                         max_body_bytes=round(args.max_body_mb * 2**20), token_days=args.token_days,
-                        login_attempts=args.login_attempts, login_window=args.login_window)
+                        login_attempts=args.login_attempts, login_window=args.login_window,
+                        worker=not args.no_worker, job_timeout=args.job_timeout)
+
+
+def _train_settings(args: argparse.Namespace):
+    from pathoseg.server.config import TrainSettings
+
+    return TrainSettings(steps=args.steps, scale=args.scale, crop=args.crop, batch_size=args.batch_size,
+                         preset=args.preset, device=args.device)
 
 
 def cmd_serve(args: argparse.Namespace) -> None:
@@ -336,9 +383,28 @@ def cmd_serve(args: argparse.Namespace) -> None:
     app = create_app(cfg)
     t = cfg.train
     print(f"pathoseg serving {args.project} at http://{args.host}:{args.port}/ (API docs at /docs); retraining "
-          f"{'every ' + str(cfg.retrain_every) + ' corrections' if cfg.retrain_every else 'on request'}: "
-          f"{t.steps} steps of {t.batch_size} crops of {t.crop} px at scale {t.scale} on {t.device or 'auto'}")
+          f"{'every ' + str(cfg.retrain_every) + ' corrections' if cfg.retrain_every else 'on request'}"
+          + (f": {t.steps} steps of {t.batch_size} crops of {t.crop} px at scale {t.scale} on {t.device or 'auto'}"
+             if cfg.worker else " by separate `pathoseg worker` processes (--no-worker)"), flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+
+
+def cmd_worker(args: argparse.Namespace) -> None:
+    from pathoseg.server.jobs import Worker
+    from pathoseg.server.storage import Project
+
+    project = Project(args.project, args.db)
+    t = _train_settings(args)
+    worker = Worker(project, t, timeout=args.job_timeout, poll=args.poll)
+    print(f"pathoseg worker {worker.id} on {args.project}: retraining with {t.steps} steps of {t.batch_size} crops "
+          f"of {t.crop} px at scale {t.scale} on {t.device or 'auto'}; waiting for jobs", flush=True)
+    try:
+        if args.once:
+            worker.run_forever(idle_exit=True)
+        else:
+            worker.run_until_signalled()
+    finally:
+        project.engine.dispose()
 
 
 def _positive(kind):
@@ -413,19 +479,11 @@ def _add_project_parser(sub) -> None:
         r.set_defaults(func=cmd_project_users)
 
 
-def _add_serve_parser(sub) -> None:
-    from pathoseg.server.config import MAX_BODY_BYTES, ServerConfig, TrainSettings
-    from pathoseg.server.storage import MAX_TOKEN_DAYS
+def _add_training_args(p: argparse.ArgumentParser, title: str) -> None:
+    from pathoseg.server.config import DEAD_AFTER, TrainSettings
 
-    d, t = ServerConfig(""), TrainSettings()
-    p = sub.add_parser("serve", help="start the correction web app")
-    p.add_argument("--project", required=True)
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--db", help="database URL, e.g. postgresql+psycopg://user@host/db (default: SQLite in the project)")
-    g = p.add_argument_group("retraining (in a background worker)")
-    g.add_argument("--retrain-every", type=_count, default=d.retrain_every,
-                   help=f"retrain after this many corrections (0: only on request; default {d.retrain_every})")
+    t = TrainSettings()
+    g = p.add_argument_group(title)
     g.add_argument("--steps", type=_positive(int), default=t.steps,
                    help=f"optimiser steps per retrain (default {t.steps})")
     g.add_argument("--batch-size", type=_positive(int), default=t.batch_size, help=f"default {t.batch_size}")
@@ -436,6 +494,28 @@ def _add_serve_parser(sub) -> None:
     g.add_argument("--preset", default=t.preset,
                    help=f"model of the first version when none exists (default {t.preset})")
     g.add_argument("--device", help="cpu, cuda, mps (default: the best available)")
+    g.add_argument("--job-timeout", type=_positive(float), default=DEAD_AFTER, metavar="SECONDS",
+                   help=f"a running job whose worker sent no heartbeat for this long is retried once "
+                   f"(default {DEAD_AFTER:.0f})")
+
+
+def _add_serve_parser(sub) -> None:
+    from pathoseg.server.config import MAX_BODY_BYTES, ServerConfig
+    from pathoseg.server.storage import MAX_TOKEN_DAYS
+
+    d = ServerConfig("")
+    p = sub.add_parser("serve", help="start the correction web app")
+    p.add_argument("--project", required=True)
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--db", help="database URL, e.g. postgresql+psycopg://user@host/db (default: SQLite in the project)")
+    _add_training_args(p, "retraining (in the server's worker thread, or in `pathoseg worker`s)")
+    g = p.add_argument_group("jobs")
+    g.add_argument("--retrain-every", type=_count, default=d.retrain_every,
+                   help=f"retrain after this many corrections (0: only on request; default {d.retrain_every})")
+    g.add_argument("--no-worker", action="store_true",
+                   help="run no jobs in the server: `pathoseg worker` processes (here or on machines sharing "
+                   "the database and the project folder) run them")
     g = p.add_argument_group("limits")
     g.add_argument("--max-body-mb", type=_positive(float), default=MAX_BODY_BYTES / 2**20,
                    help=f"larger request bodies get 413 (default {MAX_BODY_BYTES / 2**20:.0f})")
@@ -447,6 +527,19 @@ def _add_serve_parser(sub) -> None:
     g.add_argument("--login-window", type=_positive(float), default=d.login_window, metavar="SECONDS",
                    help=f"default {d.login_window:.0f}")
     p.set_defaults(func=cmd_serve)
+
+
+
+
+def _add_worker_parser(sub) -> None:
+    p = sub.add_parser("worker", help="run the correction app's jobs (retrain, predict) from the shared database")
+    p.add_argument("--project", required=True, help="the project folder (shared with the server)")
+    p.add_argument("--db", help="database URL, e.g. postgresql+psycopg://user@host/db (default: SQLite in the project)")
+    p.add_argument("--poll", type=_positive(float), default=1.0, metavar="SECONDS",
+                   help="how often to look for queued jobs (default 1)")
+    p.add_argument("--once", action="store_true", help="run the queued jobs, then exit")
+    _add_training_args(p, "retraining")
+    p.set_defaults(func=cmd_worker)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -493,11 +586,20 @@ def build_parser() -> argparse.ArgumentParser:
     _add_predict_args(p)
     p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("predict", help="segment images: masks, instance maps, overlays")
+    p = sub.add_parser("predict", help="segment images or whole slides: masks, instance maps, overlays, GeoJSON")
     p.add_argument("checkpoint")
-    p.add_argument("inputs", nargs="+", help="image files or folders")
+    p.add_argument("inputs", nargs="+", help="image files, whole-slide images (.svs, .ndpi, pyramidal .tif, ...) "
+                   "or folders of them")
     p.add_argument("--out", default=str(DEFAULT_RUNS / "predict"))
     p.add_argument("--device")
+    p.add_argument("--mpp", type=float, default=None,
+                   help="µm/px of the inputs (plain images: default the model's own; slides: default their "
+                   "metadata); they are resampled to the model's resolution")
+    p.add_argument("--model-mpp", type=float, default=None,
+                   help="µm/px the model was trained at (default: recorded in the checkpoint; 0.62 for GlaS)")
+    p.add_argument("--region", metavar="X,Y,W,H", help="slides: predict only this rectangle (level-0 pixels)")
+    p.add_argument("--min-area", type=float, default=None, metavar="UM2",
+                   help="drop predicted glands smaller than this many µm² (instead of --min-size in pixels)")
     _add_predict_args(p)
     p.set_defaults(func=cmd_predict)
 
@@ -550,6 +652,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_project_parser(sub)
     _add_serve_parser(sub)
+    _add_worker_parser(sub)
 
     p = sub.add_parser("data", help="check a data set, write a synthetic one, or write a split")
     p.add_argument("action", choices=("check", "synth", "split"))

@@ -20,7 +20,7 @@ from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 
 from pathoseg.server.config import MAX_BODY_BYTES, ServerConfig
-from pathoseg.server.jobs import Worker, fail_interrupted_jobs
+from pathoseg.server.jobs import Worker, reap_dead_jobs
 from pathoseg.server.limits import BodySizeLimit, LoginThrottle
 from pathoseg.server.routers import ROUTERS
 from pathoseg.server.schemas import ErrorOut
@@ -46,14 +46,19 @@ def _one_line(exc: RequestValidationError) -> str:
 
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-    """Start: jobs that an earlier server left queued or running are marked failed (that
-    server stopped; their worker is gone). Stop: queued jobs are dropped, the running one
-    finishes, the database connections close."""
-    fail_interrupted_jobs(app.state.project, keep=app.state.worker.futures)
+    """Start: running jobs whose worker died (no heartbeat for ``job_timeout`` seconds) go back
+    to the queue (once; see ``pathoseg.server.jobs``), queued jobs stay queued, and the
+    server's own worker thread starts (unless ``worker=False``: then ``pathoseg worker``
+    processes run the jobs). Stop: the worker hands its running job back to the queue at its
+    next progress report and stops; the database connections close."""
+    cfg: ServerConfig = app.state.config
+    reap_dead_jobs(app.state.project, cfg.job_timeout)
+    if cfg.worker:
+        app.state.worker.start()
     try:
         yield
     finally:
-        app.state.worker.shutdown()
+        app.state.worker.stop()
         app.state.project.engine.dispose()
 
 
@@ -69,7 +74,7 @@ def create_app(cfg: ServerConfig) -> FastAPI:
                               'Every error is {"detail": "one line"}.')
     app.state.config = cfg
     app.state.project = project
-    app.state.worker = Worker(project, cfg.train)
+    app.state.worker = Worker(project, cfg.train, timeout=cfg.job_timeout)
     app.state.throttle = LoginThrottle(cfg.login_attempts, cfg.login_window)
     app.add_middleware(BodySizeLimit, max_bytes=cfg.max_body_bytes)
 

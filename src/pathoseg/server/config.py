@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 from pathoseg.server.project import MAX_UPLOAD_BYTES
 from pathoseg.server.storage import DEFAULT_TOKEN_DAYS
 
+DEAD_AFTER = 60.0  # seconds without a heartbeat after which a running job's worker counts as dead
+
 # The largest upload as base64 in a JSON mask body, plus room for the rest of the request.
 MAX_BODY_BYTES = MAX_UPLOAD_BYTES * 4 // 3 + 2**20
 
@@ -34,3 +36,5 @@ class ServerConfig:
     token_days: int = DEFAULT_TOKEN_DAYS  # lifetime of tokens issued through the API
     login_attempts: int = 10  # wrong tokens from one address within login_window seconds, then 429
     login_window: float = 60.0
+    worker: bool = True  # run queued jobs in a thread of the server (False: only `pathoseg worker`s run them)
+    job_timeout: float = DEAD_AFTER  # a running job without a heartbeat this long is requeued (once)

@@ -1,17 +1,55 @@
-"""Background work: retraining and prediction run in one worker thread, never in a request.
+"""The job queue: retraining and prediction run in workers, never in a request.
 
-Every run makes a new model version that records which mask versions trained it and its
-validation IoU; it becomes active only when it finished, and predictions are refreshed.
+Jobs live in the database (table ``jobs``): ``queued`` -> ``running`` -> ``done`` or ``failed``.
+A worker (the thread that ``pathoseg serve`` starts unless ``--no-worker``, or any number of
+``pathoseg worker`` processes, on this machine or on others that share the database and the
+project folder) claims the oldest queued job with a compare-and-set, ``UPDATE jobs SET
+status='running', worker=<its id>, attempts=attempts+1 WHERE id=? AND status='queued'``, which
+exactly one claimer sees change a row, on SQLite and PostgreSQL alike. While the job runs the
+worker stamps ``heartbeat_at`` with the database's clock every ``timeout / 4`` seconds (at most
+15), and it writes progress and the outcome only while the row still names it.
+
+The rules:
+
+- A job whose heartbeat is older than ``timeout`` (default 60 s) lost its worker (killed,
+  crashed, machine gone). Any worker, and the server when it starts, puts it back in the queue
+  once; a job whose worker dies on its second attempt (``MAX_ATTEMPTS``) fails for good, with a
+  message saying so. A job that raised an error fails at once (the same error would come back).
+  A worker that stops cleanly (Ctrl+C, SIGTERM, server shutdown) hands its job back to the
+  queue without using up an attempt.
+- At most one job of each kind is queued (a partial unique index): asking for a retrain while
+  one is queued returns the queued one (it will read every mask saved until it starts), and
+  the same for predictions. An automatic retrain (every N corrections) is not queued while a
+  retrain is queued or running. Retrains run one at a time, also with several workers.
+- A retrain reads its data first and records in its model version which mask version of each
+  image trained it (``trained_on``). A correction counts toward the next automatic retrain
+  until the active model trained on it (or on a later version of the same image), so saves
+  made while a retrain runs count toward the next one.
+- A finished retrain activates its model only when the active version is still the one that
+  was active when the job started. When an admin activated another version meanwhile (a
+  rollback), the new version is stored inactive, the job's message says so, and it can be
+  activated from the model menu.
+- A train job that died after storing its model (while predicting) does not train again on
+  retry: it refreshes the predictions of the version it made.
 """
 
 from __future__ import annotations
 
+import os
+import secrets
+import signal
+import socket
+import threading
+import time
 import traceback
-from collections.abc import Callable, Collection
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import timedelta
 
 import numpy as np
-from sqlalchemy import func, select
+from sqlalchemy import exists, func, or_, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import aliased
 
 from pathoseg.data.cache import ScaledPair, resize_image, resize_target, to_target
 from pathoseg.data.images import read_image, write_label_png
@@ -22,75 +60,364 @@ from pathoseg.engine.predict import PredictConfig, predict_maps
 from pathoseg.engine.train import TrainConfig, fit, validate
 from pathoseg.hitl.selection import mean_entropy
 from pathoseg.models import ModelConfig, build_model
-from pathoseg.server.config import TrainSettings
-from pathoseg.server.project import current_labels
-from pathoseg.server.storage import Image, Job, Mask, ModelVersion, Project, now
+from pathoseg.server.config import DEAD_AFTER, TrainSettings
+from pathoseg.server.project import read_labels, store_model
+from pathoseg.server.storage import Image, Job, Mask, Project, aware, db_now, now
 
-__all__ = ["TrainSettings", "Worker", "corrections_since_last_model", "fail_interrupted_jobs"]
+__all__ = ["DEAD_AFTER", "KINDS", "MAX_ATTEMPTS", "TrainSettings", "Worker", "corrections_since_last_model",
+           "enqueue", "reap_dead_jobs", "wait_for"]
+
+KINDS = ("train", "predict")
+MAX_ATTEMPTS = 2  # a job whose worker dies this many times fails for good
+FINISHED = ("done", "failed")
+
+
+class JobLost(Exception):
+    """The job is no longer this worker's: it was declared dead (no heartbeat) and requeued."""
+
+
+class JobReleased(Exception):
+    """This worker is stopping: the job goes back to the queue."""
+
+
+# -- the queue ---------------------------------------------------------------------------------
+def enqueue(project: Project, kind: str, automatic: bool = False) -> int | None:
+    """Queue a job of ``kind`` and return its id; when one of that kind is queued already,
+    return that one. ``automatic`` (a retrain after saves): queue nothing and return None while
+    a train job is queued or running."""
+    if kind not in KINDS:
+        raise ValueError(f"job kind must be one of {', '.join(KINDS)}, not {kind!r:.40}")
+    for _ in range(10):
+        with project.session() as s:
+            pending = select(Job.id).where(Job.kind == kind, Job.status.in_(("queued", "running") if automatic
+                                                                            else ("queued",)))
+            if (existing := s.scalars(pending.order_by(Job.id)).first()) is not None:
+                return None if automatic else existing
+            job = Job(kind=kind, message="waiting for a worker")
+            s.add(job)
+            try:
+                s.commit()
+                return job.id
+            except IntegrityError:  # another request queued one at the same moment: use it
+                s.rollback()
+    raise RuntimeError(f"could not queue a {kind} job")
+
+
+def wait_for(project: Project, job_id: int, timeout: float | None = None, poll: float = 0.1) -> Job:
+    """Block until job ``job_id`` is done or failed (whoever runs it); TimeoutError after
+    ``timeout`` seconds."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        with project.session() as s:
+            job = s.get(Job, job_id)
+        if job is None:
+            raise KeyError(f"no job {job_id}")
+        if job.status in FINISHED:
+            return job
+        if deadline is not None and time.monotonic() > deadline:
+            raise TimeoutError(f"job {job_id} still {job.status} after {timeout} s")
+        time.sleep(poll)
+
+
+def reap_dead_jobs(project: Project, timeout: float = DEAD_AFTER) -> list[int]:
+    """Requeue the running jobs whose heartbeat is older than ``timeout`` seconds (by the
+    database's clock), or fail them for good when that was their last attempt; returns their
+    ids. Jobs without a heartbeat (left by a pathoseg from before the queue) count as dead."""
+    reaped = []
+    with project.session() as s:
+        cutoff = db_now(s) - timedelta(seconds=timeout)
+        stale = or_(Job.heartbeat_at.is_(None), Job.heartbeat_at < cutoff)
+        for job_id, kind, attempts, worker in s.execute(
+                select(Job.id, Job.kind, Job.attempts, Job.worker).where(Job.status == "running", stale)).all():
+            died = f"its worker ({worker or 'unknown'}) stopped: no heartbeat for {timeout:g} s"
+            this = (Job.id == job_id, Job.status == "running", Job.attempts == attempts, stale)
+            if attempts >= MAX_ATTEMPTS:
+                values = {"status": "failed", "finished_at": now(),
+                          "message": f"failed for good: {died} on attempt {attempts} of {MAX_ATTEMPTS}"}
+            else:
+                values = {"status": "queued", "worker": None, "progress": 0.0,
+                          "message": f"retrying: {died} on attempt {attempts} of {MAX_ATTEMPTS}"}
+            try:
+                done = s.execute(update(Job).where(*this).values(**values)).rowcount == 1
+                s.commit()
+            except IntegrityError:  # one of its kind is queued already: that one replaces it
+                s.rollback()
+                queued = s.scalars(select(Job.id).where(Job.kind == kind, Job.status == "queued")).first()
+                done = s.execute(update(Job).where(*this).values(
+                    status="failed", finished_at=now(),
+                    message=f"{died}; queued job #{queued} of the same kind replaces it")).rowcount == 1
+                s.commit()
+            if done:
+                reaped.append(job_id)
+    return reaped
+
+
+def corrections_since_last_model(project: Project) -> int:
+    """Corrections the active model did not train on: saved masks (source ``correction``)
+    newer than the version of their image in the active model's ``trained_on``. Saves made
+    while a retrain ran are newer than what it read, so they count toward the next one. An
+    imported checkpoint's data is unknown: corrections saved after its import count."""
+    with project.session() as s:
+        active = project.active_model(s)
+        rows = s.execute(select(Image.name, Mask.version, Mask.created_at).join(Image)
+                         .where(Mask.source == "correction")).all()
+    if active is None:
+        return len(rows)
+    trained = {}
+    for entry in active.trained_on or []:
+        if isinstance(entry, list | tuple) and len(entry) == 2 and isinstance(entry[1], int):
+            trained[entry[0]] = entry[1]
+    if not any(v > 0 for v in trained.values()):  # an imported checkpoint, or a legacy row
+        created = active.created_at
+        return sum(1 for *_, at in rows if at is not None and aware(at) > aware(created))
+    return sum(1 for name, version, _ in rows if version > trained.get(name, 0))
+
+
+# -- workers -----------------------------------------------------------------------------------
+@dataclass
+class Claim:
+    """A job this worker claimed: its row names ``worker`` and ``attempt``."""
+
+    job_id: int
+    kind: str
+    attempt: int
+    model_version: int | None  # a train job's model, stored by an earlier attempt
+    lost: bool = False  # declared dead and requeued meanwhile: write nothing more
+    reported: float = -1e9  # when progress was last written (monotonic clock)
+
+
+def default_worker_id() -> str:
+    return f"{socket.gethostname()[:120]}:{os.getpid()}:{secrets.token_hex(3)}"
 
 
 class Worker:
-    """One thread; jobs queue behind each other. ``wait`` is for tests and the CLI."""
+    """Runs the queue's jobs, one at a time: in a thread of the server (``start``/``stop``),
+    in the foreground (``run_forever``, for ``pathoseg worker``), or one by one (``run_once``)."""
 
-    def __init__(self, project: Project, settings: TrainSettings | None = None) -> None:
+    def __init__(self, project: Project, settings: TrainSettings | None = None, *, timeout: float = DEAD_AFTER,
+                 poll: float = 1.0, name: str | None = None) -> None:
         self.project = project
         self.settings = settings or TrainSettings()
-        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pathoseg-worker")
-        self.futures: dict[int, Future] = {}
+        self.timeout = timeout
+        self.heartbeat = min(15.0, timeout / 4)
+        self.poll = poll
+        self.id = name or default_worker_id()
+        self._stopping = threading.Event()
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
 
+    # -- the queue side, for the CLI and tests ---------------------------------------------
     def submit(self, kind: str) -> int:
-        with self.project.session() as s:
-            job = Job(kind=kind)
-            s.add(job)
-            s.commit()
-            job_id = job.id
-        target: Callable[[int], None] = self._train if kind == "train" else self._predict_all
-        self.futures[job_id] = self.pool.submit(self._run, job_id, target)
+        job_id = enqueue(self.project, kind)
+        self.wake()
         return job_id
 
-    def busy(self) -> bool:
-        return any(not f.done() for f in self.futures.values())
+    def wait(self, job_id: int, timeout: float | None = None) -> Job:
+        return wait_for(self.project, job_id, timeout)
 
-    def wait(self, job_id: int, timeout: float | None = None) -> None:
-        self.futures[job_id].result(timeout)
+    def wake(self) -> None:
+        """Look at the queue now (a job was just queued) instead of at the next poll."""
+        self._wake.set()
 
-    def shutdown(self) -> None:
-        """Drop the queued jobs (the next start marks them failed), wait for the running one."""
-        self.pool.shutdown(wait=True, cancel_futures=True)
+    # -- running ---------------------------------------------------------------------------
+    def start(self) -> None:
+        """Work in a background thread (the server's own worker)."""
+        if self._thread is None:
+            self._thread = threading.Thread(target=self.run_forever, name="pathoseg-worker", daemon=True)
+            self._thread.start()
 
-    # -- job bodies ----------------------------------------------------------------------
-    def _update(self, job_id: int, **fields) -> None:
+    def stop(self, timeout: float | None = None) -> None:
+        """Stop working: a running job goes back to the queue at its next progress report."""
+        self._stopping.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    shutdown = stop
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def run_forever(self, idle_exit: bool = False) -> None:
+        """Claim and run jobs until ``stop`` (or, with ``idle_exit``, until the queue is empty,
+        raising what goes wrong). A database that cannot be reached is tried again at the next
+        poll."""
+        while not self._stopping.is_set():
+            try:
+                if self.run_once() is not None:
+                    continue
+                if idle_exit:
+                    return
+            except Exception:
+                if idle_exit:
+                    raise
+                traceback.print_exc()
+            self._wake.wait(self.poll)
+            self._wake.clear()
+
+    def run_until_signalled(self) -> None:
+        """``run_forever`` in the foreground; SIGTERM or a first Ctrl+C stop after handing the
+        running job back, a second Ctrl+C stops at once (its job is retried after the timeout)."""
+        def stop(signum, frame):
+            if self._stopping.is_set():
+                raise KeyboardInterrupt
+            print("pathoseg worker: stopping (the running job goes back to the queue; Ctrl+C again to quit now)",
+                  flush=True)
+            self.stop(timeout=0)
+
+        previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            self.run_forever()
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+    def run_once(self, job_id: int | None = None) -> int | None:
+        """Requeue dead jobs, claim the oldest queued one (or ``job_id``) and run it; returns
+        its id, or None when there was nothing to claim."""
+        reap_dead_jobs(self.project, self.timeout)
+        claim = self.claim(job_id)
+        if claim is None:
+            return None
+        self._run(claim)
+        return claim.job_id
+
+    def claim(self, job_id: int | None = None) -> Claim | None:
+        """Claim a queued job (compare-and-set on its status); retrains only while no other
+        retrain runs."""
+        other = aliased(Job)
+        train_running = exists().where(other.kind == "train", other.status == "running")
         with self.project.session() as s:
-            job = s.get(Job, job_id)
-            for k, v in fields.items():
-                setattr(job, k, v)
+            q = select(Job.id).where(Job.status == "queued").order_by(Job.id).limit(20)
+            for candidate in s.scalars(q.where(Job.id == job_id) if job_id is not None else q).all():
+                claimed = s.execute(
+                    update(Job).where(Job.id == candidate, Job.status == "queued",
+                                      or_(Job.kind != "train", ~train_running))
+                    .values(status="running", worker=self.id, attempts=Job.attempts + 1, started_at=now(),
+                            heartbeat_at=func.current_timestamp(), progress=0.0, finished_at=None,
+                            message=f"running on {self.id}")
+                    .execution_options(synchronize_session=False)).rowcount == 1
+                s.commit()
+                if claimed:
+                    job = s.get(Job, candidate)
+                    s.refresh(job)
+                    return Claim(job.id, job.kind, job.attempts, job.model_version)
+        return None
+
+    def _owned(self, claim: Claim):
+        return (Job.id == claim.job_id, Job.worker == self.id, Job.attempts == claim.attempt,
+                Job.status == "running")
+
+    def _touch(self, claim: Claim, **fields) -> bool:
+        """Heartbeat (and set ``fields``) while the job is still this worker's."""
+        with self.project.session() as s:
+            owned = s.execute(update(Job).where(*self._owned(claim))
+                              .values(heartbeat_at=func.current_timestamp(), **fields)
+                              .execution_options(synchronize_session=False)).rowcount == 1
+            s.commit()
+        if not owned:
+            claim.lost = True
+        return owned
+
+    def _progress(self, claim: Claim, progress: float, message: str | None = None) -> None:
+        """Report progress; the job body stops here when the worker is stopping or the job was
+        taken from it."""
+        if claim.lost:
+            raise JobLost
+        if self._stopping.is_set():
+            raise JobReleased
+        if time.monotonic() - claim.reported < 0.5 and progress < 1.0:  # tiny epochs: spare the database
+            return
+        fields = {"progress": progress, **({"message": message} if message is not None else {})}
+        if not self._touch(claim, **fields):
+            raise JobLost
+        claim.reported = time.monotonic()
+
+    def _beat(self, claim: Claim, done: threading.Event) -> None:
+        while not done.wait(self.heartbeat):
+            try:
+                if not self._touch(claim):
+                    return
+            except Exception:
+                traceback.print_exc()
+
+    def _run(self, claim: Claim) -> None:
+        done = threading.Event()
+        beat = threading.Thread(target=self._beat, args=(claim, done), name=f"pathoseg-heartbeat-{claim.job_id}",
+                                daemon=True)
+        beat.start()
+        try:
+            body: Callable[[Claim], str] = self._train if claim.kind == "train" else self._predict_job
+            message = body(claim) + self._retried(claim)
+            self._end(claim, status="done", progress=1.0, message=message[:500], finished_at=now())
+        except JobLost:
+            print(f"pathoseg worker {self.id}: job {claim.job_id} was taken over (no heartbeat in time)", flush=True)
+        except JobReleased:
+            self._release(claim)
+        except Exception as exc:  # a failed job is reported in the UI, never crashes the worker
+            traceback.print_exc()
+            message = f"{type(exc).__name__}: {exc}"[:450] + self._retried(claim)
+            self._end(claim, status="failed", message=message, finished_at=now())
+        finally:
+            done.set()
+            beat.join()
+
+    @staticmethod
+    def _retried(claim: Claim) -> str:
+        return f" (attempt {claim.attempt} of {MAX_ATTEMPTS}: its first worker died)" if claim.attempt > 1 else ""
+
+    def _end(self, claim: Claim, **fields) -> None:
+        with self.project.session() as s:
+            s.execute(update(Job).where(*self._owned(claim)).values(**fields)
+                      .execution_options(synchronize_session=False))
             s.commit()
 
-    def _run(self, job_id: int, body: Callable[[int], None]) -> None:
-        self._update(job_id, status="running")
-        try:
-            body(job_id)
-            self._update(job_id, status="done", progress=1.0, finished_at=now())
-        except Exception as exc:  # a failed job is reported in the UI, never crashes the server
-            traceback.print_exc()
-            self._update(job_id, status="failed", message=f"{type(exc).__name__}: {exc}"[:500], finished_at=now())
+    def _release(self, claim: Claim) -> None:
+        """Hand the job back to the queue (this attempt does not count)."""
+        values = {"status": "queued", "worker": None, "attempts": Job.attempts - 1, "progress": 0.0,
+                  "message": f"handed back: worker {self.id} stopped; waiting for a worker"}
+        with self.project.session() as s:
+            try:
+                s.execute(update(Job).where(*self._owned(claim)).values(**values)
+                          .execution_options(synchronize_session=False))
+                s.commit()
+            except IntegrityError:  # one of its kind is queued already
+                s.rollback()
+                s.execute(update(Job).where(*self._owned(claim)).values(
+                    status="failed", finished_at=now(),
+                    message=f"worker {self.id} stopped; a queued job of the same kind replaces it")
+                    .execution_options(synchronize_session=False))
+                s.commit()
 
+    # -- job bodies ------------------------------------------------------------------------
     def _labelled(self) -> list[tuple[str, int, np.ndarray, np.ndarray]]:
-        """(name, mask version, image, training target) of every image with a saved mask; the
-        target keeps the saved gland ids (older binary masks: their components)."""
+        """(name, mask version, image, training target) of every image with a saved mask: the
+        data snapshot of a retrain. The target keeps the saved gland ids (older binary masks:
+        their components)."""
         s = self.settings
         out = []
         with self.project.session() as session:
-            for image in session.scalars(select(Image).where(Image.mask_version > 0).order_by(Image.name)):
-                labels = current_labels(self.project, image)
-                rgb = read_image(self.project.image_path(image.name))
-                out.append((image.name, image.mask_version, resize_image(rgb, s.scale),
-                            resize_target(to_target(labels), s.scale)))
+            rows = [(i.name, i.mask_version)
+                    for i in session.scalars(select(Image).where(Image.mask_version > 0).order_by(Image.name))]
+        for name, version in rows:
+            path = self.project.mask_path(name, version)
+            if not path.is_file():  # committed a moment ago, not renamed into place yet
+                self.project.settle_staged_files()
+            labels = read_labels(path)
+            rgb = read_image(self.project.image_path(name))
+            out.append((name, version, resize_image(rgb, s.scale), resize_target(to_target(labels), s.scale)))
         return out
 
-    def _train(self, job_id: int) -> None:
+    def _train(self, claim: Claim) -> str:
+        if claim.model_version is not None:  # an earlier attempt stored its model, then died predicting
+            return self._after_training(claim, claim.model_version, None, activated=None)
         s = self.settings
         device = choose_device(s.device)
+        with self.project.session() as session:
+            active = self.project.active_model(session)
+        base = active.version if active is not None else None  # the rollback rule compares with this
+        self._progress(claim, 0.0, "reading the saved masks")
         labelled = self._labelled()
         if not labelled:
             raise ValueError("no corrected or imported masks to train on yet")
@@ -98,11 +425,8 @@ class Worker:
         # Every fifth labelled image validates (when there are enough); else train on all.
         val = pairs[::5] if len(pairs) >= 5 else []
         train = [p for p in pairs if p not in val] if val else pairs
-        with self.project.session() as session:
-            active = self.project.active_model(session)
-            version = (session.scalar(select(func.max(ModelVersion.version))) or 0) + 1
         if active is not None:
-            model, ckpt = load_model(self.project.model_path(active.version), device)
+            model, ckpt = load_model(self._model_file(active.version), device)
             config = ckpt.model_config
         else:
             config = ModelConfig(s.preset)
@@ -112,30 +436,58 @@ class Worker:
                           lr=1e-3 if active else 2e-3, progress=False)
 
         def progress(record, *_):
-            self._update(job_id, progress=0.9 * record.epoch / epochs, message=f"epoch {record.epoch}/{epochs}")
+            self._progress(claim, 0.9 * record.epoch / epochs, f"epoch {record.epoch}/{epochs}")
 
         fit(model, train, [], cfg, device, on_epoch=progress)
+        self._progress(claim, 0.9, "validating")
         val_iou = validate(model, val or train, device)
-        Checkpoint.of(model, s.scale, train_config=cfg.to_dict(),
-                      metrics={"val_iou": val_iou}).save(self.project.model_path(version))
-        with self.project.session() as session:
-            for m in session.scalars(select(ModelVersion).where(ModelVersion.active)):
-                m.active = False
-            session.add(ModelVersion(version=version, val_iou=val_iou, active=True,
-                                     trained_on=[[n, v] for n, v, _, _ in labelled]))
-            session.commit()
-        self._update(job_id, message=f"model v{version}: validation IoU {val_iou:.3f}; predicting")
-        self._predict_all(job_id)
+        checkpoint = Checkpoint.of(model, s.scale, train_config=cfg.to_dict(), metrics={"val_iou": val_iou})
 
-    def _predict_all(self, job_id: int) -> None:
+        def still_mine(session, version):
+            owned = session.execute(update(Job).where(*self._owned(claim))
+                                    .values(model_version=version, heartbeat_at=func.current_timestamp())
+                                    .execution_options(synchronize_session=False)).rowcount == 1
+            if not owned:
+                raise JobLost
+
+        version, activated = store_model(self.project, checkpoint, val_iou=val_iou,
+                                         trained_on=[[n, v] for n, v, _, _ in labelled], only_if_active=base,
+                                         in_transaction=still_mine)
+        return self._after_training(claim, version, val_iou, activated)
+
+    def _after_training(self, claim: Claim, version: int, val_iou: float | None, activated: bool | None) -> str:
         with self.project.session() as session:
             active = self.project.active_model(session)
-            if active is None:
-                raise ValueError("no model yet: correct a few images and retrain first")
-            version = active.version
+        iou = f": validation IoU {val_iou:.3f}" if val_iou is not None else ""
+        if active is None or active.version != version:
+            other = f"v{active.version}" if active is not None else "no version"
+            if activated is None:  # a retry after the model was stored
+                return f"model v{version} was stored by an earlier attempt; not active ({other} is)"
+            return (f"model v{version}{iou}, stored but not activated: {other} was made active while it trained "
+                    "(activate it from the model menu to use it)")
+        self._progress(claim, 0.9, f"model v{version}{iou}; predicting")
+        self._predict_all(claim, version)
+        return f"model v{version}{iou}; active, predictions refreshed"
+
+    def _predict_job(self, claim: Claim) -> str:
+        with self.project.session() as session:
+            active = self.project.active_model(session)
+        if active is None:
+            raise ValueError("no model yet: correct a few images and retrain first")
+        self._predict_all(claim, active.version)
+        return f"predictions of model v{active.version} refreshed"
+
+    def _model_file(self, version: int):
+        path = self.project.model_path(version)
+        if not path.is_file():  # committed, not renamed into place yet (or its process died there)
+            self.project.settle_staged_files()
+        return path
+
+    def _predict_all(self, claim: Claim, version: int) -> None:
+        with self.project.session() as session:
             names = [i.name for i in session.scalars(select(Image).order_by(Image.id))]
         device = choose_device(self.settings.device)
-        model, ckpt = load_model(self.project.model_path(version), device)
+        model, ckpt = load_model(self._model_file(version), device)
         for k, name in enumerate(names):
             maps = predict_maps(model, read_image(self.project.image_path(name)), PredictConfig(scale=ckpt.scale),
                                 device)
@@ -148,25 +500,4 @@ class Worker:
                 if image.status == "new":
                     image.status = "predicted"
                 session.commit()
-            self._update(job_id, progress=0.9 + 0.1 * (k + 1) / len(names))
-
-
-def fail_interrupted_jobs(project: Project, keep: Collection[int] = ()) -> int:
-    """Mark jobs left queued or running by a server that stopped as failed (except ``keep``:
-    this process's own); returns how many."""
-    with project.session() as s:
-        stale = [j for j in s.scalars(select(Job).where(Job.status.in_(("queued", "running")))) if j.id not in keep]
-        for j in stale:
-            j.status, j.finished_at = "failed", now()
-            j.message = "interrupted: the server stopped before this job finished; start it again"
-        s.commit()
-    return len(stale)
-
-
-def corrections_since_last_model(project: Project) -> int:
-    with project.session() as s:
-        active = project.active_model(s)
-        q = select(func.count(Mask.id)).where(Mask.source == "correction")
-        if active is not None:
-            q = q.where(Mask.created_at > active.created_at)
-        return s.scalar(q) or 0
+            self._progress(claim, 0.9 + 0.1 * (k + 1) / len(names))

@@ -16,7 +16,7 @@ from pathoseg.server.project import (
     MAX_SECONDS,
     OPERATION_TYPES,
 )
-from pathoseg.server.storage import MAX_ID, MAX_TOKEN_DAYS, USER_NAME, Image, Job, User
+from pathoseg.server.storage import MAX_ID, MAX_TOKEN_DAYS, USER_NAME, Image, Job, User, aware
 
 
 class ErrorOut(BaseModel):
@@ -97,15 +97,28 @@ class MaskOut(BaseModel):
 
 
 class JobOut(BaseModel):
+    """A queued, running, done or failed job; ``attempts`` counts the workers that claimed it
+    (a job whose worker died is retried once)."""
+
     id: int
     kind: str
     status: str
     progress: float
     message: str
+    attempts: int = 0
+    worker: str | None = None
+    created_at: datetime | None = None
+    started_at: datetime | None = None
+    heartbeat_at: datetime | None = None
+    finished_at: datetime | None = None
+    model_version: int | None = Field(None, description="the model version a train job made")
 
     @classmethod
     def of(cls, j: Job) -> JobOut:
-        return cls(id=j.id, kind=j.kind, status=j.status, progress=j.progress, message=j.message)
+        return cls(id=j.id, kind=j.kind, status=j.status, progress=j.progress, message=j.message,
+                   attempts=j.attempts or 0, worker=j.worker, created_at=aware(j.created_at),
+                   started_at=aware(j.started_at), heartbeat_at=aware(j.heartbeat_at),
+                   finished_at=aware(j.finished_at), model_version=j.model_version)
 
 
 class ModelOut(BaseModel):

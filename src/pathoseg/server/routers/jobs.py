@@ -6,6 +6,7 @@ from fastapi import APIRouter, HTTPException
 from sqlalchemy import select
 
 from pathoseg.server.deps import ADMIN_ONLY, NOT_FOUND, Admin, Annotator, Id, ProjectDep, WorkerDep
+from pathoseg.server.jobs import Worker, enqueue
 from pathoseg.server.schemas import JobOut
 from pathoseg.server.storage import Job, Project
 
@@ -22,14 +23,25 @@ def job_out(project: Project, job_id: int) -> JobOut:
 
 @router.post("/train", response_model=JobOut, status_code=202, responses=ADMIN_ONLY)
 def train(u: Admin, project: ProjectDep, worker: WorkerDep) -> JobOut:
-    """Train a new model version from every saved mask, warm-started from the active one."""
-    return job_out(project, worker.submit("train"))
+    """Queue a retrain: a new model version from every saved mask, warm-started from the
+    active one. While a retrain is queued (not yet started) this returns that job: it will
+    read every mask saved until it starts."""
+    return job_out(project, queue(project, worker, "train"))
+
+
+def queue(project: Project, worker: Worker, kind: str, automatic: bool = False) -> int | None:
+    """Queue a job (or find the queued one) and tell the server's own worker, if it runs."""
+    job_id = enqueue(project, kind, automatic)
+    if job_id is not None:
+        worker.wake()
+    return job_id
 
 
 @router.post("/predict", response_model=JobOut, status_code=202, responses=ADMIN_ONLY)
 def predict(u: Admin, project: ProjectDep, worker: WorkerDep) -> JobOut:
-    """Refresh every image's prediction with the active model."""
-    return job_out(project, worker.submit("predict"))
+    """Refresh every image's prediction with the active model (while one such job is queued:
+    that one)."""
+    return job_out(project, queue(project, worker, "predict"))
 
 
 @router.get("/jobs/{job_id}", response_model=JobOut, responses=NOT_FOUND)

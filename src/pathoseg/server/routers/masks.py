@@ -32,6 +32,7 @@ from pathoseg.server.project import (
     read_labels,
     save_mask,
 )
+from pathoseg.server.routers.jobs import queue
 from pathoseg.server.schemas import ErrorOut, ImageOut, MaskIn, MaskOut
 from pathoseg.server.storage import Image
 
@@ -82,6 +83,8 @@ def put_mask(image_id: Id, body: MaskIn, u: Annotator, project: ProjectDep, work
         raise HTTPException(409, str(exc)) from None
     except (PathosegError, ValueError) as exc:
         raise HTTPException(422, str(exc)) from None
-    if cfg.retrain_every and not worker.busy() and corrections_since_last_model(project) >= cfg.retrain_every:
-        worker.submit("train")
+    # An automatic retrain: not while one is queued or running (saves made meanwhile count
+    # toward the next one, as the active model did not train on them).
+    if cfg.retrain_every and corrections_since_last_model(project) >= cfg.retrain_every:
+        queue(project, worker, "train", automatic=True)
     return ImageOut.of(saved)

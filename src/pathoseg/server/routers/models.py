@@ -6,7 +6,7 @@ from fastapi import APIRouter, HTTPException
 from sqlalchemy import select
 
 from pathoseg.server.deps import ADMIN_ONLY, NOT_FOUND, Admin, Annotator, Id, ProjectDep, WorkerDep
-from pathoseg.server.routers.jobs import job_out
+from pathoseg.server.routers.jobs import job_out, queue
 from pathoseg.server.schemas import JobOut, ModelOut
 from pathoseg.server.storage import ModelVersion
 
@@ -22,13 +22,8 @@ def models(u: Annotator, project: ProjectDep) -> list[ModelOut]:
 
 @router.post("/{version}/activate", response_model=JobOut, status_code=202, responses={**NOT_FOUND, **ADMIN_ONLY})
 def activate(version: Id, u: Admin, project: ProjectDep, worker: WorkerDep) -> JobOut:
-    """Roll back (or forward) to a model version; predictions refresh in the background."""
-    with project.session() as s:
-        target = s.scalars(select(ModelVersion).where(ModelVersion.version == version)).first()
-        if target is None:
-            raise HTTPException(404, f"no model version {version}")
-        for m in s.scalars(select(ModelVersion).where(ModelVersion.active)):
-            m.active = False
-        target.active = True
-        s.commit()
-    return job_out(project, worker.submit("predict"))
+    """Roll back (or forward) to a model version; predictions refresh in the background. A
+    retrain running meanwhile stores its model without activating it (see the job's message)."""
+    if not project.activate_model(version):
+        raise HTTPException(404, f"no model version {version}")
+    return job_out(project, queue(project, worker, "predict"))
