@@ -338,8 +338,11 @@ class Project:
             for tmp in staged:
                 match = STAGED.match(tmp.name)
                 if match is None:  # a checkpoint's own half-written temporary file (models/.v3.pt.*.pt)
-                    if tmp.parent.name == "models" and time.time() - tmp.stat().st_mtime > stale_after:
-                        tmp.unlink(missing_ok=True)
+                    try:
+                        if tmp.parent.name == "models" and time.time() - tmp.stat().st_mtime > stale_after:
+                            tmp.unlink()
+                    except FileNotFoundError:  # its save finished (or another process settled it)
+                        pass
                     continue
                 final = tmp.parent / match["final"]
                 try:
