@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from pathoseg.data.images import IMAGE_SUFFIXES, is_image_file
+from pathoseg.data.resolution import check_mpp, read_mpp_sidecar
 from pathoseg.data.samples import Sample, SampleSet
 from pathoseg.errors import PathosegError
 
@@ -29,7 +30,9 @@ def _image_files(folder: Path) -> list[Path]:
     return [p for p in files if is_image_file(p)]
 
 
-def load_folder(root: str | Path, require_masks: bool = True) -> SampleSet:
+def load_folder(root: str | Path, require_masks: bool = True, mpp: float | None = None) -> SampleSet:
+    """``mpp``: µm/px at native resolution; default the folder's ``mpp.txt`` or
+    ``dataset.json`` (``{"mpp": 0.5}``), else unknown."""
     root = Path(root)
     img_dir = root / "images"
     if not img_dir.is_dir():
@@ -47,7 +50,8 @@ def load_folder(root: str | Path, require_masks: bool = True) -> SampleSet:
         if require_masks and mask is None:
             raise PathosegError(f"no mask for this image in {mask_dir}", img)
         samples.append(Sample(img.stem, img, mask))
-    return SampleSet(samples, root, "folder")
+    mpp = check_mpp(mpp, "--mpp", root) if mpp is not None else read_mpp_sidecar(root)
+    return SampleSet(samples, root, "folder", mpp=mpp)
 
 
 def images_in(path: str | Path) -> list[Path]:

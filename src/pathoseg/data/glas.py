@@ -11,6 +11,7 @@ import io
 import re
 from pathlib import Path
 
+from pathoseg.data.resolution import GLAS_MPP
 from pathoseg.data.samples import Sample, SampleSet
 from pathoseg.errors import PathosegError
 
@@ -86,4 +87,4 @@ def load_glas(root: str | Path) -> SampleSet:
         if not mask.is_file():
             raise PathosegError(f"mask missing for image {image.name}", mask)
         samples.append(Sample(name, image, mask, part=_part(name), grade=grades[name]))
-    return SampleSet(samples, base, "glas-png" if png else "glas-bmp")
+    return SampleSet(samples, base, "glas-png" if png else "glas-bmp", mpp=GLAS_MPP)

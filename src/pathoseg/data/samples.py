@@ -42,6 +42,7 @@ class SampleSet:
     samples: list[Sample]
     root: Path
     kind: str  # "glas-png", "glas-bmp", "folder", "synthetic"
+    mpp: float | None = None  # µm/px at native resolution; None = unknown (see pathoseg.data.resolution)
     _by_name: dict[str, Sample] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:

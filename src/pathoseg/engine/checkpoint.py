@@ -30,6 +30,9 @@ class Checkpoint:
     optimizer: dict[str, Any] | None = None
     scheduler: dict[str, Any] | None = None
     instances: dict[str, Any] = field(default_factory=dict)  # decoder settings learned from the training data
+    # µm/px of the training data at native resolution; None (checkpoints from before it): see
+    # pathoseg.data.resolution.checkpoint_mpp (GlaS 0.62 when the training data was GlaS, else unknown)
+    mpp: float | None = None
 
     def instance_config(self, **overrides: Any) -> InstanceConfig:
         """The decoder settings for this model: defaults, then what training learned, then
