@@ -1,19 +1,94 @@
-"""``pathoseg predict``: images in; binary masks, instance label maps and overlays out."""
+"""``pathoseg predict``: images and whole slides in; masks, instance label maps, overlays
+(images) or GeoJSON, a pyramidal label TIFF and an overview (slides) out."""
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from pathoseg.data.images import read_image, write_label_png, write_rgb_png
+from pathoseg.data.images import is_image_file, read_image, write_label_png, write_rgb_png
+from pathoseg.data.resolution import check_mpp, checkpoint_mpp, resize_factor, scale_instance_config, um2_to_px
+from pathoseg.data.slides import SLIDE_SUFFIXES, Region, Slide, is_slide
 from pathoseg.engine.instances import InstanceConfig
 from pathoseg.engine.predict import PredictConfig, predict_instances
+from pathoseg.errors import PathosegError
 from pathoseg.models import GlandSegmenter
 from pathoseg.viz.overlay import mask_overlay
+
+
+def collect_inputs(sources: Sequence[str | Path]) -> tuple[list[Path], list[Path]]:
+    """(plain images, slides) named by files and folders; anything else is an error naming it."""
+    images: list[Path] = []
+    slides: list[Path] = []
+    for src in sources:
+        path = Path(src)
+        if path.is_file():
+            if is_slide(path):
+                slides.append(path)
+            elif is_image_file(path):
+                images.append(path)
+            else:
+                raise PathosegError("not an image or slide file", path)
+        elif path.is_dir():
+            found = 0
+            for f in sorted(path.iterdir()):
+                if f.is_file() and (f.suffix.lower() in SLIDE_SUFFIXES or is_slide(f)):
+                    slides.append(f)
+                    found += 1
+                elif is_image_file(f):
+                    images.append(f)
+                    found += 1
+            if not found:
+                raise PathosegError("folder holds no images or slides", path)
+        else:
+            raise PathosegError("no such file or folder", path)
+    stems = [p.stem for p in slides]
+    dup = next((p for p in slides if stems.count(p.stem) > 1), None)
+    if dup is not None:
+        raise PathosegError(f"two slides share the name {dup.stem!r}; their outputs would collide", dup)
+    return images, slides
+
+
+def model_mpp_of(ckpt, given: float | None, path: str | Path) -> float | None:
+    """The µm/px at native resolution of the model's training data: ``--model-mpp``, the
+    checkpoint's record, 0.62 for GlaS-trained checkpoints from before it, else None."""
+    if given is not None:
+        return check_mpp(given, "--model-mpp", path)
+    return checkpoint_mpp(ckpt)
+
+
+def need_model_mpp(model_mpp: float | None, path: str | Path, why: str) -> float:
+    if model_mpp is None:
+        raise PathosegError(f"the checkpoint does not record the µm/px it was trained at, needed {why}; "
+                            "pass --model-mpp", path)
+    return model_mpp
+
+
+def resolution_configs(pcfg: PredictConfig, icfg: InstanceConfig, input_mpp: float | None,
+                       model_mpp: float | None) -> tuple[PredictConfig, InstanceConfig]:
+    """Prediction settings for images at ``input_mpp`` µm/px: resized by input µm/px /
+    model µm/px × working scale, decoder sizes converted to the input's pixels. Unchanged
+    when the input's resolution is unknown (taken to be the model's)."""
+    if input_mpp is None or model_mpp is None:
+        return pcfg, icfg
+    factor = resize_factor(input_mpp, model_mpp, pcfg.scale)
+    return replace(pcfg, scale=factor), scale_instance_config(icfg, model_mpp / input_mpp)
+
+
+def min_size_from_area(icfg: InstanceConfig, area_um2: float | None, model_mpp: float | None,
+                       path: str | Path) -> InstanceConfig:
+    """``--min-area`` (µm²) as the decoder's size floor in native pixels of the model."""
+    if area_um2 is None:
+        return icfg
+    if area_um2 < 0:
+        raise PathosegError(f"--min-area {area_um2} is negative", path)
+    return replace(icfg, min_size=um2_to_px(area_um2, need_model_mpp(model_mpp, path, "for --min-area")))
 
 
 def predict_files(model: GlandSegmenter, images: Sequence[Path], out: Path, pcfg: PredictConfig,
@@ -28,3 +103,45 @@ def predict_files(model: GlandSegmenter, images: Sequence[Path], out: Path, pcfg
         write_rgb_png(out / "overlays" / f"{path.stem}.png", mask_overlay(image, labels))
         written.append(out / "masks" / f"{path.stem}.png")
     return written
+
+
+def open_slides(paths: Sequence[Path], mpp: float | None, region: str | None) -> list[tuple[Slide, Region]]:
+    """Open every slide and check its resolution and the region before anything is written."""
+    opened: list[tuple[Slide, Region]] = []
+    try:
+        for path in paths:
+            slide = Slide(path, mpp)
+            opened.append((slide, slide.region))
+            if region is not None:
+                opened[-1] = (slide, slide.check_region(Region.parse(region, path)))
+    except BaseException:
+        for slide, _ in opened:
+            slide.close()
+        raise
+    return opened
+
+
+def file_digest(path: str | Path) -> str:
+    h = hashlib.sha1()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def predict_slides(model: GlandSegmenter, slides: Sequence[tuple[Slide, Region]], out: Path, model_mpp: float,
+                   scale: float, icfg: InstanceConfig, device: torch.device, tile: int | None, tta: bool,
+                   identity: dict | None = None, progress: bool = True) -> list:
+    """Each slide through :func:`pathoseg.engine.slides.predict_slide` into ``out``."""
+    from pathoseg.engine.slides import SlideConfig, predict_slide
+
+    cfg = SlideConfig(tile=tile or SlideConfig.tile, tta=tta)
+    runs = []
+    try:
+        for slide, region in slides:
+            runs.append(predict_slide(model, slide, region, out, model_mpp, scale, icfg, cfg, device, identity,
+                                      progress))
+    finally:
+        for slide, _ in slides:
+            slide.close()
+    return runs
