@@ -32,13 +32,13 @@ import json, re, sys
 import torch
 from pathlib import Path
 from pathoseg.engine.checkpoint import load_model
-from pathoseg.pipeline.prediction import model_mpp_of, open_slides, predict_slides
+from pathoseg.pipeline.prediction import model_mpp_of, open_slides, predict_slides, slide_config
 ckpt_path, slide, out, tile = sys.argv[1], sys.argv[2], Path(sys.argv[3]), int(sys.argv[4])
 model, ckpt = load_model(ckpt_path)
 base = int(re.search(r"VmHWM:\\s+(\\d+) kB", Path("/proc/self/status").read_text()).group(1))
 mpp = model_mpp_of(ckpt, None, ckpt_path) or 0.62
 run = predict_slides(model, open_slides([Path(slide)], None, None), out, mpp, ckpt.scale, ckpt.instance_config(),
-                     torch.device("cpu"), tile, False, progress=False)[0]
+                     torch.device("cpu"), slide_config(tile, False), progress=False)[0]
 hwm = int(re.search(r"VmHWM:\\s+(\\d+) kB", Path("/proc/self/status").read_text()).group(1))
 print("RESULT", json.dumps({**run.to_dict(), "peak_mb": hwm / 1024, "base_mb": base / 1024,
                             "threads": torch.get_num_threads()}))

@@ -343,6 +343,7 @@ def test_bad_slides_fail_with_one_line_and_write_nothing(untrained_model, tmp_pa
     _fails([*base, str(good), "--mpp", "0.05"], out, capsys, "outside 0.1–10")
     _fails([*base, str(good), "--region", "200,200,200,50"], out, capsys, str(good), "outside the slide")
     _fails([*base, str(good), "--region", "10,10,abc"], out, capsys, str(good), "x,y,w,h")
+    _fails([*base, str(good), "--tile", "64"], out, capsys, str(good), "--tile 64 is too small")
     # A good slide listed with a bad one: still nothing written.
     _fails([*base, str(good), str(no_mpp)], out, capsys, str(no_mpp))
     # --mpp says what the metadata lacks.

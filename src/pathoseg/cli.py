@@ -155,6 +155,7 @@ def cmd_predict(args: argparse.Namespace) -> None:
         predict_files,
         predict_slides,
         resolution_configs,
+        slide_config,
     )
 
     images, slides = collect_inputs(args.inputs)  # every check before anything is written
@@ -164,6 +165,7 @@ def cmd_predict(args: argparse.Namespace) -> None:
         raise PathosegError("pass --min-size (pixels) or --min-area (µm²), not both")
     if args.region is not None and not slides:
         raise PathosegError("--region applies to whole-slide images; none given", first)
+    slide_cfg = slide_config(args.tile, args.tta, slides[0]) if slides else None
     device = choose_device(args.device)
     model, ckpt = load_model(args.checkpoint, device)
     model_mpp = model_mpp_of(ckpt, args.model_mpp, args.checkpoint)
@@ -186,8 +188,8 @@ def cmd_predict(args: argparse.Namespace) -> None:
         raise
     if opened:
         identity = {"checkpoint": file_digest(args.checkpoint)}
-        runs = predict_slides(model, opened, out / "slides", model_mpp, ckpt.scale, icfg, device, args.tile,
-                              args.tta, identity)
+        runs = predict_slides(model, opened, out / "slides", model_mpp, ckpt.scale, icfg, device, slide_cfg,
+                              identity)
         for (slide, _), run in zip(opened, runs, strict=True):
             print(f"{slide.path.name}: {run.glands} glands in {run.tissue_mpx:.1f} MP of tissue "
                   f"({run.seconds:.0f} s) -> {run.outputs['geojson']}, {run.outputs['mask']}, "

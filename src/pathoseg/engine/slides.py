@@ -676,6 +676,11 @@ class SlideConfig:
     thumbnail: int = 2048  # longest side of the tissue-detection thumbnail and the overview
     mask_tile: int = 512  # tile side of the label TIFF
 
+    def __post_init__(self) -> None:
+        if self.tile < 6 * self.overlap or self.overlap < 1:
+            raise PathosegError(f"--tile {self.tile} is too small for slides (at least {6 * max(1, self.overlap)} "
+                                f"with an overlap of {self.overlap} px a side)")
+
     @property
     def overlap(self) -> int:
         return self.margin if self.margin is not None else max(32, self.tile // 16)

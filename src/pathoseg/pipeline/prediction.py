@@ -129,13 +129,25 @@ def file_digest(path: str | Path) -> str:
     return h.hexdigest()
 
 
-def predict_slides(model: GlandSegmenter, slides: Sequence[tuple[Slide, Region]], out: Path, model_mpp: float,
-                   scale: float, icfg: InstanceConfig, device: torch.device, tile: int | None, tta: bool,
-                   identity: dict | None = None, progress: bool = True) -> list:
-    """Each slide through :func:`pathoseg.engine.slides.predict_slide` into ``out``."""
-    from pathoseg.engine.slides import SlideConfig, predict_slide
+def slide_config(tile: int | None, tta: bool, path: str | Path | None = None):
+    """Slide settings from the command line's ``--tile`` (default 1024) and ``--tta``; a tile
+    too small for the overlap is a one-line error naming ``path``."""
+    from pathoseg.engine.slides import SlideConfig
 
-    cfg = SlideConfig(tile=tile or SlideConfig.tile, tta=tta)
+    try:
+        return SlideConfig(tile=tile or SlideConfig.tile, tta=tta)
+    except PathosegError as exc:
+        raise PathosegError(str(exc), path) from None
+
+
+def predict_slides(model: GlandSegmenter, slides: Sequence[tuple[Slide, Region]], out: Path, model_mpp: float,
+                   scale: float, icfg: InstanceConfig, device: torch.device, cfg=None,
+                   identity: dict | None = None, progress: bool = True) -> list:
+    """Each slide through :func:`pathoseg.engine.slides.predict_slide` into ``out``
+    (``cfg``: a :class:`~pathoseg.engine.slides.SlideConfig`, default :func:`slide_config`)."""
+    from pathoseg.engine.slides import predict_slide
+
+    cfg = cfg or slide_config(None, False)
     runs = []
     try:
         for slide, region in slides:
