@@ -136,6 +136,7 @@ class _WindowStore:
         self.cache: OrderedDict[tuple[int, int], np.ndarray | None] = OrderedDict()
         self.capacity = capacity
         self.computed = 0
+        self.computed_px = 0
         folder.mkdir(parents=True, exist_ok=True)
 
     def _path(self, a: int, b: int) -> Path:
@@ -153,6 +154,7 @@ class _WindowStore:
         else:
             logits = np.asarray(self.compute(self.grid.window(a, b)), dtype=np.float16)
             self.computed += 1
+            self.computed_px += logits.shape[1] * logits.shape[2]
             with atomic_path(self._path(a, b)) as tmp, tmp.open("wb") as f:
                 np.save(f, logits)
         self.cache[key] = logits
@@ -315,7 +317,7 @@ def stitch_cells(grid: Grid, window_logits: WindowLogits, channels: tuple[str, .
                 if on_cell is not None:
                     on_cell(k)
     shutil.rmtree(work / "logits", ignore_errors=True)
-    return {"cells": len(grid), "computed_windows": store.computed}
+    return {"cells": len(grid), "computed_windows": store.computed, "computed_px": store.computed_px}
 
 
 def _decode_cell(grid: Grid, store: _WindowStore, i: int, j: int, channels: tuple[str, ...],
@@ -517,7 +519,7 @@ def gland_feature(gland: int, shape, place: Placement) -> dict:
     from shapely.geometry import mapping
 
     geom = place.level0(shape)
-    return {"type": "Feature", "id": f"gland-{gland}", "geometry": mapping(geom),
+    return {"type": "Feature", "geometry": mapping(geom),
             "properties": {"objectType": "annotation", "name": f"gland {gland}", "gland_id": gland,
                            "classification": dict(GLAND_CLASS),
                            "measurements": {"Area µm^2": round(geom.area * place.mpp**2, 2),
@@ -655,6 +657,7 @@ class SlideRun:
     tissue_cells: int
     computed_windows: int
     tissue_mpx: float  # tissue area in megapixels at the working resolution
+    computed_mpx: float  # pixels through the network (windows with tissue, overlaps included)
     seconds: float
     outputs: dict[str, str]
     timings: dict[str, float] = field(default_factory=dict)
@@ -731,7 +734,8 @@ def predict_slide(model, slide, region, out: Path, model_mpp: float, scale: floa
                       UserWarning, stacklevel=2)
 
     thumb, _ = slide.thumbnail(region, cfg.thumbnail)
-    tissue = ndi.binary_dilation(tissue_mask(thumb), iterations=2)
+    found = tissue_mask(thumb)
+    tissue = ndi.binary_dilation(found, iterations=2)  # a little beyond the edge, where glands may start
     th, tw = tissue.shape
     timings["thumbnail_s"] = now() - start
 
@@ -765,6 +769,7 @@ def predict_slide(model, slide, region, out: Path, model_mpp: float, scale: floa
     timings["outputs_s"] = now() - t
     tissue_cells = sum(has_tissue(*divmod(k, grid.shape[1])) for k in range(len(grid)))
     shutil.rmtree(paths["work"], ignore_errors=True)
-    tissue_mpx = float(tissue_mask(thumb).sum()) * (height / th) * (width / tw) / 1e6
-    return SlideRun(glands.count, len(grid), tissue_cells, stats["computed_windows"], tissue_mpx, now() - start,
+    tissue_mpx = float(found.sum()) * (height / th) * (width / tw) / 1e6
+    return SlideRun(glands.count, len(grid), tissue_cells, stats["computed_windows"], tissue_mpx,
+                    stats["computed_px"] / 1e6, now() - start,
                     {k: str(v) for k, v in paths.items() if k != "work"}, timings)
