@@ -158,6 +158,8 @@ def cmd_predict(args: argparse.Namespace) -> None:
         slide_config,
     )
 
+    device = choose_device(args.device)
+    model, ckpt = load_model(args.checkpoint, device)
     images, slides = collect_inputs(args.inputs)  # every check before anything is written
     first = (images or slides)[0]
     mpp = check_mpp(args.mpp, "--mpp", first) if args.mpp is not None else None
@@ -166,8 +168,6 @@ def cmd_predict(args: argparse.Namespace) -> None:
     if args.region is not None and not slides:
         raise PathosegError("--region applies to whole-slide images; none given", first)
     slide_cfg = slide_config(args.tile, args.tta, slides[0]) if slides else None
-    device = choose_device(args.device)
-    model, ckpt = load_model(args.checkpoint, device)
     model_mpp = model_mpp_of(ckpt, args.model_mpp, args.checkpoint)
     pcfg, icfg = _predict_configs(args, ckpt)
     icfg = min_size_from_area(icfg, args.min_area, model_mpp, args.checkpoint)
