@@ -49,17 +49,9 @@ CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,
 # Path parameters the fuzzer also gets right now and then, so that not every request is a 404.
 KNOWN_VALUES = {"image_id": [1, 2, 3], "job_id": [1, 2], "version": [1], "name": ["ann", "nobody"]}
 
-# Found by this test, reported in #11 for the people working on the server; xfail until fixed.
-_PNG = "documents application/json for its 200 answer, sends image/png (ST105)"
-_BODY_400 = "an unparseable body gets FastAPI's 400, which the schema does not document (ST103)"
-KNOWN_NONCONFORMING = {
-    "GET /api/images/{image_id}/image.png": _PNG,
-    "GET /api/images/{image_id}/mask.png": _PNG,
-    "PUT /api/images/{image_id}/mask": _BODY_400,
-    "POST /api/users": _BODY_400,
-    "POST /api/users/{name}/token": _BODY_400,
-    "POST /api/images": "a malformed multipart body gets 400 'Invalid multipart data.', undocumented (ST103)",
-}
+# Found by this test and fixed since (PNG answers documented as image/png; 400 for bodies
+# that cannot be parsed documented): nothing is expected to fail now.
+KNOWN_NONCONFORMING: dict[str, str] = {}
 
 
 def _operations() -> list[str]:

@@ -24,6 +24,8 @@ from pathoseg.server.storage import MAX_ID, Image, Project, TokenError, User, au
 Id = Annotated[int, PathParam(ge=1, le=MAX_ID, description=f"1 to {MAX_ID}")]
 NOT_FOUND = {404: {"model": ErrorOut, "description": "no such image, job, model version or user"}}
 ADMIN_ONLY = {403: {"model": ErrorOut, "description": "admins only"}}
+PNG = {200: {"content": {"image/png": {}}, "description": "a PNG image"}}
+BAD_BODY = {400: {"model": ErrorOut, "description": "the body cannot be parsed (not JSON, or not multipart)"}}
 
 # FastAPI's own parser of "Authorization: Bearer <token>" (scheme in any case); it also puts
 # the scheme into the OpenAPI schema, so /docs has an "Authorize" button.

@@ -13,7 +13,9 @@ from sqlalchemy import select
 from pathoseg.errors import PathosegError
 from pathoseg.server.deps import (
     ADMIN_ONLY,
+    BAD_BODY,
     NOT_FOUND,
+    PNG,
     Admin,
     Annotator,
     Id,
@@ -43,7 +45,7 @@ def list_images(u: Annotator, project: ProjectDep, order: str = "uncertainty") -
     return [ImageOut.of(i) for i in images]
 
 
-@router.post("", response_model=ImageOut, status_code=201, responses=ADMIN_ONLY)
+@router.post("", response_model=ImageOut, status_code=201, responses={**ADMIN_ONLY, **BAD_BODY})
 async def upload(u: Admin, project: ProjectDep, file: Annotated[UploadFile, File()]) -> ImageOut:
     """Add an image (admins)."""
     data = await file.read(MAX_UPLOAD_BYTES + 1)  # never more than the limit in memory
@@ -60,12 +62,12 @@ def image_info(image_id: Id, u: Annotator, project: ProjectDep) -> ImageOut:
     return ImageOut.of(get_image(project, image_id))
 
 
-@router.get("/{image_id}/image.png", responses=NOT_FOUND)
+@router.get("/{image_id}/image.png", response_class=Response, responses={**PNG, **NOT_FOUND})
 def image_png(image_id: Id, u: Annotator, project: ProjectDep) -> FileResponse:
     return placed(project, project.image_path(get_image(project, image_id).name))
 
 
-@router.get("/{image_id}/instances.png", responses=NOT_FOUND)
+@router.get("/{image_id}/instances.png", response_class=Response, responses={**PNG, **NOT_FOUND})
 def instances_png(image_id: Id, u: Annotator, project: ProjectDep) -> Response:
     """The active model's glands as a label map (0 background, 1..N; 16-bit when N > 255)."""
     glands = predicted_instances(project, get_image(project, image_id))
@@ -74,7 +76,7 @@ def instances_png(image_id: Id, u: Annotator, project: ProjectDep) -> Response:
     return png(glands.astype(np.uint16) if glands.max(initial=0) > 255 else glands.astype(np.uint8))
 
 
-@router.get("/{image_id}/prediction.png", responses=NOT_FOUND)
+@router.get("/{image_id}/prediction.png", response_class=Response, responses={**PNG, **NOT_FOUND})
 def prediction_png(image_id: Id, u: Annotator, project: ProjectDep) -> Response:
     """The active model's gland probability x 255."""
     probs = prediction(project, get_image(project, image_id))

@@ -11,7 +11,9 @@ from fastapi.responses import Response
 
 from pathoseg.errors import PathosegError
 from pathoseg.server.deps import (
+    BAD_BODY,
     NOT_FOUND,
+    PNG,
     Annotator,
     ConfigDep,
     Id,
@@ -39,7 +41,7 @@ from pathoseg.server.storage import Image
 router = APIRouter(prefix="/api/images", tags=["masks"])
 
 
-@router.get("/{image_id}/mask.png", responses=NOT_FOUND)
+@router.get("/{image_id}/mask.png", response_class=Response, responses={**PNG, **NOT_FOUND})
 def mask_png(image_id: Id, u: Annotator, project: ProjectDep) -> Response:
     """The latest saved mask as an instance label map (0 background, 1..N glands; 16-bit when
     N > 255; an older binary mask: its components); without one, the active model's glands
@@ -67,7 +69,8 @@ def mask_versions(image_id: Id, u: Annotator, project: ProjectDep) -> list[MaskO
 
 
 @router.put("/{image_id}/mask", response_model=ImageOut,
-            responses={**NOT_FOUND, 409: {"model": ErrorOut, "description": "someone saved it since; names who"}})
+            responses={**NOT_FOUND, **BAD_BODY,
+                       409: {"model": ErrorOut, "description": "someone saved it since; names who"}})
 def put_mask(image_id: Id, body: MaskIn, u: Annotator, project: ProjectDep, worker: WorkerDep,
              cfg: ConfigDep) -> ImageOut:
     """Save a correction as the next mask version (``approve``: and mark the image approved)."""

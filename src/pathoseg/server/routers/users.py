@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Body, HTTPException
 from fastapi import Path as PathParam
 
-from pathoseg.server.deps import ADMIN_ONLY, NOT_FOUND, Admin, Annotator, ConfigDep, ProjectDep
+from pathoseg.server.deps import ADMIN_ONLY, BAD_BODY, NOT_FOUND, Admin, Annotator, ConfigDep, ProjectDep
 from pathoseg.server.schemas import ErrorOut, IssuedOut, TokenIn, UserIn, UserOut
 from pathoseg.server.storage import (
     USER_NAME,
@@ -45,7 +45,7 @@ def users(u: Admin, project: ProjectDep) -> list[UserOut]:
 
 
 @router.post("/users", response_model=IssuedOut, status_code=201,
-             responses={**ADMIN_ONLY, 409: {"model": ErrorOut, "description": "the name is taken"}})
+             responses={**ADMIN_ONLY, **BAD_BODY, 409: {"model": ErrorOut, "description": "the name is taken"}})
 def create(body: UserIn, u: Admin, project: ProjectDep, cfg: ConfigDep) -> IssuedOut:
     """Add a user; the answer holds their token, shown this once."""
     try:
@@ -54,7 +54,8 @@ def create(body: UserIn, u: Admin, project: ProjectDep, cfg: ConfigDep) -> Issue
         raise HTTPException(409, str(exc)) from None
 
 
-@router.post("/users/{name}/token", response_model=IssuedOut, responses={**ADMIN_ONLY, **NOT_FOUND})
+@router.post("/users/{name}/token", response_model=IssuedOut,
+             responses={**ADMIN_ONLY, **NOT_FOUND, **BAD_BODY})
 def new_token(name: Name, u: Admin, project: ProjectDep, cfg: ConfigDep,
               body: Annotated[TokenIn | None, Body()] = None) -> IssuedOut:
     """A new token for ``name`` (also after a revocation); their old token stops working."""
