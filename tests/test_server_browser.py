@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -34,14 +36,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture
-def served(tmp_path):
-    project = Project(tmp_path / "proj", create=True)
-    cfg = SyntheticConfig(size=(240, 320))
-    for i in range(4):
-        image, labels = synthetic_sample(70 + i, cfg)
-        add_image(project, f"slide_{i:02d}", image, labels if i < 2 else None)
-    token = create_user(project, "ana", admin=True)
+@contextlib.contextmanager
+def app_in_thread(project: Project) -> Iterator[str]:
+    """The app of ``project`` (no automatic retraining) served on a free loopback port by
+    uvicorn in a thread; yields its URL and stops it afterwards."""
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(create_app(ServerConfig(str(project.root), retrain_every=0)),
                                            host="127.0.0.1", port=port, log_level="warning"))
@@ -51,9 +49,23 @@ def served(tmp_path):
         if server.started:
             break
         time.sleep(0.1)
-    yield f"http://127.0.0.1:{port}/", token, project
-    server.should_exit = True
-    thread.join(timeout=10)
+    try:
+        yield f"http://127.0.0.1:{port}/"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+@pytest.fixture
+def served(tmp_path):
+    project = Project(tmp_path / "proj", create=True)
+    cfg = SyntheticConfig(size=(240, 320))
+    for i in range(4):
+        image, labels = synthetic_sample(70 + i, cfg)
+        add_image(project, f"slide_{i:02d}", image, labels if i < 2 else None)
+    token = create_user(project, "ana", admin=True)
+    with app_in_thread(project) as url:
+        yield url, token, project
 
 
 def test_paint_a_stroke_and_save(served, tmp_path):

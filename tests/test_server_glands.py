@@ -16,13 +16,10 @@ is impractical; the boundary brush and eraser have a test of their own.
 from __future__ import annotations
 
 import os
-import threading
-import time
 from collections import Counter
 
 import numpy as np
 import pytest
-import uvicorn
 from PIL import Image
 from scipy import ndimage as ndi
 from skimage import segmentation
@@ -30,10 +27,9 @@ from skimage import segmentation
 from pathoseg.data.images import write_label_png
 from pathoseg.data.synthetic import SyntheticConfig, synthetic_sample
 from pathoseg.hitl.annotator import OPERATIONS, SimulatedAnnotator
-from pathoseg.server.app import ServerConfig, create_app
 from pathoseg.server.project import OPERATION_TYPES, add_image
 from pathoseg.server.storage import ModelVersion, Project, create_user
-from test_server_browser import CHROMIUM, DOC_SHOTS, FLAGS, free_port
+from test_server_browser import CHROMIUM, DOC_SHOTS, FLAGS, app_in_thread
 
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (make test installs it)")
 
@@ -135,18 +131,8 @@ def served(tmp_path):
         s.add(ModelVersion(version=1, val_iou=None, active=True, trained_on=[]))
         s.commit()
     token = create_user(project, "ana", admin=True)
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(ServerConfig(str(project.root), retrain_every=0)),
-                                           host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    for _ in range(100):
-        if server.started:
-            break
-        time.sleep(0.1)
-    yield f"http://127.0.0.1:{port}/", token, project, cases
-    server.should_exit = True
-    thread.join(timeout=10)
+    with app_in_thread(project) as url:
+        yield url, token, project, cases
 
 
 class Editor:
