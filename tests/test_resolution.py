@@ -118,3 +118,18 @@ def test_predict_resamples_plain_images_from_their_mpp(tmp_path, capsys):
     assert main(["predict", str(ckpt), str(tmp_path / "in"), "--out", str(out), "--mpp", "12"]) == 2
     err = capsys.readouterr().err.strip()
     assert "native.png" in err and "outside 0.1–10" in err and len(err.splitlines()) == 1 and not out.exists()
+
+
+def test_training_records_the_data_sets_resolution_in_its_checkpoints(tmp_path):
+    from pathoseg.data.synthetic import SyntheticConfig, write_synthetic
+    from pathoseg.engine.checkpoint import load_checkpoint
+    from pathoseg.engine.train import TrainConfig
+    from pathoseg.models import ModelConfig
+    from pathoseg.pipeline.training import plan_data, run_training
+
+    root = write_synthetic(tmp_path / "data", n=6, seed=5, cfg=SyntheticConfig(size=(64, 64)))
+    (root / "mpp.txt").write_text("0.5\n")
+    plan = plan_data(root, "random", seed=0, val_fraction=0.2)
+    cfg = TrainConfig(model=ModelConfig(weights="none"), epochs=1, batch_size=2, crop=64, progress=False)
+    result = run_training(plan, cfg, tmp_path / "run")
+    assert load_checkpoint(result.best).mpp == load_checkpoint(result.last).mpp == 0.5

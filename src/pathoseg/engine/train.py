@@ -209,11 +209,12 @@ class TrainResult:
 
 def train_to_dir(model: GlandSegmenter, train_pairs: Sequence[ScaledPair], val_pairs: Sequence[ScaledPair],
                  cfg: TrainConfig, device: torch.device, out: Path, split: dict | None = None,
-                 state: FitState | None = None) -> TrainResult:
+                 state: FitState | None = None, mpp: float | None = None) -> TrainResult:
     """:func:`fit` plus ``best.pt``, ``last.pt`` and ``history.csv`` written each epoch.
 
     Without validation images the best checkpoint is the last one. The checkpoints carry the
-    instance decoder's gland size floor learned from the training masks.
+    instance decoder's gland size floor learned from the training masks, and ``mpp``, the
+    training images' native µm per pixel (None: unknown).
     """
     min_size = learned_min_size((p.target for p in train_pairs), cfg.scale)
     instances = {"min_size": min_size} if min_size else {}
@@ -225,7 +226,7 @@ def train_to_dir(model: GlandSegmenter, train_pairs: Sequence[ScaledPair], val_p
             model, cfg.scale, train_config=cfg.to_dict(), split=split, epoch=st.epoch,
             metrics={"val_iou": st.history[-1]["val_iou"] if st.history else float("nan"),
                      "best_val_iou": st.best_iou, "elapsed": st.elapsed},
-            history=list(st.history), optimizer=opt, instances=instances,
+            history=list(st.history), optimizer=opt, instances=instances, mpp=mpp,
         )
 
     def on_epoch(record: EpochRecord, model: GlandSegmenter, st: FitState, opt: torch.optim.Optimizer) -> None:

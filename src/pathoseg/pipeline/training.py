@@ -108,4 +108,4 @@ def run_training(plan: DataPlan, cfg: TrainConfig, out: Path, device: str | None
     train_pairs = load_scaled(plan.data.subset(plan.split.train), cfg.scale, cfg.progress)
     val_pairs = load_scaled(plan.data.subset(plan.split.val), cfg.scale, cfg.progress)
     split = {**plan.split.to_dict(), "data_root": str(plan.data.root)}  # lets evaluate find the data again
-    return train_to_dir(model, train_pairs, val_pairs, cfg, dev, out, split, state)
+    return train_to_dir(model, train_pairs, val_pairs, cfg, dev, out, split, state, mpp=plan.data.mpp)
