@@ -56,6 +56,22 @@ def app_in_thread(project: Project) -> Iterator[str]:
         thread.join(timeout=10)
 
 
+@contextlib.contextmanager
+def logged_in_page(url: str, token: str) -> Iterator:
+    """A headless Debian Chromium page logged in to the app at ``url``, its queue loaded."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=FLAGS)
+        page = browser.new_page(viewport={"width": 1280, "height": 760})
+        page.goto(url)
+        page.fill("#token", token)
+        page.click("#login-btn")
+        page.wait_for_selector("#queue-list li")
+        yield page
+        browser.close()
+
+
 @pytest.fixture
 def served(tmp_path):
     project = Project(tmp_path / "proj", create=True)
@@ -69,19 +85,11 @@ def served(tmp_path):
 
 
 def test_paint_a_stroke_and_save(served, tmp_path):
-    from playwright.sync_api import sync_playwright
-
     url, token, project = served
     # PATHOSEG_UPDATE_SCREENSHOTS=1 refreshes the README's queue picture (tests/test_server_glands.py
     # takes the editor's); otherwise they go to tmp
     shots = DOC_SHOTS if os.environ.get("PATHOSEG_UPDATE_SCREENSHOTS") else tmp_path
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=FLAGS)
-        page = browser.new_page(viewport={"width": 1280, "height": 760})
-        page.goto(url)
-        page.fill("#token", token)
-        page.click("#login-btn")
-        page.wait_for_selector("#queue-list li")
+    with logged_in_page(url, token) as page:
         page.select_option("#order", "name")
         page.wait_for_function("document.querySelectorAll('#queue-list li').length === 4")
         page.click("#queue-list li:nth-child(3)")  # slide_02: no mask yet
@@ -102,7 +110,6 @@ def test_paint_a_stroke_and_save(served, tmp_path):
         page.click("#submit")
         page.wait_for_function("document.getElementById('status-line').textContent.startsWith('saved')")
         page.screenshot(path=str(shots / "queue.png"), clip={"x": 0, "y": 0, "width": 1280, "height": 420})
-        browser.close()
 
     stored = read_mask(project.mask_path("slide_02", 1))
     assert stored.max() == 1, "one stroke on empty tissue paints one gland"

@@ -29,7 +29,7 @@ from pathoseg.data.synthetic import SyntheticConfig, synthetic_sample
 from pathoseg.hitl.annotator import OPERATIONS, SimulatedAnnotator
 from pathoseg.server.project import OPERATION_TYPES, add_image
 from pathoseg.server.storage import ModelVersion, Project, create_user
-from test_server_browser import CHROMIUM, DOC_SHOTS, FLAGS, app_in_thread
+from test_server_browser import CHROMIUM, DOC_SHOTS, app_in_thread, logged_in_page
 
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (make test installs it)")
 
@@ -187,18 +187,9 @@ class Editor:
 
 @pytest.fixture
 def editor(served):
-    from playwright.sync_api import sync_playwright
-
     url, token, project, cases = served
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=FLAGS)
-        page = browser.new_page(viewport={"width": 1280, "height": 760})
-        page.goto(url)
-        page.fill("#token", token)
-        page.click("#login-btn")
-        page.wait_for_selector("#queue-list li")
+    with logged_in_page(url, token) as page:
         yield Editor(page, CFG.size), project, cases
-        browser.close()
 
 
 # -- the simulated pathologist's plan, replayed -----------------------------------------------
