@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -18,6 +17,7 @@ from pathoseg.data.slides import SLIDE_SUFFIXES, Region, Slide, is_slide
 from pathoseg.engine.instances import InstanceConfig
 from pathoseg.engine.predict import PredictConfig, predict_instances
 from pathoseg.errors import PathosegError
+from pathoseg.io import file_digest as file_digest  # re-exported: it moved to io for the engine
 from pathoseg.models import GlandSegmenter
 from pathoseg.viz.overlay import mask_overlay
 
@@ -119,14 +119,6 @@ def open_slides(paths: Sequence[Path], mpp: float | None, region: str | None) ->
             slide.close()
         raise
     return opened
-
-
-def file_digest(path: str | Path) -> str:
-    h = hashlib.sha1()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def slide_config(tile: int | None, tta: bool, path: str | Path | None = None):
