@@ -52,6 +52,23 @@ def _add_predict_args(p: argparse.ArgumentParser) -> None:
                    f"of the training glands' areas, stored in the checkpoint, else {d.min_size})")
 
 
+def _add_backend_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--backend", choices=("torch", "onnx"), default=None,
+                   help="torch (default) or onnx: ONNX Runtime on an export cached beside the checkpoint "
+                   "(default for a .onnx model file)")
+    p.add_argument("--int8", action="store_true",
+                   help="ONNX Runtime int8, statically quantised on training tiles (implies --backend onnx)")
+    p.add_argument("--calibration", metavar="DIR",
+                   help="int8: images to calibrate on (a folder of images, or a data set: its training images; "
+                   "default the training images of --data)")
+
+
+def _backend(args: argparse.Namespace):
+    from pathoseg.pipeline.export import backend_config
+
+    return backend_config(args.backend, args.checkpoint, args.int8, args.calibration, getattr(args, "data", None))
+
+
 def _train_config(args: argparse.Namespace):
     from pathoseg.engine.train import TrainConfig
     from pathoseg.models import ModelConfig
@@ -105,7 +122,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         segment, history = folder_segmenter(Path(args.predictions)), None
     elif args.checkpoint:
         device = choose_device(args.device)
-        model, ckpt = load_model(args.checkpoint, device)
+        model, ckpt = load_backend(args.checkpoint, _backend(args), device)
         if args.data or args.split_file or not ckpt.split:
             data = find_glas(args.data)
             if data is None:
@@ -143,7 +160,7 @@ def _split_and_parts(split: str, split_part: str | None) -> tuple[str, list[str]
 
 def cmd_predict(args: argparse.Namespace) -> None:
     from pathoseg.data.resolution import check_mpp
-    from pathoseg.engine.checkpoint import load_model
+    from pathoseg.engine.backends import load_backend
     from pathoseg.engine.device import choose_device
     from pathoseg.pipeline.prediction import (
         collect_inputs,
@@ -159,7 +176,8 @@ def cmd_predict(args: argparse.Namespace) -> None:
     )
 
     device = choose_device(args.device)
-    model, ckpt = load_model(args.checkpoint, device)
+    backend = _backend(args)
+    model, ckpt = load_backend(args.checkpoint, backend, device)
     images, slides = collect_inputs(args.inputs)  # every check before anything is written
     first = (images or slides)[0]
     mpp = check_mpp(args.mpp, "--mpp", first) if args.mpp is not None else None
@@ -187,13 +205,25 @@ def cmd_predict(args: argparse.Namespace) -> None:
             slide.close()
         raise
     if opened:
-        identity = {"checkpoint": file_digest(args.checkpoint)}
+        identity = {"checkpoint": file_digest(args.checkpoint), **backend.identity()}
         runs = predict_slides(model, opened, out / "slides", model_mpp, ckpt.scale, icfg, device, slide_cfg,
                               identity)
         for (slide, _), run in zip(opened, runs, strict=True):
             print(f"{slide.path.name}: {run.glands} glands in {run.tissue_mpx:.1f} MP of tissue "
                   f"({run.seconds:.0f} s) -> {run.outputs['geojson']}, {run.outputs['mask']}, "
                   f"{run.outputs['overview']}")
+
+
+def cmd_export(args: argparse.Namespace) -> None:
+    import json
+
+    from pathoseg.pipeline.export import calibration_images, export_model
+
+    images = calibration_images(args.calibration, args.data) if args.int8 else ()
+    result = export_model(args.model, args.out, args.format, args.int8, images)
+    channels = ", ".join(json.loads(result.metadata["head_channels"]))
+    print(f"{result.path}: ONNX {result.precision}, input 'image' (batch, 3, height, width) RGB in [0, 1], "
+          f"output 'logits' ({channels}), sides multiples of {result.metadata['stride']}")
 
 
 def cmd_visualize(args: argparse.Namespace) -> None:
@@ -586,6 +616,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-pictures", action="store_true")
     p.add_argument("--device")
     _add_predict_args(p)
+    _add_backend_args(p)
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("predict", help="segment images or whole slides: masks, instance maps, overlays, GeoJSON")
@@ -603,7 +634,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-area", type=float, default=None, metavar="UM2",
                    help="drop predicted glands smaller than this many µm² (instead of --min-size in pixels)")
     _add_predict_args(p)
+    _add_backend_args(p)
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("export", help="write a checkpoint as ONNX (fp32, or int8 calibrated on training images)")
+    p.add_argument("model", help="a checkpoint (best.pt), or an fp32 pathoseg .onnx file to quantise with --int8")
+    p.add_argument("--format", default="onnx", choices=("onnx",))
+    p.add_argument("--out", help="the .onnx file to write (default MODEL.onnx / MODEL.int8.onnx beside it)")
+    p.add_argument("--int8", action="store_true", help="static int8 quantisation (QDQ, per-channel weights)")
+    p.add_argument("--calibration", metavar="DIR",
+                   help="int8: images to calibrate on (a folder of images, or a data set: its training images)")
+    p.add_argument("--data", help="int8 without --calibration: calibrate on this data set's training images")
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("visualize", help="overlap picture of a ground truth and a prediction")
     p.add_argument("image")
