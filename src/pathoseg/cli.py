@@ -100,7 +100,7 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
-    from pathoseg.engine.checkpoint import load_model
+    from pathoseg.engine.backends import load_backend
     from pathoseg.engine.device import choose_device
     from pathoseg.pipeline.evaluation import (
         evaluate_parts,
