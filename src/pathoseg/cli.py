@@ -158,6 +158,19 @@ def _split_and_parts(split: str, split_part: str | None) -> tuple[str, list[str]
     return "official", [p.strip() for p in split.split(",") if p.strip()]
 
 
+def _ray_config(args: argparse.Namespace, backend):
+    """``--engine ray``'s settings (None for ``--engine local``), checked before anything runs."""
+    if args.engine != "ray":
+        if args.address is not None or args.workers is not None:
+            raise PathosegError("--address and --workers apply to --engine ray")
+        return None
+    from pathoseg.pipeline.ray_engine import RayConfig
+
+    if backend.backend != "torch":  # the workers build the torch model from the shipped checkpoint
+        raise PathosegError(f"--engine ray runs the torch backend only; leave out --backend {backend.backend}")
+    return RayConfig(args.address, args.workers, args.cpus_per_worker)
+
+
 def cmd_predict(args: argparse.Namespace) -> None:
     from pathoseg.data.resolution import check_mpp
     from pathoseg.engine.backends import load_backend
@@ -177,6 +190,7 @@ def cmd_predict(args: argparse.Namespace) -> None:
 
     device = choose_device(args.device)
     backend = _backend(args)
+    ray_cfg = _ray_config(args, backend)
     model, ckpt = load_backend(args.checkpoint, backend, device)
     images, slides = collect_inputs(args.inputs)  # every check before anything is written
     first = (images or slides)[0]
@@ -195,19 +209,28 @@ def cmd_predict(args: argparse.Namespace) -> None:
         need_model_mpp(model_mpp, args.checkpoint, "for --mpp")
     opened = open_slides(slides, mpp, args.region)
     out = Path(args.out)
-    try:
-        if images:
-            img_pcfg, img_icfg = resolution_configs(pcfg, icfg, mpp, model_mpp)
-            predict_files(model, images, out, img_pcfg, img_icfg, device)
-            print(f"{len(images)} images -> {out}/masks, {out}/instances, {out}/overlays")
-    except BaseException:
-        for slide, _ in opened:
+    img_pcfg, img_icfg = resolution_configs(pcfg, icfg, mpp, model_mpp)
+    identity = {"checkpoint": file_digest(args.checkpoint), **backend.identity()} if opened else None
+    if args.engine == "ray":
+        from pathoseg.pipeline.ray_engine import PredictJob, predict_on_ray
+
+        for slide, _ in opened:  # each worker opens the slides it is given
             slide.close()
-        raise
-    if opened:
-        identity = {"checkpoint": file_digest(args.checkpoint), **backend.identity()}
+        job = PredictJob(out, args.device, img_pcfg, img_icfg, icfg, slide_cfg, mpp, model_mpp, ckpt.scale, identity)
+        _, runs = predict_on_ray(ckpt, images, [(slide.path, region) for slide, region in opened], job, ray_cfg)
+    else:
+        try:
+            if images:
+                predict_files(model, images, out, img_pcfg, img_icfg, device)
+        except BaseException:
+            for slide, _ in opened:
+                slide.close()
+            raise
         runs = predict_slides(model, opened, out / "slides", model_mpp, ckpt.scale, icfg, device, slide_cfg,
-                              identity)
+                              identity) if opened else []
+    if images:
+        print(f"{len(images)} images -> {out}/masks, {out}/instances, {out}/overlays")
+    if opened:
         for (slide, _), run in zip(opened, runs, strict=True):
             print(f"{slide.path.name}: {run.glands} glands in {run.tissue_mpx:.1f} MP of tissue "
                   f"({run.seconds:.0f} s) -> {run.outputs['geojson']}, {run.outputs['mask']}, "
@@ -633,6 +656,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--region", metavar="X,Y,W,H", help="slides: predict only this rectangle (level-0 pixels)")
     p.add_argument("--min-area", type=float, default=None, metavar="UM2",
                    help="drop predicted glands smaller than this many µm² (instead of --min-size in pixels)")
+    p.add_argument("--engine", choices=("local", "ray"), default="local",
+                   help="local: this process; ray: spread the images and slides over Ray workers (a local Ray, "
+                   "or the cluster at --address; pip install 'pathoseg[ray]')")
+    p.add_argument("--address", default=None, metavar="HOST:PORT",
+                   help="--engine ray: an existing Ray cluster's head (default: a Ray of its own on this machine)")
+    p.add_argument("--workers", type=_positive(int), default=None,
+                   help="--engine ray: number of workers, each loading the model once (default: the CPUs allow)")
+    p.add_argument("--cpus-per-worker", type=_positive(int), default=1,
+                   help="--engine ray: CPUs reserved for each worker, and its torch threads")
     _add_predict_args(p)
     _add_backend_args(p)
     p.set_defaults(func=cmd_predict)

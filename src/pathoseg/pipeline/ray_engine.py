@@ -1,0 +1,261 @@
+"""``pathoseg predict --engine ray``: images and whole slides spread over a Ray cluster.
+
+Each worker is a Ray actor that builds the model once, from the checkpoint the driver ships
+(workers need no copy of the checkpoint file and download nothing), and predicts one input
+at a time through the single-process functions (:func:`~pathoseg.pipeline.prediction.predict_files`,
+:func:`~pathoseg.pipeline.prediction.predict_slides`), so every output is written exactly as
+``--engine local`` writes it. Inputs are read and outputs written by the workers themselves:
+on several machines the inputs and ``--out`` must be at the same path on all of them (shared
+storage); on the local Ray (the default) that holds by itself.
+
+The unit of work is one image or one whole slide; the tiles of one slide stay on one worker
+(``engine/slides.py`` computes a slide's window logits inside :func:`predict_slide`, with no
+hook to have them computed elsewhere).
+
+Ray is optional (``pip install pathoseg[ray]``) and imported only here, when used.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from tqdm import tqdm
+
+from pathoseg.data.slides import Region, Slide
+from pathoseg.engine.checkpoint import Checkpoint
+from pathoseg.engine.instances import InstanceConfig
+from pathoseg.engine.predict import PredictConfig
+from pathoseg.engine.slides import SlideConfig, SlideRun
+from pathoseg.errors import PathosegError
+
+RAY_DEFAULT_PORT = 6379  # what `ray start --head` listens on
+
+
+@dataclass(frozen=True)
+class RayConfig:
+    """Where and how wide to run: ``--address``, ``--workers``, ``--cpus-per-worker``."""
+
+    address: str | None = None  # None: a Ray of its own on this machine, loopback only
+    workers: int | None = None  # None: as many as the CPUs allow (cpus_per_worker each)
+    cpus_per_worker: int = 1  # Ray CPUs reserved per actor, and its torch threads
+    answer_timeout_s: float = 5.0  # an address that does not accept a connection by then is an error
+    connect_timeout_s: float = 15.0  # the whole handshake with a cluster that did answer
+
+    def __post_init__(self) -> None:
+        if self.workers is not None and self.workers < 1:
+            raise PathosegError(f"--workers {self.workers}: needs at least 1")
+        if self.cpus_per_worker < 1:
+            raise PathosegError(f"--cpus-per-worker {self.cpus_per_worker}: needs at least 1")
+
+
+@dataclass(frozen=True)
+class PredictJob:
+    """Everything a worker needs, besides the model, to predict as the single-process path
+    does; ``cmd_predict`` makes it from the same settings it gives that path."""
+
+    out: Path
+    device: str | None  # --device, resolved on each worker's own machine
+    image_config: PredictConfig
+    image_instances: InstanceConfig
+    slide_instances: InstanceConfig = field(default_factory=InstanceConfig)
+    slide_config: SlideConfig | None = None  # None: the default (slide_config)
+    slide_mpp: float | None = None  # --mpp
+    model_mpp: float | None = None
+    scale: float = 1.0  # the checkpoint's working scale
+    identity: dict | None = None  # joins the settings a resumed slide must share
+
+
+@dataclass(frozen=True)
+class WorkItem:
+    """One input: an image (``region`` None) or a slide's region (level-0 pixels)."""
+
+    index: int
+    path: Path
+    region: Region | None = None
+
+
+class PredictWorker:
+    """The body of a Ray actor: one model, built once, then one input per call."""
+
+    def __init__(self, checkpoint: Checkpoint, job: PredictJob, threads: int) -> None:
+        import torch
+
+        from pathoseg.engine.device import choose_device
+
+        torch.set_num_threads(threads)  # the CPUs Ray reserved for this actor, no more
+        self.job = job
+        self.device = choose_device(job.device)
+        self.model = checkpoint.build(self.device)
+
+    def predict(self, item: WorkItem) -> tuple[int, Path | SlideRun]:
+        """(item index, the mask written for an image | the SlideRun of a slide)."""
+        from pathoseg.pipeline.prediction import predict_files, predict_slides
+
+        job = self.job
+        if item.region is None:
+            written = predict_files(self.model, [item.path], job.out, job.image_config, job.image_instances,
+                                    self.device, progress=False)
+            return item.index, written[0]
+        slide = Slide(item.path, job.slide_mpp)
+        runs = predict_slides(self.model, [(slide, item.region)], job.out / "slides", job.model_mpp, job.scale,
+                              job.slide_instances, self.device, job.slide_config, job.identity, progress=False)
+        return item.index, runs[0]
+
+
+def _import_ray():
+    try:
+        import ray
+    except ImportError:
+        raise PathosegError("--engine ray needs Ray, which is not installed: pip install 'pathoseg[ray]'") from None
+    return ray
+
+
+def _host_port(address: str) -> tuple[str, int]:
+    """``HOST[:PORT]`` or ``ray://HOST:PORT`` -> (host, port); the port defaults to Ray's 6379."""
+    rest = address.split("://", 1)[-1].rstrip("/")
+    host, sep, port = rest.rpartition(":")
+    if not sep:
+        return rest, RAY_DEFAULT_PORT
+    try:
+        return host.strip("[]"), int(port)
+    except ValueError:
+        raise PathosegError(f"--address {address!r} is not HOST:PORT (e.g. 10.0.0.5:6379)") from None
+
+
+def check_answers(address: str, timeout_s: float) -> None:
+    """A one-line error, after at most ``timeout_s``, when nothing accepts a connection at
+    ``address`` (Ray's own connect retries for minutes)."""
+    host, port = _host_port(address)
+    try:
+        with socket.create_connection((host, port), timeout=timeout_s):
+            pass
+    except OSError as exc:
+        why = f"no answer within {timeout_s:g} s" if isinstance(exc, TimeoutError) else (
+            (exc.strerror or type(exc).__name__).lower())
+        raise PathosegError(f"Ray cluster at {address} does not answer ({why}); start one with 'ray start --head' "
+                            "there, or leave out --address for a local Ray") from None
+
+
+def _connect(ray, address: str, timeout_s: float) -> None:
+    """``ray.init(address)`` bounded by ``timeout_s``: the handshake runs in a daemon thread
+    (it starts no processes, so nothing is tied to that thread's life) and is abandoned when
+    it has not finished by then."""
+    outcome: dict[str, BaseException | None] = {}
+
+    def connect() -> None:
+        try:
+            # ERROR: Ray warns that a thread other than the main one cannot set its SIGTERM handler
+            ray.init(address=address, logging_level=logging.ERROR)
+            outcome["error"] = None
+        except BaseException as exc:  # handed to the caller's thread
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=connect, name="ray-connect", daemon=True)
+    thread.start()
+    thread.join(timeout_s)
+    if "error" not in outcome:
+        raise PathosegError(f"Ray cluster at {address} answers but did not let this driver connect within "
+                            f"{timeout_s:g} s (is it Ray {ray.__version__}? a cluster with token authentication "
+                            "needs its token here: RAY_AUTH_TOKEN or ~/.ray/auth_token)")
+    if outcome["error"] is not None:
+        first = (str(outcome["error"]).strip().splitlines() or [type(outcome["error"]).__name__])[0]
+        raise PathosegError(f"Ray cluster at {address}: {first}")
+
+
+def start_ray(cfg: RayConfig) -> bool:
+    """Connect to ``cfg.address`` or start a local Ray; True when this call did, and so
+    :func:`stop_ray` must undo it. A Ray this process already runs (the caller's own
+    ``ray.init``) is used as it is, once a given address has answered."""
+    ray = _import_ray()
+    if cfg.address is not None:
+        check_answers(cfg.address, cfg.answer_timeout_s)
+    if ray.is_initialized():
+        return False
+    if cfg.address is None:
+        workers = cfg.workers or max(1, (os.cpu_count() or 1) // cfg.cpus_per_worker)
+        # Processes of a local Ray die with the thread that started them: start it here.
+        ray.init(num_cpus=workers * cfg.cpus_per_worker, include_dashboard=False, _node_ip_address="127.0.0.1",
+                 logging_level=logging.WARNING)
+    else:
+        _connect(ray, cfg.address, cfg.connect_timeout_s)
+    return True
+
+
+def stop_ray() -> None:
+    """Disconnect (a cluster keeps running) or stop the local Ray."""
+    _import_ray().shutdown()
+
+
+def _worker_count(ray, cfg: RayConfig) -> int:
+    cpus = int(ray.cluster_resources().get("CPU", 0))
+    if cfg.workers is None:
+        return max(1, cpus // cfg.cpus_per_worker)
+    if cfg.workers * cfg.cpus_per_worker > cpus:
+        raise PathosegError(f"--workers {cfg.workers} x --cpus-per-worker {cfg.cpus_per_worker} needs "
+                            f"{cfg.workers * cfg.cpus_per_worker} CPUs; the Ray cluster has {cpus}")
+    return cfg.workers
+
+
+def _work_items(images: Sequence[Path], slides: Sequence[tuple[Path, Region]]) -> list[WorkItem]:
+    """Slides first, largest first, then images: the long items start early, the short ones
+    fill the gaps at the end."""
+    items = [WorkItem(k, Path(p), r) for k, (p, r) in enumerate(slides)]
+    items.sort(key=lambda item: -item.region.w * item.region.h)
+    return items + [WorkItem(len(slides) + k, Path(p)) for k, p in enumerate(images)]
+
+
+def _unwrap(ray, exc: Exception) -> PathosegError | None:
+    """A worker's error as the one line the CLI prints (None: a bug, shown in full)."""
+    if isinstance(exc, ray.exceptions.RayTaskError) and isinstance(exc.cause, PathosegError):
+        return PathosegError(str(exc.cause))
+    if isinstance(exc, ray.exceptions.RayActorError):
+        first = (str(exc).strip().splitlines() or [""])[0]
+        return PathosegError(f"a Ray worker died or could not start ({first[:200]}); every machine needs "
+                             "pathoseg installed in the same Python environment as this one")
+    return None
+
+
+def predict_on_ray(checkpoint: Checkpoint, images: Sequence[Path], slides: Sequence[tuple[Path, Region]],
+                   job: PredictJob, cfg: RayConfig, progress: bool = True) -> tuple[list[Path], list[SlideRun]]:
+    """Predict ``images`` and ``slides`` ((path, region) pairs, already checked) on Ray
+    actors into ``job.out``; (masks written, one SlideRun per slide), both in input order."""
+    ray = _import_ray()
+    from ray.util import ActorPool
+
+    started = start_ray(cfg)
+    actors = []
+    try:
+        workers = min(_worker_count(ray, cfg), max(1, len(images) + len(slides)))
+        # Only what predicting needs travels: no optimiser state, no training history.
+        model_ref = ray.put(replace(checkpoint, optimizer=None, scheduler=None, history=[]))
+        actor_class = ray.remote(num_cpus=cfg.cpus_per_worker)(PredictWorker)
+        actors = [actor_class.remote(model_ref, job, cfg.cpus_per_worker) for _ in range(workers)]
+        pool = ActorPool(actors)
+        items = _work_items(images, slides)
+        for item in items:
+            pool.submit(lambda actor, it: actor.predict.remote(it), item)
+        results: list = [None] * len(items)
+        with tqdm(total=len(items), desc=f"predicting on {workers} Ray workers", unit="input",
+                  disable=not progress, leave=False) as bar:
+            while pool.has_next():
+                try:
+                    index, result = pool.get_next_unordered()
+                except Exception as exc:
+                    error = _unwrap(ray, exc)
+                    if error is None:
+                        raise
+                    raise error from None
+                results[index] = result
+                bar.update(1)
+        return list(results[len(slides):]), list(results[:len(slides)])
+    finally:
+        for actor in actors:
+            ray.kill(actor)
+        if started:
+            stop_ray()

@@ -1,0 +1,157 @@
+"""``pathoseg predict --engine ray``: a local 2-worker Ray writes exactly what the
+single-process path writes; a Ray address that does not answer is a one-line error, quickly."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+
+from pathoseg.cli import main
+from pathoseg.data.images import read_image
+from pathoseg.engine.checkpoint import Checkpoint
+from pathoseg.models import ModelConfig, build_model
+from pathoseg.pipeline.ray_engine import RayConfig, start_ray, stop_ray
+from test_slides import synthetic_slide
+
+
+@pytest.fixture(scope="module")
+def local_ray() -> Iterator[None]:
+    """One local Ray with CPUs for 2 workers for the module (starting it takes seconds);
+    ``predict --engine ray`` uses a Ray that is already running and leaves it running."""
+    assert start_ray(RayConfig(workers=2))
+    try:
+        yield
+    finally:
+        stop_ray()
+
+
+@pytest.fixture(scope="module")
+def random_model(tmp_path_factory, synth_dir) -> Path:
+    """Lite0 with random weights, its gland logit shifted so that about half of a synthetic
+    image is gland (unshifted, a random model calls everything or nothing gland, and equal
+    outputs would prove little)."""
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(weights="none")).eval()
+    image = read_image(sorted((synth_dir / "images").iterdir())[0])
+    with torch.inference_mode():
+        logits = model(torch.from_numpy(image).permute(2, 0, 1)[None].float().div(255))
+        model.net.segmentation_head[0].bias[0] -= logits[0, 0].median()
+    return Checkpoint.of(model, 1.0, mpp=0.62, instances={"min_size": 20}).save(
+        tmp_path_factory.mktemp("model") / "m.pt")
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_ray_writes_byte_identical_outputs_to_the_single_process_path(local_ray, random_model, synth_dir,
+                                                                      tmp_path, capsys):
+    """Three images and a pyramidal slide over 2 workers; every file written (masks, instance
+    maps, overlays, GeoJSON, label TIFF, overview) must equal the single process's."""
+    slide, _, _ = synthetic_slide(tmp_path)
+    images = sorted((synth_dir / "images").iterdir())[:3]
+    inputs = [str(random_model), *map(str, images), str(slide), "--tile", "256"]
+    assert main(["predict", *inputs, "--out", str(tmp_path / "local")]) == 0
+    local_out = capsys.readouterr().out
+    assert main(["predict", *inputs, "--out", str(tmp_path / "ray"), "--engine", "ray", "--workers", "2"]) == 0
+    ray_out = capsys.readouterr().out
+
+    local, distributed = _files(tmp_path / "local"), _files(tmp_path / "ray")
+    expected = {f"{kind}/{p.stem}.png" for kind in ("masks", "instances", "overlays") for p in images}
+    expected |= {f"slides/{slide.stem}{suffix}" for suffix in (".geojson", ".mask.tif", ".overview.png")}
+    assert set(local) == expected  # nothing else, and the slide's tile folder is gone
+    assert set(distributed) == expected
+    differing = [name for name in expected if local[name] != distributed[name]]
+    assert not differing, f"differ from the single-process outputs: {differing}"
+    # The comparison means something: the masks hold glands and background.
+    masks = [read_image(tmp_path / "ray" / "masks" / f"{p.stem}.png") for p in images]
+    assert any(0 < (m > 0).mean() < 1 for m in masks)
+    assert '"gland_id"' in local[f"slides/{slide.stem}.geojson"].decode()
+    # The same summary: the images, then the slide's glands.
+    ray_lines = ray_out.splitlines()
+    assert ray_lines[0] == f"3 images -> {tmp_path / 'ray'}/masks, {tmp_path / 'ray'}/instances, " \
+        f"{tmp_path / 'ray'}/overlays"
+    assert ray_lines[1].split(" in ")[0] == local_out.splitlines()[1].split(" in ")[0]  # "<slide>: N glands"
+
+
+def test_a_bad_input_on_a_worker_is_one_line_naming_it(local_ray, random_model, tmp_path, capsys):
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"not a png")
+    out = tmp_path / "out"
+    assert main(["predict", str(random_model), str(bad), "--out", str(out), "--engine", "ray"]) == 2
+    err = capsys.readouterr().err.rsplit("\r", 1)[-1].strip()  # after the progress bar cleared itself
+    assert len(err.splitlines()) == 1 and err.startswith("pathoseg: error:") and str(bad) in err, err
+    assert not (out / "masks").exists()
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]  # closed again when the block ends: nothing listens there
+
+
+def test_a_ray_address_that_does_not_answer_is_one_line_at_once(random_model, synth_dir, tmp_path, capsys):
+    out = tmp_path / "out"
+    image = sorted((synth_dir / "images").iterdir())[0]
+    started = time.monotonic()
+    argv = ["predict", str(random_model), str(image), "--out", str(out), "--engine", "ray",
+            "--address", f"127.0.0.1:{_closed_port()}"]
+    assert main(argv) == 2
+    assert time.monotonic() - started < RayConfig.answer_timeout_s + 5
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "does not answer" in err and "ray start --head" in err, err
+    assert not out.exists()
+
+
+_HANDSHAKE = """
+import socket, sys, time
+from pathoseg.errors import PathosegError
+from pathoseg.pipeline.ray_engine import RayConfig, start_ray
+
+listener = socket.socket()
+listener.bind(("127.0.0.1", 0))
+listener.listen()
+started = time.monotonic()
+try:
+    start_ray(RayConfig(address=f"127.0.0.1:{listener.getsockname()[1]}", connect_timeout_s=2))
+except PathosegError as exc:
+    print(f"{time.monotonic() - started:.1f}", exc)
+"""
+
+
+def test_an_address_that_answers_but_is_not_ray_fails_within_the_timeout():
+    """Ray's own connect retries for minutes; the driver gives up after connect_timeout_s.
+    In a process of its own: the abandoned handshake goes on in a thread until it exits."""
+    done = subprocess.run([sys.executable, "-c", _HANDSHAKE], capture_output=True, text=True, timeout=120)
+    seconds, _, message = done.stdout.strip().partition(" ")
+    assert message and "did not let this driver connect within 2 s" in message, done.stdout + done.stderr[-2000:]
+    assert float(seconds) < 6
+
+
+def test_ray_flags_need_the_ray_engine_and_refuse_other_backends(random_model, synth_dir, tmp_path, capsys):
+    image = str(sorted((synth_dir / "images").iterdir())[0])
+    out = tmp_path / "out"
+    assert main(["predict", str(random_model), image, "--out", str(out), "--address", "127.0.0.1:6379"]) == 2
+    assert "--engine ray" in capsys.readouterr().err
+    assert main(["predict", str(random_model), image, "--out", str(out), "--engine", "ray", "--backend",
+                 "onnx"]) == 2
+    assert "torch backend only" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_without_ray_installed_the_error_says_how_to_install_it(random_model, synth_dir, tmp_path, capsys,
+                                                                  monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray now raises ImportError
+    image = str(sorted((synth_dir / "images").iterdir())[0])
+    out = tmp_path / "out"
+    assert main(["predict", str(random_model), image, "--out", str(out), "--engine", "ray"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "pip install 'pathoseg[ray]'" in err, err
+    assert not out.exists()
