@@ -41,7 +41,7 @@ RAY_DEFAULT_PORT = 6379  # what `ray start --head` listens on
 class RayConfig:
     """Where and how wide to run: ``--address``, ``--workers``, ``--cpus-per-worker``."""
 
-    address: str | None = None  # None: a Ray of its own on this machine, loopback only
+    address: str | None = None  # None: a Ray of its own on this machine
     workers: int | None = None  # None: as many as the CPUs allow (cpus_per_worker each)
     cpus_per_worker: int = 1  # Ray CPUs reserved per actor, and its torch threads
     answer_timeout_s: float = 5.0  # an address that does not accept a connection by then is an error
@@ -180,8 +180,7 @@ def start_ray(cfg: RayConfig) -> bool:
     if cfg.address is None:
         workers = cfg.workers or max(1, (os.cpu_count() or 1) // cfg.cpus_per_worker)
         # Processes of a local Ray die with the thread that started them: start it here.
-        ray.init(num_cpus=workers * cfg.cpus_per_worker, include_dashboard=False, _node_ip_address="127.0.0.1",
-                 logging_level=logging.WARNING)
+        ray.init(num_cpus=workers * cfg.cpus_per_worker, include_dashboard=False, logging_level=logging.WARNING)
     else:
         _connect(ray, cfg.address, cfg.connect_timeout_s)
     return True
