@@ -176,3 +176,22 @@ def test_export_writes_metadata_and_refuses_to_overwrite_the_checkpoint(exported
     assert json.loads(meta["checkpoint"])["mpp"] == 0.62 and meta["stride"] == "32"
     msg = run_error(capsys, "export", str(exported["ckpt"]), "--out", str(exported["ckpt"]))
     assert "overwrite" in msg
+
+
+def test_the_app_worker_predicts_with_the_onnx_backend_as_with_torch(exported, tmp_path):
+    from pathoseg.server.config import TrainSettings
+    from pathoseg.server.jobs import Worker, enqueue
+    from pathoseg.server.project import add_image, register_model
+    from pathoseg.server.storage import Project
+
+    written = {}
+    for backend in ("torch", "onnx"):
+        project = Project(tmp_path / backend, None, create=True)
+        add_image(project, "img0", read_image(exported["images"][0]), None)
+        version = register_model(project, exported["ckpt"])
+        worker = Worker(project, TrainSettings(device="cpu", predict_backend=backend))
+        assert worker.run_once(enqueue(project, "predict")) is not None
+        written[backend] = read_mask(project.instances_path(version, "img0"))
+        assert (list(project.model_path(version).parent.glob("*.onnx")) != []) == (backend == "onnx")
+        project.engine.dispose()
+    assert written["torch"].max() > 1 and np.array_equal(written["torch"], written["onnx"])

@@ -426,7 +426,7 @@ def _train_settings(args: argparse.Namespace):
     from pathoseg.server.config import TrainSettings
 
     return TrainSettings(steps=args.steps, scale=args.scale, crop=args.crop, batch_size=args.batch_size,
-                         preset=args.preset, device=args.device)
+                         preset=args.preset, device=args.device, predict_backend=args.predict_backend)
 
 
 def cmd_serve(args: argparse.Namespace) -> None:
@@ -549,6 +549,8 @@ def _add_training_args(p: argparse.ArgumentParser, title: str) -> None:
     g.add_argument("--preset", default=t.preset,
                    help=f"model of the first version when none exists (default {t.preset})")
     g.add_argument("--device", help="cpu, cuda, mps (default: the best available)")
+    g.add_argument("--predict-backend", choices=("torch", "onnx"), default=t.predict_backend,
+                   help=f"the prediction passes: torch or onnx (ONNX Runtime fp32; default {t.predict_backend})")
     g.add_argument("--job-timeout", type=_positive(float), default=DEAD_AFTER, metavar="SECONDS",
                    help=f"a running job whose worker sent no heartbeat for this long is retried once "
                    f"(default {DEAD_AFTER:.0f})")

@@ -24,6 +24,9 @@ class TrainSettings:
     batch_size: int = 8
     preset: str = "lite0"  # the first model's, when the project has none yet
     device: str | None = None
+    # The prediction passes after a retrain: torch, or onnx (ONNX Runtime fp32, an export cached
+    # beside each model version); torch until the saving is measured on the app's own load.
+    predict_backend: str = "torch"
 
 
 @dataclass

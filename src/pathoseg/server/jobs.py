@@ -53,6 +53,7 @@ from sqlalchemy.orm import aliased
 
 from pathoseg.data.cache import ScaledPair, resize_image, resize_target, to_target
 from pathoseg.data.images import read_image, write_label_png
+from pathoseg.engine.backends import BackendConfig, load_backend
 from pathoseg.engine.checkpoint import Checkpoint, load_model
 from pathoseg.engine.device import choose_device
 from pathoseg.engine.instances import decode_instances
@@ -487,7 +488,7 @@ class Worker:
         with self.project.session() as session:
             names = [i.name for i in session.scalars(select(Image).order_by(Image.id))]
         device = choose_device(self.settings.device)
-        model, ckpt = load_model(self._model_file(version), device)
+        model, ckpt = load_backend(self._model_file(version), BackendConfig(self.settings.predict_backend), device)
         for k, name in enumerate(names):
             maps = predict_maps(model, read_image(self.project.image_path(name)), PredictConfig(scale=ckpt.scale),
                                 device)
