@@ -88,13 +88,17 @@ def _predict_configs(args: argparse.Namespace, ckpt):
 
 
 def cmd_train(args: argparse.Namespace) -> None:
+    from pathoseg.engine.distributed import ranks_from_env
     from pathoseg.pipeline.training import find_glas, plan_data, run_training
 
     data = find_glas(args.data)
     if data is None:
         raise PathosegError("no data: pass --data DIR (GlaS or images/ + masks/)")
     plan = plan_data(data, args.split, args.split_file, args.seed, args.val_fraction)
-    result = run_training(plan, _train_config(args), Path(args.out), args.device, args.resume and not args.fresh)
+    result = run_training(plan, _train_config(args), Path(args.out), args.device, args.resume and not args.fresh,
+                          nproc=args.nproc)
+    if not ranks_from_env().is_main:  # under torchrun: rank 0 speaks for the run
+        return
     best = max((h["val_iou"] for h in result.history), default=float("nan"))
     print(f"best validation IoU {best:.4f}; checkpoints in {args.out} (best.pt, last.pt), log {args.out}/history.csv")
 
@@ -624,6 +628,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fresh", action="store_true",
                    help="start over: delete OUT's earlier checkpoints and history (overrides --resume)")
     p.add_argument("--device")
+    p.add_argument("--nproc", type=_positive(int), default=1,
+                   help="train with DistributedDataParallel in this many local processes (one per GPU on "
+                   "CUDA, else CPU processes); --batch-size stays the global batch (or launch with torchrun)")
     _add_model_args(p)
     _add_train_args(p)
     p.set_defaults(func=cmd_train)

@@ -21,6 +21,18 @@ from pathoseg.data.cache import IGNORE, CropDataset, ScaledPair
 from pathoseg.data.targets import gland_pixels
 from pathoseg.data.transforms import train_transform
 from pathoseg.engine.checkpoint import Checkpoint
+from pathoseg.engine.distributed import (
+    SINGLE,
+    GlobalDiceLoss,
+    Ranks,
+    average_buffers,
+    from_main,
+    mean_over_ranks,
+    per_rank_batch,
+    rank_seed,
+    train_sampler,
+    wrap_model,
+)
 from pathoseg.engine.instances import learned_min_size
 from pathoseg.engine.predict import forward_padded
 from pathoseg.io import atomic_path
@@ -31,7 +43,7 @@ from pathoseg.models import GlandSegmenter, ModelConfig
 class TrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     epochs: int = 100  # ~13 min on 2 CPU cores; see docs/benchmarks.md
-    batch_size: int = 8
+    batch_size: int = 8  # the global batch: split over the processes of a distributed run
     crop: int = 224
     # Native resolution: the thin stroma between touching glands survives, and a step costs
     # the same as at 0.5 (fixed crops); object F1 0.83 vs 0.80 at 40 epochs (docs/benchmarks.md §5).
@@ -83,11 +95,13 @@ class SegmentationLoss(torch.nn.Module):
     target, whose minimum is at the target value and whose scale matches the others.
     """
 
-    def __init__(self, channels: tuple[str, ...] = ("gland",)) -> None:
+    def __init__(self, channels: tuple[str, ...] = ("gland",), ranks: Ranks = SINGLE) -> None:
         super().__init__()
         self.channels = channels
         self.bce = smp.losses.SoftBCEWithLogitsLoss(ignore_index=_MASKED)
-        self.dice = smp.losses.DiceLoss("binary", from_logits=True, ignore_index=_MASKED)
+        # Across processes Dice needs the whole batch's sums (BCE, a mean, is averaged by DDP).
+        self.dice = (GlobalDiceLoss(ranks, ignore_index=_MASKED) if ranks.distributed
+                     else smp.losses.DiceLoss("binary", from_logits=True, ignore_index=_MASKED))
 
     def forward(self, logits: torch.Tensor, targets: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
         targets = torch.where(valid.unsqueeze(1), targets, torch.full_like(targets, _MASKED))
@@ -141,56 +155,73 @@ class FitState:
 def fit(model: GlandSegmenter, train_pairs: Sequence[ScaledPair], val_pairs: Sequence[ScaledPair],
         cfg: TrainConfig, device: torch.device, state: FitState | None = None,
         on_epoch: Callable[[EpochRecord, GlandSegmenter, FitState, torch.optim.Optimizer], None] | None = None,
-        ) -> FitState:
+        ranks: Ranks = SINGLE) -> FitState:
     """Train ``model`` in place. The schedule runs on progress = max(epoch, time) fraction,
-    so a wall-clock budget still ends with a fully decayed learning rate."""
+    so a wall-clock budget still ends with a fully decayed learning rate.
+
+    In a distributed run (``ranks``, inside :func:`pathoseg.engine.distributed.process_group`)
+    every rank calls this with its own device: each takes its share of the samples and of
+    the global batch, DDP averages the gradients, rank 0 validates and calls ``on_epoch``, and
+    rank 0's clock decides the schedule and the budget for all.
+    """
     state = state or FitState()
-    seed_everything(cfg.seed + state.epoch)
+    seed = rank_seed(cfg.seed + state.epoch, ranks.rank)  # rank 0 (and one process): the seed itself
+    seed_everything(seed)
     model.to(device)
+    dataset = CropDataset(train_pairs, train_transform(cfg.crop, seed=seed), cfg.repeats, model.head.channels)
+    batch_size = per_rank_batch(cfg.batch_size, ranks.world_size)
+    sampler = train_sampler(dataset, ranks, cfg.seed) if ranks.distributed else None
     loader = DataLoader(
-        CropDataset(train_pairs, train_transform(cfg.crop, seed=cfg.seed + state.epoch), cfg.repeats,
-                    model.head.channels),
-        batch_size=cfg.batch_size, shuffle=True, drop_last=len(train_pairs) * cfg.repeats > cfg.batch_size,
+        dataset,
+        batch_size=batch_size, shuffle=sampler is None, sampler=sampler,
+        drop_last=(len(sampler) if sampler else len(dataset)) > batch_size,
         num_workers=cfg.workers, pin_memory=device.type == "cuda",
         persistent_workers=cfg.workers > 0,
     )
+    net = wrap_model(model, device) if ranks.distributed else model
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     if state.optimizer:
         optimizer.load_state_dict(state.optimizer)
-    loss_fn = SegmentationLoss(model.head.channels)
+    loss_fn = SegmentationLoss(model.head.channels, ranks)
     budget_s = cfg.budget_minutes * 60 if cfg.budget_minutes else None
     steps_per_epoch = max(1, len(loader))
     amp = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
     bar = tqdm(total=cfg.epochs, initial=state.epoch, desc="training", unit="epoch",
-               disable=not cfg.progress, dynamic_ncols=True)
+               disable=not cfg.progress or not ranks.is_main, dynamic_ncols=True)
     while state.epoch < cfg.epochs:
-        model.train()
+        net.train()
+        if sampler:
+            sampler.set_epoch(state.epoch)
         start = time.perf_counter()
         losses = []
         for step, (x, y, valid) in enumerate(loader):
             progress = (state.epoch + step / steps_per_epoch) / cfg.epochs
             if budget_s:
-                progress = max(progress, (state.elapsed + time.perf_counter() - start) / budget_s)
+                (spent,) = from_main(ranks, state.elapsed + time.perf_counter() - start)  # one schedule for all
+                progress = max(progress, spent / budget_s)
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(min(progress, 1.0), cfg.lr, cfg.warmup)
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             valid = valid.to(device, non_blocking=True)
             with amp:
-                loss = loss_fn(model(x).float(), y, valid)
+                loss = loss_fn(net(x).float(), y, valid)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             losses.append(loss.item())
-        val_iou = validate(model, val_pairs, device) if val_pairs else float("nan")
+        average_buffers(model, ranks)
+        val_iou = validate(model, val_pairs, device) if val_pairs and ranks.is_main else float("nan")
         seconds = time.perf_counter() - start
+        # Rank 0's clock and validation for all (the others wait here): the ranks stop together.
+        seconds, val_iou = from_main(ranks, seconds, val_iou)
         state.elapsed += seconds
         state.epoch += 1
-        record = EpochRecord(state.epoch, float(np.mean(losses)), val_iou,
+        record = EpochRecord(state.epoch, mean_over_ranks(ranks, float(np.mean(losses))), val_iou,
                              optimizer.param_groups[0]["lr"], seconds)
         state.history.append(asdict(record))
         bar.update(1)
         bar.set_postfix(loss=f"{record.train_loss:.3f}", val_iou=f"{val_iou:.3f}")
-        if on_epoch:
+        if on_epoch and ranks.is_main:
             on_epoch(record, model, state, optimizer)
         if budget_s and state.elapsed >= budget_s:
             break
@@ -209,8 +240,8 @@ class TrainResult:
 
 def train_to_dir(model: GlandSegmenter, train_pairs: Sequence[ScaledPair], val_pairs: Sequence[ScaledPair],
                  cfg: TrainConfig, device: torch.device, out: Path, split: dict | None = None,
-                 state: FitState | None = None, mpp: float | None = None) -> TrainResult:
-    """:func:`fit` plus ``best.pt``, ``last.pt`` and ``history.csv`` written each epoch.
+                 state: FitState | None = None, mpp: float | None = None, ranks: Ranks = SINGLE) -> TrainResult:
+    """:func:`fit` plus ``best.pt``, ``last.pt`` and ``history.csv`` written each epoch (by rank 0).
 
     Without validation images the best checkpoint is the last one. The checkpoints carry the
     instance decoder's gland size floor learned from the training masks, and ``mpp``, the
@@ -238,7 +269,7 @@ def train_to_dir(model: GlandSegmenter, train_pairs: Sequence[ScaledPair], val_p
             checkpoint(st, model, None).save(best)
         write_history(out / "history.csv", st.history)
 
-    state = fit(model, train_pairs, val_pairs, cfg, device, state, on_epoch)
+    state = fit(model, train_pairs, val_pairs, cfg, device, state, on_epoch, ranks)
     return TrainResult(best, last, state.history, state)
 
 

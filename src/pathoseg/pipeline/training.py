@@ -15,6 +15,16 @@ from pathoseg.data.cache import load_scaled
 from pathoseg.data.splits import Split, make_split
 from pathoseg.engine.checkpoint import load_checkpoint
 from pathoseg.engine.device import choose_device
+from pathoseg.engine.distributed import (
+    SINGLE,
+    Ranks,
+    check_local_processes,
+    launch,
+    per_rank_batch,
+    process_group,
+    rank_device,
+    ranks_from_env,
+)
 from pathoseg.engine.train import TrainConfig, TrainResult, resume_state, train_to_dir
 from pathoseg.errors import PathosegError
 from pathoseg.models import build_model
@@ -76,15 +86,39 @@ def training_settings(cfg: TrainConfig | Mapping[str, Any], split: Split | Mappi
 
 
 def run_training(plan: DataPlan, cfg: TrainConfig, out: Path, device: str | None = None,
-                 resume: bool = False) -> TrainResult:
+                 resume: bool = False, nproc: int = 1) -> TrainResult:
     """Train into ``out`` (best.pt, last.pt, history.csv, split.json, settings.json).
 
     ``resume`` continues last.pt, but only when it was trained with the same settings
     (:func:`training_settings`; else a :class:`PathosegError` names the first difference).
     Without ``resume`` the run starts over: an earlier run's checkpoints and history in ``out``
     are deleted first, so a stop before the first epoch ends never leaves them looking current.
+
+    ``nproc`` > 1 trains with DistributedDataParallel in that many new local processes; a
+    process started by torchrun (RANK, WORLD_SIZE, ... in its environment) is one rank of a
+    distributed run. Either way rank 0 alone writes into ``out``.
     """
-    dev = choose_device(device)
+    ranks = ranks_from_env()
+    if nproc != 1:
+        if ranks.distributed:
+            raise PathosegError("--nproc is for a run on its own; under torchrun, --nproc_per_node says it")
+        check_local_processes(nproc, choose_device(device))
+        per_rank_batch(cfg.batch_size, nproc)
+        launch(nproc, run_training, plan, cfg, out, device, resume)
+        ckpt = load_checkpoint(out / "last.pt")
+        return TrainResult(out / "best.pt", out / "last.pt", list(ckpt.history), resume_state(ckpt))
+    if not ranks.distributed:
+        return _train_in_process(plan, cfg, out, choose_device(device), resume)
+    dev = rank_device(choose_device(device), ranks)
+    check_local_processes(ranks.local_world_size, dev)
+    per_rank_batch(cfg.batch_size, ranks.world_size)
+    with process_group(ranks, dev):
+        return _train_in_process(plan, cfg, out, dev, resume, ranks)
+
+
+def _train_in_process(plan: DataPlan, cfg: TrainConfig, out: Path, dev: torch.device, resume: bool,
+                      ranks: Ranks = SINGLE) -> TrainResult:
+    """:func:`run_training` in this process: alone, or as one of ``ranks``."""
     torch.manual_seed(cfg.seed)
     settings = training_settings(cfg, plan.split)
     state = None
@@ -100,12 +134,16 @@ def run_training(plan: DataPlan, cfg: TrainConfig, out: Path, device: str | None
         model = ckpt.build(dev)
         state = resume_state(ckpt)
     else:
-        remove_results(out, RUN_FILES)
-        model = build_model(cfg.model)
-    out.mkdir(parents=True, exist_ok=True)
-    plan.split.save(out / "split.json")
-    write_fingerprint(out, settings)
-    train_pairs = load_scaled(plan.data.subset(plan.split.train), cfg.scale, cfg.progress)
-    val_pairs = load_scaled(plan.data.subset(plan.split.val), cfg.scale, cfg.progress)
+        if ranks.is_main:
+            remove_results(out, RUN_FILES)
+        model = build_model(cfg.model)  # same seed on every rank; DDP starts all from rank 0's anyway
+    if ranks.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        plan.split.save(out / "split.json")
+        write_fingerprint(out, settings)
+    progress = cfg.progress and ranks.is_main
+    train_pairs = load_scaled(plan.data.subset(plan.split.train), cfg.scale, progress)
+    val_pairs = load_scaled(plan.data.subset(plan.split.val), cfg.scale, progress) if ranks.is_main else []
     split = {**plan.split.to_dict(), "data_root": str(plan.data.root)}  # lets evaluate find the data again
-    return train_to_dir(model, train_pairs, val_pairs, cfg, dev, out, split, state, mpp=plan.data.mpp)
+    return train_to_dir(model, train_pairs, val_pairs, cfg, dev, out, split, state, mpp=plan.data.mpp,
+                        ranks=ranks)
