@@ -47,12 +47,25 @@ def random_model(tmp_path_factory, synth_dir) -> Path:
         tmp_path_factory.mktemp("model") / "m.pt")
 
 
+@pytest.fixture
+def one_torch_thread() -> Iterator[None]:
+    """The single-process run on one thread, as each worker runs: on a busy shared CPU two
+    threads wait on each other whenever one is descheduled, which costs this test minutes
+    (the benchmark compares outputs across thread counts)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 def _files(folder: Path) -> dict[str, bytes]:
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
 def test_ray_writes_byte_identical_outputs_to_the_single_process_path(local_ray, random_model, synth_dir,
-                                                                      tmp_path, capsys):
+                                                                      one_torch_thread, tmp_path, capsys):
     """Three images and a pyramidal slide over 2 workers; every file written (masks, instance
     maps, overlays, GeoJSON, label TIFF, overview) must equal the single process's."""
     slide, _, _ = synthetic_slide(tmp_path)
