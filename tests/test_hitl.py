@@ -5,6 +5,7 @@ import shutil
 
 import numpy as np
 import pytest
+import torch
 from skimage.draw import disk
 
 from pathoseg.data.cache import IGNORE
@@ -85,7 +86,7 @@ def test_resume_after_interrupted_round_gives_the_same_record(synth_dir, tmp_pat
     resumed = StudyRunner(synth_dir, cfg, tmp_path / "b").run()
 
     def strip(records):
-        return [{k: v for k, v in r.items() if k != "train_s"} for r in records]
+        return [{k: v for k, v in r.items() if k not in ("train_s", "predict_s")} for r in records]
 
     assert json.dumps(strip(full), sort_keys=True) == json.dumps(strip(resumed), sort_keys=True)
     assert len(full) == 1 + 2 * 2
@@ -95,3 +96,52 @@ def test_resume_after_interrupted_round_gives_the_same_record(synth_dir, tmp_pat
     # by the last round every training image was labelled exactly once
     delivered = [n for r in full if r["strategy"] in ("initial", "hitl") for n in r["selected"]]
     assert len(delivered) == len(set(delivered)) == 12 - 2
+
+
+def test_frozen_stages_stay_as_round_zero_left_them(synth_dir, tmp_path):
+    from pathoseg.engine.checkpoint import load_model
+
+    train = TrainConfig(model=ModelConfig("lite0"), batch_size=4, crop=64, scale=1.0, progress=False)
+    cfg = StudyConfig(strategies=[BUILTIN["oracle"]], rounds=1, train=train, initial_fraction=0.3,
+                      initial_steps=2, round_steps=3, round_lr_scale=1.0, freeze_stages=2, test_limit=1,
+                      device="cpu")
+    records = StudyRunner(synth_dir, cfg, tmp_path).run()
+    before, _ = load_model(tmp_path / "seed0" / "round0" / "model.pt", "cpu")
+    after, _ = load_model(tmp_path / "seed0" / "oracle" / "round1" / "model.pt", "cpu")
+    old, new = before.state_dict(), after.state_dict()
+    stem = "net.encoder.model.conv_stem.weight"
+    stage2 = next(k for k in old if k.startswith("net.encoder.model.blocks.1.") and k.endswith("weight"))
+    stage3 = next(k for k in old if k.startswith("net.encoder.model.blocks.2.") and k.endswith("weight"))
+    assert torch.equal(old[stem], new[stem]) and torch.equal(old[stage2], new[stage2])
+    assert not torch.equal(old[stage3], new[stage3])  # the third stage on trains
+    assert not torch.equal(old["net.segmentation_head.0.weight"], new["net.segmentation_head.0.weight"])
+    assert all(p.requires_grad for p in after.parameters())
+    assert records[-1]["predict_s"] >= 0
+
+
+def _record(seed, strategy, r, iou, hours):
+    return {"seed": seed, "round": r, "strategy": strategy if r else "initial", "label_iou": 1.0, "train_s": 10.0,
+            "test": {"test": {"iou_pooled": iou, "f1": iou - 0.1}}, "effort": {"seconds": hours * 3600}}
+
+
+def test_headline_is_the_least_effort_within_the_margin_of_the_oracle_and_json_has_the_schema():
+    from pathoseg.hitl.outputs import headline, results_json, series
+
+    records = []
+    for seed in (0, 1):
+        records.append(_record(seed, "", 0, 0.80, 0))
+        for r in (1, 2):  # final IoU: oracle 0.85, hitl 0.845 (1 h a round), hitl25 0.842 (0.25 h), auto 0.82
+            records += [_record(seed, "oracle", r, 0.80 + 0.025 * r, 2.0),
+                        _record(seed, "hitl", r, 0.835 + 0.005 * r, 1.0),
+                        _record(seed, "hitl25", r, 0.832 + 0.005 * r, 0.25), _record(seed, "auto", r, 0.82, 0.0)]
+    data = series(records, ["auto", "oracle", "hitl", "hitl25"], rounds=2)
+    h = headline(data)
+    assert h["strategy"] == "hitl25" and h["hours"] == pytest.approx(0.5) and h["reference_hours"] == pytest.approx(4)
+    assert h["share_of_reference_effort"] == pytest.approx(0.125)
+    out = results_json(data, [0, 1], "pathoseg hitl ...")
+    assert set(out["strategies"]) == {"auto", "oracle", "hitl", "hitl25"}
+    oracle = out["strategies"]["oracle"]
+    assert oracle["effort_hours"] == [[0.0, 2.0, 4.0]] * 2  # cumulative, round 0 first, one row per seed
+    assert oracle["test_iou"][1] == pytest.approx([0.80, 0.825, 0.85])
+    assert set(oracle) == {"test_iou", "object_f1", "label_iou", "effort_hours", "train_seconds"}
+    assert headline(series(records, ["auto", "oracle"], rounds=2))["strategy"] is None  # auto ends 0.03 short

@@ -63,16 +63,17 @@ def markdown(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _plot(data: dict[str, dict[str, np.ndarray]], x_key: str | None, xlabel: str, title: str):
+def _plot(data: dict[str, dict[str, np.ndarray]], x_key: str | None, xlabel: str, title: str,
+          y_key: str = "iou", ylabel: str = "test IoU (pooled)"):
     fig, ax = plt.subplots(figsize=(6.2, 4))
     for s, q in data.items():
-        y = np.nanmean(q["iou"], axis=0)
+        y = np.nanmean(q[y_key], axis=0)
         x = np.arange(len(y)) if x_key is None else np.nanmean(q[x_key], axis=0)
         ax.plot(x, y, marker="o", label=s)
     if x_key is None:
-        ax.set_xticks(range(len(next(iter(data.values()))["iou"][0])))
+        ax.set_xticks(range(len(next(iter(data.values()))[y_key][0])))
     ax.set_xlabel(xlabel)
-    ax.set_ylabel("test IoU (pooled)")
+    ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend()
@@ -80,7 +81,47 @@ def _plot(data: dict[str, dict[str, np.ndarray]], x_key: str | None, xlabel: str
     return fig
 
 
-def write_study_outputs(records: list[dict], cfg: StudyConfig, out: Path) -> dict[str, str]:
+def headline(data: dict[str, dict[str, np.ndarray]], reference: str = "oracle", within: float = 0.01) -> dict | None:
+    """The least effort that ends within ``within`` pooled test IoU of ``reference``'s final
+    round (means over seeds), and that effort as a share of the reference's."""
+    if reference not in data:
+        return None
+    final = {s: float(np.nanmean(q["iou"][:, -1])) for s, q in data.items()}
+    hours = {s: float(np.nanmean(q["cum_hours"][:, -1])) for s, q in data.items()}
+    close = [s for s in data if s != reference and final[s] >= final[reference] - within]
+    best = min(close, key=lambda s: hours[s]) if close else None
+    return {"reference": reference, "within_iou": within, "reference_final_iou": final[reference],
+            "reference_hours": hours[reference], "strategy": best,
+            "final_iou": final[best] if best else None, "hours": hours[best] if best else None,
+            "share_of_reference_effort": hours[best] / hours[reference] if best and hours[reference] else None,
+            "final_iou_by_strategy": final, "hours_by_strategy": hours}
+
+
+def describe_headline(h: dict | None) -> str:
+    if h is None:
+        return "no oracle strategy in this study: no headline"
+    if h["strategy"] is None:
+        return (f"no strategy ended within {h['within_iou']} test IoU of the {h['reference']} "
+                f"({h['reference_final_iou']:.4f} after {h['reference_hours']:.2f} h)")
+    return (f"least effort within {h['within_iou']} test IoU of the {h['reference']}: {h['strategy']}, "
+            f"{h['final_iou']:.4f} vs {h['reference_final_iou']:.4f} for {h['hours']:.2f} h vs "
+            f"{h['reference_hours']:.2f} h ({h['share_of_reference_effort']:.0%} of the {h['reference']}'s effort)")
+
+
+def results_json(data: dict[str, dict[str, np.ndarray]], seeds: list[int], command: str) -> dict:
+    """The study's numbers per strategy, seed and round (round 0, the shared model, first)."""
+    def rows(a: np.ndarray) -> list[list[float | None]]:
+        return [[None if np.isnan(v) else float(v) for v in row] for row in a]
+
+    return {"command": command, "seeds": seeds,
+            "strategies": {s: {"test_iou": rows(q["iou"]), "object_f1": rows(q["f1"]),
+                               "label_iou": rows(q["label_iou"]), "effort_hours": rows(q["cum_hours"]),
+                               "train_seconds": rows(q["train_s"])} for s, q in data.items()},
+            "headline": headline(data)}
+
+
+def write_study_outputs(records: list[dict], cfg: StudyConfig, out: Path, command: str = "",
+                        json_path: Path | None = None) -> dict[str, str]:
     names = [s.name for s in cfg.strategies]
     data = series(records, names, cfg.rounds)
     tables = {
@@ -91,18 +132,29 @@ def write_study_outputs(records: list[dict], cfg: StudyConfig, out: Path) -> dic
         "training seconds per round": table_rows(data, "train_s", digits=0),
     }
     write_json(out / "hitl.json", {"config": asdict(cfg), "records": records})
-    md = "".join(f"### {title}\n\n{markdown(rows)}\n" for title, rows in tables.items())
+    results = results_json(data, sorted({r["seed"] for r in records}), command)
+    write_json(out / "results.json", results)
+    if json_path is not None:
+        write_json(json_path, results)
+    summary = describe_headline(results["headline"])
+    md = f"**Headline:** {summary}\n\n"
+    md += "".join(f"### {title}\n\n{markdown(rows)}\n" for title, rows in tables.items())
     write_text(out / "tables.md", md)
     report = Report("pathoseg human-in-the-loop study")
     report.add_table("Strategies", [{"strategy": s.name, "labels": s.describe()} for s in cfg.strategies])
     for title, rows in tables.items():
         report.add_table(title, rows)
-    by_round = save_figure(_plot(data, None, "round", "Test IoU by round"), out / "iou_by_round.png")
-    by_effort = save_figure(_plot(data, "cum_hours", "cumulative human effort (hours)", "Test IoU against effort"),
-                            out / "iou_by_effort.png")
-    report.add_image("Test IoU by round", by_round.read_bytes())
-    report.add_image("Test IoU against human effort", by_effort.read_bytes())
-    report.footer = (f"{cfg.seeds} seed(s), {cfg.rounds} rounds, selection {cfg.selection}, retrain {cfg.retrain}; "
-                     "effort from the simulated annotator's cost model (docs/hitl.md).")
+    pictures = {
+        "Test IoU by round": _plot(data, None, "round", "Test IoU by round"),
+        "Test IoU against human effort": _plot(data, "cum_hours", "cumulative human effort (hours)",
+                                               "Test IoU against effort"),
+        "Test object F1 against human effort": _plot(data, "cum_hours", "cumulative human effort (hours)",
+                                                     "Test object F1 against effort", "f1", "test object F1"),
+    }
+    files = ("iou_by_round.png", "iou_by_effort.png", "f1_by_effort.png")
+    for (title, fig), name in zip(pictures.items(), files, strict=True):
+        report.add_image(title, save_figure(fig, out / name).read_bytes())
+    report.footer = (f"{summary}. {cfg.seeds} seed(s), {cfg.rounds} rounds, selection {cfg.selection}, "
+                     f"retrain {cfg.retrain}; effort from the simulated pathologist's cost model (docs/hitl.md).")
     report.write(out / "report.html")
-    return {title: markdown(rows) for title, rows in tables.items()}
+    return {"headline": summary + "\n"} | {title: markdown(rows) for title, rows in tables.items()}

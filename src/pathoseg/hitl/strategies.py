@@ -37,6 +37,8 @@ BUILTIN = {
     "oracle": Strategy("oracle", oracle=True, review_fraction=1.0),
     "hitl": Strategy("hitl", review_fraction=1.0),
     "hitl10": Strategy("hitl10", review_fraction=0.1),
+    "hitl25": Strategy("hitl25", review_fraction=0.25),
+    "hitl50": Strategy("hitl50", review_fraction=0.5),
 }
 
 

@@ -39,7 +39,7 @@ from pathoseg.hitl.selection import mean_entropy, rank
 from pathoseg.hitl.strategies import Strategy, make_label
 from pathoseg.io import write_json
 from pathoseg.metrics import pixel_counts
-from pathoseg.models import GlandSegmenter, build_model
+from pathoseg.models import GlandSegmenter, build_model, freeze_encoder_stages
 from pathoseg.pipeline.evaluation import evaluate_parts, model_segmenter, summarize_parts
 from pathoseg.pipeline.training import plan_data, split_settings
 from pathoseg.runconfig import check_fingerprint, remove_results, write_fingerprint
@@ -56,6 +56,8 @@ class StudyConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     initial_steps: int = 200  # optimiser steps for the round-0 model
     round_steps: int = 80  # optimiser steps per later round (warm-started)
+    round_lr_scale: float = 0.5  # warm rounds train at this fraction of the training lr
+    freeze_stages: int = 0  # warm rounds: encoder stem + this many early stages not trained (faster steps)
     tolerance_um: float = DEFAULT_TOLERANCE_UM  # a gland outline this close to the truth is accepted as drawn
     um_per_px: float = UM_PER_PX_GLAS  # native pixel size of the data
     confident_only: bool = False  # pseudo-labels ignore pixels with 0.1 < p < 0.9
@@ -111,12 +113,15 @@ class StudyRunner:
 
     # -- training and testing -------------------------------------------------------------
     def _train(self, model: GlandSegmenter, labels: dict[str, np.ndarray], pool: Pool, steps: int, lr: float,
-               seed: int) -> float:
+               seed: int, freeze_stages: int = 0) -> float:
+        freeze_encoder_stages(model, freeze_stages)
         pairs = [ScaledPair(n, pool.pairs[n].image, labels[n]) for n in sorted(labels)]
         epochs = steps_to_epochs(steps, self.cfg.train.batch_size, len(pairs))
         tcfg = replace(self.cfg.train, epochs=epochs, lr=lr, seed=seed, progress=False, budget_minutes=None)
         start = time.perf_counter()
         fit(model, pairs, [], tcfg, self.device)
+        for p in model.parameters():  # the saved model and the next round start unfrozen
+            p.requires_grad_(True)
         return time.perf_counter() - start
 
     def _test(self, model: GlandSegmenter, split: Split) -> dict:
@@ -146,7 +151,8 @@ class StudyRunner:
                     "test_limit": c.test_limit}
         if strategy is not None:
             settings = {"strategy": asdict(strategy), "rounds": c.rounds, "selection": c.selection,
-                        "retrain": c.retrain, "round_steps": c.round_steps, "confident_only": c.confident_only,
+                        "retrain": c.retrain, "round_steps": c.round_steps, "round_lr_scale": c.round_lr_scale,
+                        "freeze_stages": c.freeze_stages, "confident_only": c.confident_only,
                         **settings}
         return settings
 
@@ -191,8 +197,10 @@ class StudyRunner:
         size = math.ceil(len(pool.pool) / self.cfg.rounds) if r < self.cfg.rounds else len(remaining)
         rng = self._round_rng(seed, strategy, r)
         need_probs = not strategy.oracle or self.cfg.selection == "uncertainty"
+        start = time.perf_counter()
         probs = {n: predict_probs(model, pool.pairs[n].image, PredictConfig(scale=1.0), self.device, native=False)
                  for n in remaining} if need_probs else {}
+        predict_s = time.perf_counter() - start
         uncertainty = {n: mean_entropy(p) for n, p in probs.items()}
         batch = rank(remaining, self.cfg.selection, rng, uncertainty or None)[:size]
         n_review = math.ceil(strategy.review_fraction * len(batch)) if strategy.review_fraction > 0 else 0
@@ -207,14 +215,15 @@ class StudyRunner:
         if self.cfg.retrain == "scratch":
             torch.manual_seed(seed * 1000 + r)
             model = build_model(self.cfg.train.model)
-            lr, steps = self.cfg.train.lr, self.cfg.initial_steps
+            lr, steps, freeze = self.cfg.train.lr, self.cfg.initial_steps, 0
         else:
-            lr, steps = self.cfg.train.lr * 0.5, self.cfg.round_steps
-        train_s = self._train(model, labels, pool, steps, lr, seed * 1000 + r)
+            lr, steps = self.cfg.train.lr * self.cfg.round_lr_scale, self.cfg.round_steps
+            freeze = self.cfg.freeze_stages
+        train_s = self._train(model, labels, pool, steps, lr, seed * 1000 + r, freeze)
         self._save_model(model, rdir / "model.pt")
         record = {"seed": seed, "round": r, "strategy": strategy.name, "test": self._test(model, test_split),
                   "label_iou": label_quality(labels, pool), "effort": asdict(effort), "train_s": train_s,
-                  "selected": batch, "reviewed": sorted(reviewed)}
+                  "predict_s": predict_s, "selected": batch, "reviewed": sorted(reviewed)}
         write_fingerprint(rdir, self.round_settings(strategy))
         write_json(rdir / "record.json", record)
         return model, record

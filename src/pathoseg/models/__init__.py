@@ -1,6 +1,6 @@
 """Models: DeepLabV3+ factory, encoder registry, offline pretrained weights."""
 
-from pathoseg.models.factory import GlandSegmenter, ModelConfig, build_model, count_parameters
+from pathoseg.models.factory import GlandSegmenter, ModelConfig, build_model, count_parameters, freeze_encoder_stages
 from pathoseg.models.heads import DEFAULT_HEAD, HEADS, Head, get_head
 from pathoseg.models.registry import DEFAULT_PRESET, PRESETS, Preset, get_preset
 
@@ -15,6 +15,7 @@ __all__ = [
            "Preset",
            "build_model",
            "count_parameters",
+           "freeze_encoder_stages",
            "get_head",
            "get_preset",
 ]

@@ -90,5 +90,31 @@ def build_model(config: ModelConfig = ModelConfig()) -> GlandSegmenter:
     return GlandSegmenter(net, preset.mean, preset.std, config)
 
 
+def freeze_encoder_stages(model: GlandSegmenter, stages: int) -> int:
+    """Stop training the encoder's stem and first ``stages`` resolution stages (the
+    high-resolution ones, where backward costs most); returns how many tensors froze.
+    Warm-started rounds use it: early ImageNet features barely move when fine-tuning."""
+    if stages <= 0:
+        return 0
+    encoder = model.net.encoder
+    if hasattr(getattr(encoder, "model", None), "feature_info"):  # timm encoders
+        encoder, ends = encoder.model, encoder.model.feature_info.module_name()
+    elif hasattr(encoder, "_out_indexes") and hasattr(encoder, "features"):  # SMP's torchvision-style ones
+        ends = [f"features.{i}" for i in encoder._out_indexes]
+    else:
+        raise PathosegError(f"cannot freeze stages of encoder {type(encoder).__name__}")
+    last = ends[min(stages, len(ends)) - 1] + "."
+    params, seen_last = [], False
+    for name, p in encoder.named_parameters():  # registration order = forward order here
+        inside = name.startswith(last)
+        if seen_last and not inside:
+            break
+        seen_last |= inside
+        params.append(p)
+    for p in params:
+        p.requires_grad_(False)
+    return len(params)
+
+
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
