@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from glas_instances import device_name
+from pathoseg.engine.rounds import WarmRound
 from pathoseg.engine.train import TrainConfig
 from pathoseg.hitl.strategies import parse_strategy
 from pathoseg.hitl.study import StudyConfig, StudyRunner
@@ -68,7 +69,7 @@ def main() -> None:
     for spec in args.options.split(","):
         name, steps, lr_scale, freeze = parse_option(spec)
         cfg = StudyConfig(strategies=[parse_strategy(args.strategy)], rounds=args.rounds, seeds=args.seeds,
-                          train=train, round_steps=steps, round_lr_scale=lr_scale, freeze_stages=freeze)
+                          train=train, warm=WarmRound(steps, lr_scale, freeze))
         out = args.out / name
         if args.round0_from:
             link_round0(args.round0_from, out, args.seeds)

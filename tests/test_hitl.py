@@ -9,6 +9,7 @@ import torch
 from skimage.draw import disk
 
 from pathoseg.data.cache import IGNORE
+from pathoseg.engine.rounds import WarmRound
 from pathoseg.engine.train import TrainConfig
 from pathoseg.hitl.annotator import SimulatedAnnotator
 from pathoseg.hitl.selection import mean_entropy, rank
@@ -76,7 +77,7 @@ def test_uncertainty_ranking():
 def test_resume_after_interrupted_round_gives_the_same_record(synth_dir, tmp_path):
     train = TrainConfig(model=ModelConfig("lite0"), batch_size=4, crop=64, scale=1.0, progress=False)
     cfg = StudyConfig(strategies=[BUILTIN["hitl"], BUILTIN["auto"]], rounds=2, train=train, initial_fraction=0.3,
-                      initial_steps=4, round_steps=3, test_limit=2, device="cpu")
+                      initial_steps=4, warm=WarmRound(steps=3), test_limit=2, device="cpu")
     full = StudyRunner(synth_dir, cfg, tmp_path / "a").run()
     # interrupt: copy the finished study, then drop the last round as if killed before it ended
     shutil.copytree(tmp_path / "a", tmp_path / "b")
@@ -103,7 +104,7 @@ def test_frozen_stages_stay_as_round_zero_left_them(synth_dir, tmp_path):
 
     train = TrainConfig(model=ModelConfig("lite0"), batch_size=4, crop=64, scale=1.0, progress=False)
     cfg = StudyConfig(strategies=[BUILTIN["oracle"]], rounds=1, train=train, initial_fraction=0.3,
-                      initial_steps=2, round_steps=3, round_lr_scale=1.0, freeze_stages=2, test_limit=1,
+                      initial_steps=2, warm=WarmRound(3, 1.0, freeze_stages=2), test_limit=1,
                       device="cpu")
     records = StudyRunner(synth_dir, cfg, tmp_path).run()
     before, _ = load_model(tmp_path / "seed0" / "round0" / "model.pt", "cpu")

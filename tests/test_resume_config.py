@@ -11,6 +11,7 @@ import pytest
 
 from pathoseg.cli import main
 from pathoseg.data.synthetic import SyntheticConfig, write_synthetic
+from pathoseg.engine.rounds import WarmRound
 from pathoseg.engine.train import TrainConfig
 from pathoseg.errors import PathosegError
 from pathoseg.hitl.strategies import BUILTIN
@@ -171,7 +172,7 @@ def _study(**changes) -> StudyConfig:
     train = TrainConfig(model=ModelConfig("lite0", weights="none"), batch_size=4, crop=64, scale=1.0,
                         progress=False)
     cfg = StudyConfig(strategies=[BUILTIN["auto"]], rounds=1, train=train, initial_fraction=0.3, initial_steps=2,
-                      round_steps=2, test_limit=1, device="cpu")
+                      warm=WarmRound(steps=2), test_limit=1, device="cpu")
     return replace(cfg, **changes)
 
 
@@ -221,6 +222,6 @@ def test_hitl_study_resumes_with_the_same_settings_only(synth_dir, tmp_path):
     assert json.dumps(resumed, sort_keys=True) == json.dumps(first, sort_keys=True)
     assert record.stat().st_mtime_ns == stamp_before
     with pytest.raises(PathosegError, match="round_steps=2, now round_steps=3"):
-        StudyRunner(synth_dir, _study(round_steps=3), tmp_path).run()
-    again = StudyRunner(synth_dir, _study(round_steps=3), tmp_path, fresh=True).run()
+        StudyRunner(synth_dir, _study(warm=WarmRound(steps=3)), tmp_path).run()
+    again = StudyRunner(synth_dir, _study(warm=WarmRound(steps=3)), tmp_path, fresh=True).run()
     assert len(again) == 2 and record.stat().st_mtime_ns != stamp_before

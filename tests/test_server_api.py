@@ -14,6 +14,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from pathoseg.data.synthetic import SyntheticConfig, synthetic_sample
+from pathoseg.engine.rounds import WarmRound
 from pathoseg.server.app import ServerConfig, create_app
 from pathoseg.server.jobs import TrainSettings
 from pathoseg.server.project import add_image, save_mask
@@ -36,7 +37,7 @@ def setup(tmp_path, db_url):  # on SQLite and on PostgreSQL
         image, labels = synthetic_sample(40 + i, CFG)
         add_image(project, f"img{i}", image, labels if i < 4 else None)
     tokens = {"ana": create_user(project, "ana", admin=True), "ben": create_user(project, "ben")}
-    settings = TrainSettings(steps=4, scale=1.0, crop=64, batch_size=4, device="cpu")
+    settings = TrainSettings(steps=4, warm=WarmRound(steps=4), scale=1.0, crop=64, batch_size=4, device="cpu")
     app = create_app(ServerConfig(str(tmp_path / "proj"), db_url, retrain_every=0, train=settings))
     with TestClient(app) as client:
         yield client, tokens, project, app

@@ -28,6 +28,7 @@ from sqlalchemy import select, text, update
 from pathoseg.cli import build_parser, main, server_config
 from pathoseg.data.synthetic import SyntheticConfig, synthetic_sample
 from pathoseg.engine.checkpoint import Checkpoint, load_checkpoint
+from pathoseg.engine.rounds import WarmRound
 from pathoseg.models import ModelConfig, build_model
 from pathoseg.server import jobs
 from pathoseg.server.app import ServerConfig, create_app
@@ -44,7 +45,7 @@ from pathoseg.server.storage import STAGED, Job, Mask, ModelVersion, Project, cr
 from pathoseg.server.storage import Image as ImageRow
 
 CFG = SyntheticConfig(size=(64, 64))
-TINY = TrainSettings(steps=2, scale=1.0, crop=64, batch_size=2, device="cpu")
+TINY = TrainSettings(steps=2, warm=WarmRound(steps=2), scale=1.0, crop=64, batch_size=2, device="cpu")
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -255,6 +256,36 @@ def test_a_retry_after_the_model_was_stored_does_not_train_again(project, checkp
     row = job(project, job_id)
     assert row.status == "done" and row.attempts == 2 and "attempt 2 of 2" in row.message
     assert project.prediction_path(1, "img3").is_file()
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_later_retrains_are_warm_with_frozen_stages_and_reread_only_new_masks(project, checkpoint, monkeypatch):
+    register_model(project, checkpoint)  # v1 active: the next retrain is warm-started from it
+    reads, seen = [], []
+    monkeypatch.setattr(jobs, "read_labels", lambda path: reads.append(path) or read_labels(path))
+    real_fit = jobs.fit
+
+    def fit(model, train, val, cfg, device, **kwargs):
+        seen.append((cfg.lr, cfg.epochs, [n for n, p in model.named_parameters() if not p.requires_grad]))
+        return real_fit(model, train, val, cfg, device, **kwargs)
+
+    monkeypatch.setattr(jobs, "fit", fit)
+    settings = TrainSettings(steps=50, warm=WarmRound(steps=3, lr_scale=0.25, freeze_stages=2), scale=1.0, crop=64,
+                             batch_size=3, device="cpu")
+    worker = Worker(project, settings)
+    worker.submit("train")
+    worker.run_once()
+    lr, epochs, frozen = seen[0]
+    assert lr == pytest.approx(2e-3 * 0.25) and epochs == 3  # 3 steps of 3 crops over 3 labelled images
+    assert "net.encoder.model.conv_stem.weight" in frozen and not any("blocks.2." in n for n in frozen)
+    v1 = load_checkpoint(project.model_path(1)).state_dict
+    v2 = load_checkpoint(project.model_path(2)).state_dict
+    assert v1["net.encoder.model.conv_stem.weight"].equal(v2["net.encoder.model.conv_stem.weight"])
+    assert not v1["net.segmentation_head.0.weight"].equal(v2["net.segmentation_head.0.weight"])
+    assert len(reads) == 3
+    worker.submit("train")  # nothing new saved: the resized images and masks are reused
+    worker.run_once()
+    assert len(reads) == 3 and len(seen) == 2
 
 
 def test_saves_made_during_a_retrain_count_toward_the_next(tmp_path, db_url, checkpoint, monkeypatch):

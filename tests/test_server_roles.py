@@ -18,6 +18,7 @@ from sqlalchemy import inspect, select, text, update
 
 from pathoseg.cli import build_parser, main, server_config
 from pathoseg.data.synthetic import SyntheticConfig, synthetic_sample
+from pathoseg.engine.rounds import WarmRound
 from pathoseg.errors import PathosegError
 from pathoseg.server.app import ServerConfig, create_app
 from pathoseg.server.jobs import TrainSettings
@@ -39,7 +40,7 @@ from pathoseg.server.storage import (
 )
 
 CFG = SyntheticConfig(size=(96, 128))
-SETTINGS = TrainSettings(steps=4, scale=1.0, crop=64, batch_size=4, device="cpu")
+SETTINGS = TrainSettings(steps=4, warm=WarmRound(steps=4), scale=1.0, crop=64, batch_size=4, device="cpu")
 
 
 def auth(token: str, scheme: str = "Bearer") -> dict:
@@ -363,9 +364,11 @@ def test_serve_exposes_its_training_settings_and_limits():
     args = build_parser().parse_args(["serve", "--project", "lab", "--steps", "30", "--batch-size", "2",
                                       "--crop", "128", "--scale", "0.25", "--device", "cpu", "--retrain-every",
                                       "0", "--max-body-mb", "8", "--token-days", "30", "--login-attempts", "4",
-                                      "--login-window", "120", "--preset", "lite1"])
+                                      "--login-window", "120", "--preset", "lite1", "--warm-steps", "20",
+                                      "--freeze-stages", "2"])
     cfg = server_config(args)
-    assert cfg.train == TrainSettings(steps=30, scale=0.25, crop=128, batch_size=2, preset="lite1", device="cpu")
+    assert cfg.train == TrainSettings(steps=30, warm=WarmRound(20, 0.5, 2), scale=0.25, crop=128, batch_size=2,
+                                      preset="lite1", device="cpu")
     assert (cfg.retrain_every, cfg.max_body_bytes, cfg.token_days) == (0, 8 * 2**20, 30)
     assert (cfg.login_attempts, cfg.login_window) == (4, 120)
     defaults = server_config(build_parser().parse_args(["serve", "--project", "lab"]))

@@ -21,6 +21,7 @@ from sqlalchemy.exc import IntegrityError
 
 from pathoseg.cli import build_parser
 from pathoseg.data.synthetic import SyntheticConfig, synthetic_sample
+from pathoseg.engine.rounds import WarmRound
 from pathoseg.errors import PathosegError
 from pathoseg.server.app import ServerConfig, create_app
 from pathoseg.server.jobs import TrainSettings
@@ -31,7 +32,7 @@ from pathoseg.server.storage import Mask, Project, create_user
 
 CFG = SyntheticConfig(size=(96, 128))
 SHAPE = (96, 128)
-SETTINGS = TrainSettings(steps=4, scale=1.0, crop=64, batch_size=4, device="cpu")
+SETTINGS = TrainSettings(steps=4, warm=WarmRound(steps=4), scale=1.0, crop=64, batch_size=4, device="cpu")
 
 
 def png_bytes(array: np.ndarray, mode: str | None = None) -> bytes:

@@ -33,6 +33,7 @@ from pathoseg.engine.checkpoint import Checkpoint, load_model
 from pathoseg.engine.device import choose_device
 from pathoseg.engine.instances import InstanceConfig
 from pathoseg.engine.predict import PredictConfig, predict_probs
+from pathoseg.engine.rounds import WarmRound
 from pathoseg.engine.train import TrainConfig, fit
 from pathoseg.hitl.annotator import DEFAULT_TOLERANCE_UM, UM_PER_PX_GLAS, CostModel, Effort, SimulatedAnnotator
 from pathoseg.hitl.selection import mean_entropy, rank
@@ -55,9 +56,7 @@ class StudyConfig:
     retrain: str = "warm"  # warm: continue from the previous round's model; scratch: from ImageNet
     train: TrainConfig = field(default_factory=TrainConfig)
     initial_steps: int = 200  # optimiser steps for the round-0 model
-    round_steps: int = 80  # optimiser steps per later round (warm-started)
-    round_lr_scale: float = 0.5  # warm rounds train at this fraction of the training lr
-    freeze_stages: int = 0  # warm rounds: encoder stem + this many early stages not trained (faster steps)
+    warm: WarmRound = field(default_factory=WarmRound)  # how later rounds retrain (retrain="warm")
     tolerance_um: float = DEFAULT_TOLERANCE_UM  # a gland outline this close to the truth is accepted as drawn
     um_per_px: float = UM_PER_PX_GLAS  # native pixel size of the data
     confident_only: bool = False  # pseudo-labels ignore pixels with 0.1 < p < 0.9
@@ -151,8 +150,8 @@ class StudyRunner:
                     "test_limit": c.test_limit}
         if strategy is not None:
             settings = {"strategy": asdict(strategy), "rounds": c.rounds, "selection": c.selection,
-                        "retrain": c.retrain, "round_steps": c.round_steps, "round_lr_scale": c.round_lr_scale,
-                        "freeze_stages": c.freeze_stages, "confident_only": c.confident_only,
+                        "retrain": c.retrain, "round_steps": c.warm.steps, "round_lr_scale": c.warm.lr_scale,
+                        "freeze_stages": c.warm.freeze_stages, "confident_only": c.confident_only,
                         **settings}
         return settings
 
@@ -217,8 +216,8 @@ class StudyRunner:
             model = build_model(self.cfg.train.model)
             lr, steps, freeze = self.cfg.train.lr, self.cfg.initial_steps, 0
         else:
-            lr, steps = self.cfg.train.lr * self.cfg.round_lr_scale, self.cfg.round_steps
-            freeze = self.cfg.freeze_stages
+            warm = self.cfg.warm
+            lr, steps, freeze = self.cfg.train.lr * warm.lr_scale, warm.steps, warm.freeze_stages
         train_s = self._train(model, labels, pool, steps, lr, seed * 1000 + r, freeze)
         self._save_model(model, rdir / "model.pt")
         record = {"seed": seed, "round": r, "strategy": strategy.name, "test": self._test(model, test_split),

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from pathoseg.engine.rounds import WarmRound
 from pathoseg.server.project import MAX_UPLOAD_BYTES
 from pathoseg.server.storage import DEFAULT_TOKEN_DAYS
 
@@ -16,9 +17,12 @@ MAX_BODY_BYTES = MAX_UPLOAD_BYTES * 4 // 3 + 2**20
 
 @dataclass(frozen=True)
 class TrainSettings:
-    """How the background worker retrains: ``steps`` optimiser steps of ``batch_size`` crops."""
+    """How the background worker retrains: the first model ``steps`` optimiser steps of
+    ``batch_size`` crops from ImageNet; every later one warm-started from the active model as
+    ``warm`` says (the HITL study's rounds train the same way)."""
 
     steps: int = 120
+    warm: WarmRound = field(default_factory=WarmRound)
     scale: float = 0.5
     crop: int = 224
     batch_size: int = 8

@@ -60,7 +60,7 @@ from pathoseg.engine.instances import decode_instances
 from pathoseg.engine.predict import PredictConfig, predict_maps
 from pathoseg.engine.train import TrainConfig, fit, validate
 from pathoseg.hitl.selection import mean_entropy
-from pathoseg.models import ModelConfig, build_model
+from pathoseg.models import ModelConfig, build_model, freeze_encoder_stages
 from pathoseg.server.config import DEAD_AFTER, TrainSettings
 from pathoseg.server.project import read_labels, store_model
 from pathoseg.server.storage import Image, Job, Mask, Project, aware, db_now, now
@@ -206,6 +206,9 @@ class Worker:
         self._stopping = threading.Event()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
+        # (image, mask version, scale) -> (image, target) at working scale: a retrain re-reads
+        # only the masks saved since the last one
+        self._resized: dict[tuple[str, int, float], tuple[np.ndarray, np.ndarray]] = {}
 
     # -- the queue side, for the CLI and tests ---------------------------------------------
     def submit(self, kind: str) -> int:
@@ -405,9 +408,15 @@ class Worker:
             path = self.project.mask_path(name, version)
             if not path.is_file():  # committed a moment ago, not renamed into place yet
                 self.project.settle_staged_files()
-            labels = read_labels(path)
-            rgb = read_image(self.project.image_path(name))
-            out.append((name, version, resize_image(rgb, s.scale), resize_target(to_target(labels), s.scale)))
+            key = (name, version, s.scale)
+            if key not in self._resized:  # images never change and a mask version is final
+                labels = read_labels(path)
+                rgb = read_image(self.project.image_path(name))
+                self._resized[key] = (resize_image(rgb, s.scale), resize_target(to_target(labels), s.scale))
+            out.append((name, version, *self._resized[key]))
+        current = {(name, version, s.scale) for name, version in rows}
+        for key in [k for k in self._resized if k not in current]:  # superseded mask versions
+            del self._resized[key]
         return out
 
     def _train(self, claim: Claim) -> str:
@@ -432,9 +441,12 @@ class Worker:
         else:
             config = ModelConfig(s.preset)
             model = build_model(config)
-        epochs = max(1, -(-s.steps * s.batch_size // max(1, len(train))))
+        steps, lr = (s.warm.steps, TrainConfig.lr * s.warm.lr_scale) if active else (s.steps, TrainConfig.lr)
+        if active:
+            freeze_encoder_stages(model, s.warm.freeze_stages)
+        epochs = max(1, -(-steps * s.batch_size // max(1, len(train))))
         cfg = TrainConfig(model=config, epochs=epochs, batch_size=s.batch_size, crop=s.crop, scale=s.scale,
-                          lr=1e-3 if active else 2e-3, progress=False)
+                          lr=lr, progress=False)
 
         def progress(record, *_):
             self._progress(claim, 0.9 * record.epoch / epochs, f"epoch {record.epoch}/{epochs}")
