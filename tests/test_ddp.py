@@ -58,6 +58,12 @@ def fixed_batch() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     return torch.stack(images), torch.stack(targets), torch.stack(valids)
 
 
+def seeded_model() -> torch.nn.Module:
+    """The model :func:`take_steps` starts from, the same in every process."""
+    torch.manual_seed(0)
+    return build_model(MODEL)
+
+
 def take_steps(ranks: Ranks) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """STEPS SGD steps on this rank's share of :func:`fixed_batch`, built as ``fit`` builds
     them (DDP wrap, the loss for these ranks). Eval mode: BatchNorm on its running statistics
@@ -66,8 +72,7 @@ def take_steps(ranks: Ranks) -> tuple[dict[str, torch.Tensor], dict[str, torch.T
     weight's gradient magnitude, so where a gradient is ~0 float summation-order noise turns
     into whole +-lr steps; SGD keeps the weights a faithful record of the gradients. Returns
     the first step's gradients and the final weights."""
-    torch.manual_seed(0)
-    model = build_model(MODEL)
+    model = seeded_model()
     net = wrap_model(model, CPU) if ranks.distributed else model
     net.eval()
     share = 4 // ranks.world_size
@@ -87,10 +92,13 @@ def take_steps(ranks: Ranks) -> tuple[dict[str, torch.Tensor], dict[str, torch.T
 
 def rank_job(data_root: str, out: str) -> None:
     """Each rank: the fixed-batch steps, then ``fit`` for two epochs on the synthetic data;
-    saves what it holds afterwards for the test to compare."""
+    saves what it holds afterwards for the test to compare. Rank 0 also takes the steps as one
+    process on all four crops (here rather than in pytest's process: one thread, as fast as
+    it gets on a busy machine)."""
     ranks = ranks_from_env()
     with process_group(ranks, CPU):
         grads, weights = take_steps(ranks)
+        single = take_steps(SINGLE) if ranks.is_main else None
         data = load_dataset(data_root)
         split = make_split(data, "random", seed=0, val_fraction=0.2)
         cfg = TrainConfig(model=MODEL, epochs=2, batch_size=4, crop=CROP, progress=False)
@@ -99,8 +107,8 @@ def rank_job(data_root: str, out: str) -> None:
         pairs = load_scaled(data.subset(split.train), 1.0, False)
         val = load_scaled(data.subset(split.val), 1.0, False) if ranks.is_main else []
         state = fit(model, pairs, val, cfg, CPU, ranks=ranks)
-        torch.save({"grads": grads, "weights": weights, "fit": model.state_dict(), "history": state.history},
-                   Path(out) / f"rank{ranks.rank}.pt")
+        torch.save({"grads": grads, "weights": weights, "fit": model.state_dict(), "history": state.history,
+                    "single": single, "initial": seeded_model().state_dict()}, Path(out) / f"rank{ranks.rank}.pt")
 
 
 def fail_on_rank_1(kind: str) -> None:
@@ -121,7 +129,7 @@ def two_ranks(synth_dir, tmp_path_factory) -> dict[int, dict]:
 
 
 def test_two_ranks_of_two_take_the_steps_of_one_process_of_four(two_ranks):
-    grads, weights = take_steps(SINGLE)
+    grads, weights = two_ranks[0]["single"]
     for rank in (0, 1):
         got = two_ranks[rank]
         assert got["grads"].keys() == grads.keys()
@@ -131,13 +139,8 @@ def test_two_ranks_of_two_take_the_steps_of_one_process_of_four(two_ranks):
             torch.testing.assert_close(got["grads"][name], g, rtol=1e-4, atol=1e-6, msg=name)
         for name, w in weights.items():
             torch.testing.assert_close(got["weights"][name], w, rtol=1e-4, atol=1e-5, msg=name)
-    moved = max((weights[k] - build_model_weights()[k]).abs().max().item() for k in grads)
+    moved = max((weights[k] - two_ranks[0]["initial"][k]).abs().max().item() for k in grads)
     assert moved > 1e-4  # the steps did change the weights, so the comparison above means something
-
-
-def build_model_weights() -> dict[str, torch.Tensor]:
-    torch.manual_seed(0)
-    return build_model(MODEL).state_dict()
 
 
 def test_ranks_hold_identical_weights_after_fit(two_ranks):
@@ -193,6 +196,17 @@ def test_nproc_under_torchrun_is_refused(synth_dir, tmp_path, monkeypatch, capsy
     monkeypatch.setenv("WORLD_SIZE", "2")
     assert main(["train", "--data", str(synth_dir), "--out", str(tmp_path / "run"), "--nproc", "2"]) == 2
     assert "torchrun" in capsys.readouterr().err
+
+
+def test_torchrun_with_more_processes_than_cores_is_refused(synth_dir, tmp_path, monkeypatch, capsys):
+    too_many = available_slots(CPU)[0] + 1
+    for name, value in {"RANK": 0, "WORLD_SIZE": too_many, "LOCAL_RANK": 0, "LOCAL_WORLD_SIZE": too_many}.items():
+        monkeypatch.setenv(name, str(value))
+    out = tmp_path / "run"
+    assert main(["train", "--data", str(synth_dir), "--out", str(out), "--device", "cpu"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"pathoseg: error: torchrun's --nproc_per_node {too_many}: more processes than")
+    assert not out.exists()
 
 
 @pytest.mark.parametrize(("kind", "message"), [

@@ -104,13 +104,14 @@ def available_slots(device: torch.device) -> tuple[int, str]:
     raise PathosegError(f"training in several processes needs cpu or cuda, not {device.type} (pass --device cpu)")
 
 
-def check_local_processes(count: int, device: torch.device) -> None:
-    """A one-line error when ``count`` processes on this machine would share a device."""
+def check_local_processes(count: int, device: torch.device, flag: str = "--nproc") -> None:
+    """A one-line error when ``count`` processes on this machine (asked for by ``flag``) would
+    share a device."""
     if count < 1:
-        raise PathosegError(f"--nproc must be 1 or more, not {count}")
+        raise PathosegError(f"{flag} must be 1 or more, not {count}")
     slots, what = available_slots(device)
     if count > slots:
-        raise PathosegError(f"--nproc {count}: more processes than the {slots} {what} on this machine")
+        raise PathosegError(f"{flag} {count}: more processes than the {slots} {what} on this machine")
 
 
 def per_rank_batch(global_batch: int, world_size: int) -> int:

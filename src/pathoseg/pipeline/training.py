@@ -110,7 +110,7 @@ def run_training(plan: DataPlan, cfg: TrainConfig, out: Path, device: str | None
     if not ranks.distributed:
         return _train_in_process(plan, cfg, out, choose_device(device), resume)
     dev = rank_device(choose_device(device), ranks)
-    check_local_processes(ranks.local_world_size, dev)
+    check_local_processes(ranks.local_world_size, dev, "torchrun's --nproc_per_node")
     per_rank_batch(cfg.batch_size, ranks.world_size)
     with process_group(ranks, dev):
         return _train_in_process(plan, cfg, out, dev, resume, ranks)
