@@ -87,7 +87,7 @@ def test_resume_after_interrupted_round_gives_the_same_record(synth_dir, tmp_pat
     resumed = StudyRunner(synth_dir, cfg, tmp_path / "b").run()
 
     def strip(records):
-        return [{k: v for k, v in r.items() if k not in ("train_s", "predict_s")} for r in records]
+        return [{k: v for k, v in r.items() if k not in ("train_s", "predict_s", "test_s")} for r in records]
 
     assert json.dumps(strip(full), sort_keys=True) == json.dumps(strip(resumed), sort_keys=True)
     assert len(full) == 1 + 2 * 2

@@ -220,7 +220,10 @@ class StudyRunner:
             lr, steps, freeze = self.cfg.train.lr * warm.lr_scale, warm.steps, warm.freeze_stages
         train_s = self._train(model, labels, pool, steps, lr, seed * 1000 + r, freeze)
         self._save_model(model, rdir / "model.pt")
-        record = {"seed": seed, "round": r, "strategy": strategy.name, "test": self._test(model, test_split),
+        start = time.perf_counter()
+        test = self._test(model, test_split)
+        test_s = time.perf_counter() - start
+        record = {"seed": seed, "round": r, "strategy": strategy.name, "test": test, "test_s": test_s,
                   "label_iou": label_quality(labels, pool), "effort": asdict(effort), "train_s": train_s,
                   "predict_s": predict_s, "selected": batch, "reviewed": sorted(reviewed)}
         write_fingerprint(rdir, self.round_settings(strategy))
