@@ -107,6 +107,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     from pathoseg.engine.backends import load_backend
     from pathoseg.engine.device import choose_device
     from pathoseg.pipeline.evaluation import (
+        data_input_mpp,
         evaluate_parts,
         folder_segmenter,
         metrics_lines,
@@ -123,6 +124,8 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         if data is None:
             raise PathosegError("--predictions needs --data (the ground truth)")
         plan = plan_data(data, args.split, args.split_file)
+        if args.mpp is not None:
+            raise PathosegError("--mpp applies to a model's predictions, not to --predictions")
         segment, history = folder_segmenter(Path(args.predictions)), None
     elif args.checkpoint:
         device = choose_device(args.device)
@@ -141,8 +144,12 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
             plan = plan_data(data, args.split)
             plan.split = Split.from_dict(ckpt.split, args.checkpoint)
             plan.split.check(plan.data)
+        from pathoseg.pipeline.prediction import model_mpp_of
+
         pcfg, icfg = _predict_configs(args, ckpt)
-        segment, history = model_segmenter(model, pcfg, icfg, device), ckpt.history
+        model_mpp = model_mpp_of(ckpt, None, args.checkpoint)
+        input_mpp = data_input_mpp(plan.data, args.mpp, model_mpp, args.checkpoint)
+        segment, history = model_segmenter(model, pcfg, icfg, device, input_mpp, model_mpp), ckpt.history
     else:
         raise PathosegError("pass a checkpoint (pathoseg evaluate runs/x/best.pt) or --predictions DIR")
     if parts and "test" in parts:  # "test" = every test part of the split
@@ -181,6 +188,8 @@ def cmd_predict(args: argparse.Namespace) -> None:
     from pathoseg.engine.device import choose_device
     from pathoseg.pipeline.prediction import (
         collect_inputs,
+        estimate_input_mpps,
+        estimate_line,
         file_digest,
         min_size_from_area,
         model_mpp_of,
@@ -198,9 +207,12 @@ def cmd_predict(args: argparse.Namespace) -> None:
     model, ckpt = load_backend(args.checkpoint, backend, device)
     images, slides = collect_inputs(args.inputs)  # every check before anything is written
     first = (images or slides)[0]
-    mpp = check_mpp(args.mpp, "--mpp", first) if args.mpp is not None else None
+    auto_mpp = args.mpp is not None and args.mpp.strip().lower() == "auto"
+    mpp = check_mpp(args.mpp, "--mpp", first) if args.mpp is not None and not auto_mpp else None
     if args.min_size is not None and args.min_area is not None:
         raise PathosegError("pass --min-size (pixels) or --min-area (µm²), not both")
+    if auto_mpp and args.engine == "ray":
+        raise PathosegError("--mpp auto runs with --engine local; give ray workers the inputs' --mpp")
     if args.region is not None and not slides:
         raise PathosegError("--region applies to whole-slide images; none given", first)
     slide_cfg = slide_config(args.tile, args.tta, slides[0]) if slides else None
@@ -209,8 +221,17 @@ def cmd_predict(args: argparse.Namespace) -> None:
     icfg = min_size_from_area(icfg, args.min_area, model_mpp, args.checkpoint)
     if slides:
         need_model_mpp(model_mpp, args.checkpoint, "for whole-slide images")
-    if images and mpp is not None:
+    if images and (mpp is not None or auto_mpp):
         need_model_mpp(model_mpp, args.checkpoint, "for --mpp")
+    # Plain images of unknown resolution: estimated from their nuclei when the model's is known.
+    input_mpps = None
+    if images and mpp is None and model_mpp is not None and args.engine == "local":
+        estimates = estimate_input_mpps(images, model_mpp)
+        for path, (used, est) in estimates.items():
+            line = estimate_line(path, used, est, model_mpp)
+            if line:
+                print(line)
+        input_mpps = {path: used for path, (used, _) in estimates.items()}
     opened = open_slides(slides, mpp, args.region)
     out = Path(args.out)
     img_pcfg, img_icfg = resolution_configs(pcfg, icfg, mpp, model_mpp)
@@ -225,7 +246,8 @@ def cmd_predict(args: argparse.Namespace) -> None:
     else:
         try:
             if images:
-                predict_files(model, images, out, img_pcfg, img_icfg, device)
+                predict_files(model, images, out, img_pcfg, img_icfg, device, input_mpps=input_mpps,
+                              model_mpp=model_mpp)
         except BaseException:
             for slide, _ in opened:
                 slide.close()
@@ -378,7 +400,7 @@ def cmd_project_add(args: argparse.Namespace) -> None:
     from pathoseg.server.storage import Project
 
     project = Project(args.project, args.db)
-    print(f"imported {add_folder(project, args.source)} images from {args.source}")
+    print(f"imported {add_folder(project, args.source, args.mpp)} images from {args.source}")
     _refresh_predictions(project)
 
 
@@ -509,6 +531,9 @@ def _add_project_parser(sub) -> None:
     q = actions.add_parser("add", help="import a folder of images (images/ + masks/, or flat)")
     q.add_argument("project", help="project folder")
     q.add_argument("source", help="image folder")
+    q.add_argument("--mpp", default=None, metavar="UM_PER_PX|auto",
+                   help="µm/px of the images, or auto (estimated per image from its nuclei): resample them and "
+                   "their masks to the project model's resolution (default: imported as they are)")
     db(q)
     q.set_defaults(func=cmd_project_add)
 
@@ -647,6 +672,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", help="also write the metrics JSON here")
     p.add_argument("--no-pictures", action="store_true")
     p.add_argument("--device")
+    p.add_argument("--mpp", default=None, metavar="UM_PER_PX|auto",
+                   help="µm/px of the data set's images, or auto: estimated per image from its nuclei (default: "
+                   "the data set's own, GlaS 0.62 or mpp.txt/dataset.json); resampled to the model's resolution")
     _add_predict_args(p)
     _add_backend_args(p)
     p.set_defaults(func=cmd_evaluate)
@@ -657,9 +685,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "or folders of them")
     p.add_argument("--out", default=str(DEFAULT_RUNS / "predict"))
     p.add_argument("--device")
-    p.add_argument("--mpp", type=float, default=None,
-                   help="µm/px of the inputs (plain images: default the model's own; slides: default their "
-                   "metadata); they are resampled to the model's resolution")
+    p.add_argument("--mpp", default=None, metavar="UM_PER_PX|auto",
+                   help="µm/px of the inputs, or auto: estimated per image from its nuclei (plain images: "
+                   "default auto when the model's µm/px is known, the model's own where the estimate is not "
+                   "confident; slides: default their metadata); inputs are resampled to the model's resolution")
     p.add_argument("--model-mpp", type=float, default=None,
                    help="µm/px the model was trained at (default: recorded in the checkpoint; 0.62 for GlaS)")
     p.add_argument("--region", metavar="X,Y,W,H", help="slides: predict only this rectangle (level-0 pixels)")

@@ -20,6 +20,9 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import cv2
+import numpy as np
+
 from pathoseg.errors import PathosegError
 
 if TYPE_CHECKING:
@@ -135,3 +138,22 @@ def um2_to_px(area_um2: float, mpp: float) -> int:
 
 def um_to_px(length_um: float, mpp: float) -> int:
     return max(0, round(length_um / mpp))
+
+
+def resample_image(image: np.ndarray, factor: float) -> np.ndarray:
+    """An image (or a float map) resized by ``factor``: area averaging when shrinking, linear
+    interpolation when enlarging."""
+    if factor == 1:
+        return image
+    h, w = image.shape[:2]
+    size = (max(1, round(w * factor)), max(1, round(h * factor)))
+    return cv2.resize(image, size, interpolation=cv2.INTER_AREA if factor < 1 else cv2.INTER_LINEAR)
+
+
+def resample_labels(labels: np.ndarray, factor: float) -> np.ndarray:
+    """A label map resized by ``factor`` (nearest neighbour: ids stay ids)."""
+    if factor == 1:
+        return labels
+    h, w = labels.shape[:2]
+    size = (max(1, round(w * factor)), max(1, round(h * factor)))
+    return cv2.resize(labels, size, interpolation=cv2.INTER_NEAREST)

@@ -15,6 +15,8 @@ from PIL import Image
 from tqdm import tqdm
 
 from pathoseg.data.images import BinaryMaskWarning, read_mask
+from pathoseg.data.mpp_estimate import auto_mpp
+from pathoseg.data.resolution import check_mpp
 from pathoseg.data.samples import Sample, SampleSet
 from pathoseg.data.splits import Split
 from pathoseg.engine.instances import InstanceConfig
@@ -24,6 +26,7 @@ from pathoseg.io import atomic_path, write_json
 from pathoseg.metrics import ObjectTally, object_metrics, object_tally, pixel_counts, pixel_summary
 from pathoseg.metrics.pixel import PixelCounts
 from pathoseg.models import GlandSegmenter
+from pathoseg.pipeline.prediction import need_model_mpp, resolution_configs
 from pathoseg.viz.figures import (
     Panel,
     figure_png_bytes,
@@ -107,9 +110,36 @@ def evaluate_parts(data: SampleSet, split: Split, segment: Segmenter, parts: Seq
     return results
 
 
+InputMpp = Callable[[Sample, np.ndarray], float | None]  # (sample, image) -> its µm/px; None = the model's
+
+
 def model_segmenter(model: GlandSegmenter, pcfg: PredictConfig, icfg: InstanceConfig,
-                    device: torch.device) -> Segmenter:
-    return lambda sample, image: predict_instances(model, image, pcfg, icfg, device)[0]
+                    device: torch.device, input_mpp: InputMpp | None = None,
+                    model_mpp: float | None = None) -> Segmenter:
+    """The model's glands; with ``input_mpp``, each image resampled from its µm/px to ``model_mpp``'s."""
+    if input_mpp is None:
+        return lambda sample, image: predict_instances(model, image, pcfg, icfg, device)[0]
+
+    def segment(sample: Sample, image: np.ndarray) -> np.ndarray:
+        image_pcfg, image_icfg = resolution_configs(pcfg, icfg, input_mpp(sample, image), model_mpp)
+        return predict_instances(model, image, image_pcfg, image_icfg, device)[0]
+
+    return segment
+
+
+def data_input_mpp(data: SampleSet, given: str | None, model_mpp: float | None,
+                   checkpoint: str | Path) -> InputMpp | None:
+    """What ``evaluate`` resamples from: ``--mpp`` (a number, or ``auto``: estimated per image
+    from its nuclei), else the data set's own µm/px (GlaS 0.62, ``mpp.txt``/``dataset.json``);
+    None (images taken to be at the model's resolution) when that is unknown."""
+    if given is not None and given.strip().lower() == "auto":
+        known = need_model_mpp(model_mpp, checkpoint, "for --mpp auto")
+        return lambda sample, image: auto_mpp(sample.image_path, image, known)[0]
+    data_mpp = check_mpp(given, "--mpp", data.root) if given is not None else data.mpp
+    if data_mpp is None or (model_mpp is None and given is None):
+        return None
+    known = need_model_mpp(model_mpp, checkpoint, "for --mpp")
+    return None if data_mpp == known else (lambda sample, image: data_mpp)
 
 
 def folder_segmenter(pred_dir: Path) -> Segmenter:

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -12,6 +12,7 @@ import torch
 from tqdm import tqdm
 
 from pathoseg.data.images import is_image_file, read_image, write_label_png, write_rgb_png
+from pathoseg.data.mpp_estimate import MppEstimate, MppEstimateConfig, auto_mpp
 from pathoseg.data.resolution import check_mpp, checkpoint_mpp, resize_factor, scale_instance_config, um2_to_px
 from pathoseg.data.slides import SLIDE_SUFFIXES, Region, Slide, is_slide
 from pathoseg.engine.instances import InstanceConfig
@@ -91,13 +92,33 @@ def min_size_from_area(icfg: InstanceConfig, area_um2: float | None, model_mpp: 
     return replace(icfg, min_size=um2_to_px(area_um2, need_model_mpp(model_mpp, path, "for --min-area")))
 
 
+def estimate_input_mpps(images: Sequence[Path], model_mpp: float,
+                        cfg: MppEstimateConfig | None = None) -> dict[Path, tuple[float, MppEstimate]]:
+    """:func:`auto_mpp` for every image, before anything is predicted."""
+    return {path: auto_mpp(path, read_image(path), model_mpp, cfg) for path in images}
+
+
+def estimate_line(path: Path, used_mpp: float, est: MppEstimate, model_mpp: float) -> str | None:
+    """What ``--mpp auto`` reports for one image (None where it warned instead)."""
+    if not est.confident() or est.mpp is None:
+        return None
+    kept = f"; within {MppEstimateConfig.same_within:.0%} of the model's {model_mpp:g}, not resampled" \
+        if used_mpp == model_mpp else ""
+    return f"estimated {est.mpp:.2f} µm/px (confidence {est.confidence:.1f}) for {path.name}{kept}"
+
+
 def predict_files(model: GlandSegmenter, images: Sequence[Path], out: Path, pcfg: PredictConfig,
-                  icfg: InstanceConfig, device: torch.device, progress: bool = True) -> list[Path]:
-    """Write ``masks/<stem>.png`` (0/255), ``instances/<stem>.png`` and ``overlays/<stem>.png``."""
+                  icfg: InstanceConfig, device: torch.device, progress: bool = True,
+                  input_mpps: Mapping[Path, float] | None = None, model_mpp: float | None = None) -> list[Path]:
+    """Write ``masks/<stem>.png`` (0/255), ``instances/<stem>.png`` and ``overlays/<stem>.png``;
+    ``input_mpps`` (µm/px per image, e.g. from :func:`estimate_input_mpps`) resamples each
+    image from its own resolution to ``model_mpp``'s."""
     written = []
     for path in tqdm(images, desc="predicting", unit="img", disable=not progress, leave=False):
         image = read_image(path)
-        labels, _ = predict_instances(model, image, pcfg, icfg, device)
+        image_pcfg, image_icfg = (resolution_configs(pcfg, icfg, input_mpps.get(path), model_mpp)
+                                  if input_mpps else (pcfg, icfg))
+        labels, _ = predict_instances(model, image, image_pcfg, image_icfg, device)
         write_label_png(out / "masks" / f"{path.stem}.png", (labels > 0).astype(np.uint8) * 255)
         write_label_png(out / "instances" / f"{path.stem}.png", labels)
         write_rgb_png(out / "overlays" / f"{path.stem}.png", mask_overlay(image, labels))

@@ -35,6 +35,8 @@ from pathoseg.data.images import (
     read_target,
     write_label_png,
 )
+from pathoseg.data.mpp_estimate import auto_mpp
+from pathoseg.data.resolution import check_mpp, checkpoint_mpp, resample_image, resample_labels
 from pathoseg.data.targets import IGNORE
 from pathoseg.errors import PathosegError
 from pathoseg.io import atomic_path, write_text
@@ -191,19 +193,48 @@ def add_image(project: Project, name: str, rgb: np.ndarray, mask: np.ndarray | N
         return row
 
 
-def add_folder(project: Project, folder: str | Path) -> int:
-    """Import every image of ``folder`` (or of ``folder/images`` with ``folder/masks``)."""
+def project_model_mpp(project: Project) -> float:
+    """The µm/px the project's active model was trained at; a one-line error without one."""
+    from pathoseg.engine.checkpoint import load_checkpoint
+
+    with project.session() as s:
+        active = project.active_model(s)
+        version = active.version if active is not None else None
+    if version is None:
+        raise PathosegError("--mpp resamples images to the model's resolution, and the project has no model "
+                            "yet (pathoseg project init --model)", project.root)
+    mpp = checkpoint_mpp(load_checkpoint(project.model_path(version)))
+    if mpp is None:
+        raise PathosegError(f"model v{version} does not record the µm/px it was trained at; import the images "
+                            "without --mpp", project.model_path(version))
+    return mpp
+
+
+def add_folder(project: Project, folder: str | Path, mpp: str | float | None = None) -> int:
+    """Import every image of ``folder`` (or of ``folder/images`` with ``folder/masks``). With
+    ``mpp`` (the images' µm/px, or ``"auto"``: estimated per image from its nuclei), images and
+    masks are resampled to the active model's resolution first, so that the app shows, predicts
+    and retrains at one resolution."""
     folder = Path(folder)
     img_dir = folder / "images" if (folder / "images").is_dir() else folder
     masks = {p.stem.removesuffix("_anno").removesuffix("_mask"): p
              for p in (folder / "masks").iterdir()} if (folder / "masks").is_dir() else {}
+    auto = isinstance(mpp, str) and mpp.strip().lower() == "auto"
+    given = check_mpp(mpp, "--mpp", folder) if mpp is not None and not auto else None
+    model_mpp = project_model_mpp(project) if mpp is not None else None
     n = 0
     for path in images_in(img_dir):
         name = safe_name(path.name)
         with warnings.catch_warnings():  # a binary mask's components become its glands, as the app reads them
             warnings.simplefilter("ignore", BinaryMaskWarning)
             mask = read_mask(masks[name]) if name in masks else None
-        add_image(project, name, read_image(path), mask)
+        image = read_image(path)
+        if model_mpp is not None:
+            image_mpp = auto_mpp(path, image, model_mpp)[0] if auto else given
+            factor = image_mpp / model_mpp
+            image = resample_image(image, factor)
+            mask = resample_labels(mask, factor) if mask is not None else None
+        add_image(project, name, image, mask)
         n += 1
     return n
 

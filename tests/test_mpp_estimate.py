@@ -1,0 +1,159 @@
+"""``--mpp auto``: an image's µm/px from the size of its nuclei, and where it is used."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from pathoseg.cli import main
+from pathoseg.data import load_dataset
+from pathoseg.data.images import read_image, write_rgb_png
+from pathoseg.data.mpp_estimate import MppEstimateConfig, MppEstimateWarning, auto_mpp, estimate_mpp
+from pathoseg.data.resolution import GLAS_MPP
+from pathoseg.data.synthetic import SyntheticConfig, write_synthetic
+from pathoseg.engine.checkpoint import Checkpoint
+from pathoseg.errors import PathosegError
+from pathoseg.models import ModelConfig, build_model
+from pathoseg.pipeline.evaluation import data_input_mpp
+
+# Training images only: the reference was calibrated on them, the benchmark uses the test images.
+# The first three of train_1..train_10 that the estimator gets right at both factors (half of
+# those ten are; 2, 4 and 6 are benign, with smaller nuclei, and come out 10–35 % too coarse):
+# a regression check on typical images, not a measure of accuracy (bench/mpp_estimate.py is).
+TRAINING_IMAGES = ("train_1", "train_3", "train_8")
+
+
+def resampled(image: np.ndarray, factor: float) -> np.ndarray:
+    """The same tissue scanned at ``factor`` times the pixels per µm (what bench/mpp_estimate.py does)."""
+    h, w = image.shape[:2]
+    pil = Image.fromarray(image).resize((round(w * factor), round(h * factor)), Image.Resampling.BICUBIC
+                                        if factor > 1 else Image.Resampling.BOX)
+    return np.asarray(pil)
+
+
+@pytest.fixture(scope="module")
+def training_images(glas_dir) -> dict[str, np.ndarray]:
+    return {name: read_image(glas_dir / "images" / f"{name}.png") for name in TRAINING_IMAGES}
+
+
+@pytest.mark.parametrize("factor", [0.5, 2.0])
+def test_resampled_training_images_are_estimated_within_15_percent(training_images, factor):
+    for name, image in training_images.items():
+        est = estimate_mpp(resampled(image, factor))
+        truth = GLAS_MPP / factor
+        assert est.confident(), (name, est)
+        assert est.mpp == pytest.approx(truth, rel=0.15), (name, factor, est)
+        assert est.n_nuclei >= 20
+
+
+def test_a_blank_image_gives_no_confidence_and_predict_falls_back_with_a_warning(tmp_path):
+    white = np.full((300, 400, 3), 250, np.uint8)
+    est = estimate_mpp(white)
+    assert est.confidence < MppEstimateConfig.min_confidence and est.n_nuclei == 0
+    noise = np.random.default_rng(0).integers(0, 256, (300, 400, 3), dtype=np.uint8)  # not tissue either
+    assert not estimate_mpp(noise).confident()
+    with pytest.warns(MppEstimateWarning, match=r"white\.png: .*not estimated with confidence.*0\.62 µm/px"):
+        used, _ = auto_mpp(tmp_path / "white.png", white, 0.62)
+    assert used == 0.62  # the model's own: no resampling
+
+
+def test_an_estimate_close_to_the_models_resolution_does_not_resample(training_images):
+    image = training_images["train_1"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", MppEstimateWarning)
+        used, est = auto_mpp("train_1.png", image, GLAS_MPP)
+    assert est.confident() and used == GLAS_MPP
+    used, est = auto_mpp("train_1.png", resampled(image, 0.5), GLAS_MPP)  # 1.24 µm/px: resampled
+    assert used == est.mpp == pytest.approx(1.24, rel=0.15)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("ckpt") / "m.pt"
+    return Checkpoint.of(build_model(ModelConfig(weights="none")), 1.0, mpp=GLAS_MPP).save(path)
+
+
+def test_predict_mpp_auto_reports_the_estimate_and_resamples(tmp_path, training_images, checkpoint, capsys):
+    """A GlaS crop at half the resolution (1.24 µm/px): found, reported, predicted at the
+    model's resolution, written at the input's size; a blank image beside it falls back."""
+    coarse = resampled(training_images["train_1"], 0.5)
+    write_rgb_png(tmp_path / "in" / "coarse.png", coarse)
+    write_rgb_png(tmp_path / "in" / "blank.png", np.full((64, 96, 3), 250, np.uint8))
+    out = tmp_path / "out"
+    capsys.readouterr()
+    assert main(["predict", str(checkpoint), str(tmp_path / "in"), "--out", str(out), "--mpp", "auto"]) == 0
+    captured = capsys.readouterr()
+    line = next(x for x in captured.out.splitlines() if x.startswith("estimated"))
+    assert line.endswith("for coarse.png") and "confidence" in line
+    assert float(line.split()[1]) == pytest.approx(1.24, rel=0.15)
+    warned = [x for x in captured.err.splitlines() if "blank.png" in x]
+    assert len(warned) == 1 and "no resampling" in warned[0] and "pathoseg: warning:" in warned[0]
+    assert np.array(Image.open(out / "masks" / "coarse.png")).shape == coarse.shape[:2]
+    assert np.array(Image.open(out / "masks" / "blank.png")).shape == (64, 96)
+    # auto is the default for plain images when the checkpoint records its µm/px
+    assert main(["predict", str(checkpoint), str(tmp_path / "in" / "coarse.png"), "--out", str(tmp_path / "o2")]) == 0
+    assert "estimated" in capsys.readouterr().out
+
+
+def test_mpp_auto_needs_the_models_resolution(tmp_path, capsys):
+    model = build_model(ModelConfig(weights="none"))
+    unknown = Checkpoint.of(model, 1.0).save(tmp_path / "unknown.pt")
+    write_rgb_png(tmp_path / "in" / "a.png", np.full((64, 64, 3), 200, np.uint8))
+    capsys.readouterr()
+    assert main(["predict", str(unknown), str(tmp_path / "in"), "--out", str(tmp_path / "o"), "--mpp", "auto"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "unknown.pt" in err and "--model-mpp" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "o").exists()
+
+
+def test_evaluate_resamples_a_data_set_declared_at_another_resolution(tmp_path):
+    data_dir = write_synthetic(tmp_path / "data", n=2, cfg=SyntheticConfig(size=(64, 64)))
+    data = load_dataset(data_dir)
+    sample = data.samples[0]
+    image = sample.load()[0]
+    assert data_input_mpp(data, None, 0.62, "m.pt") is None  # unknown: taken to be the model's
+    (data_dir / "mpp.txt").write_text("0.31")
+    data = load_dataset(data_dir)
+    assert data_input_mpp(data, None, 0.62, "m.pt")(sample, image) == 0.31
+    assert data_input_mpp(data, None, 0.31, "m.pt") is None  # the model's own: nothing to do
+    assert data_input_mpp(data, "0.5", 0.62, "m.pt")(sample, image) == 0.5  # --mpp overrides
+    with pytest.raises(PathosegError, match="outside"):
+        data_input_mpp(data, "50", 0.62, "m.pt")
+    with pytest.raises(PathosegError, match=r"m\.pt.*--model-mpp"):
+        data_input_mpp(data, "auto", None, "m.pt")
+
+
+def test_project_add_with_mpp_stores_images_and_masks_at_the_models_resolution(tmp_path, checkpoint):
+    from pathoseg.server.project import add_folder, register_model
+    from pathoseg.server.storage import Project
+
+    source = write_synthetic(tmp_path / "scans", n=2, cfg=SyntheticConfig(size=(64, 96)))
+    project = Project(tmp_path / "lab", create=True)
+    with pytest.raises(PathosegError, match="no model"):
+        add_folder(project, source, "0.31")
+    assert not list((project.root / "images").iterdir())  # nothing imported
+    register_model(project, checkpoint)  # trained at 0.62 µm/px
+    assert add_folder(project, source, "0.31") == 2
+    name = sorted((source / "images").iterdir())[0].stem
+    stored = read_image(project.image_path(name))
+    mask = np.array(Image.open(project.mask_path(name, 1)))
+    original = np.array(Image.open(sorted((source / "masks").iterdir())[0]))
+    assert stored.shape == (32, 48, 3) and mask.shape == (32, 48)  # half the pixels a side
+    assert set(np.unique(mask)) <= set(np.unique(original))  # ids stay ids
+    assert len(np.unique(mask)) > 1
+
+
+def test_evaluate_takes_mpp_and_refuses_a_unit_mistake(tmp_path, checkpoint, capsys):
+    data_dir = write_synthetic(tmp_path / "data", n=4, cfg=SyntheticConfig(size=(64, 64)))
+    base = ["evaluate", str(checkpoint), "--data", str(data_dir), "--split", "random", "--no-pictures"]
+    capsys.readouterr()
+    assert main([*base, "--out", str(tmp_path / "bad"), "--mpp", "12"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "outside 0.1–10" in err and len(err.splitlines()) == 1 and not (tmp_path / "bad").exists()
+    assert main([*base, "--out", str(tmp_path / "ok"), "--mpp", "0.31"]) == 0
+    assert (tmp_path / "ok" / "metrics.json").is_file()
