@@ -34,6 +34,7 @@ from pathoseg.engine.slides import (
     stitch_cells,
     stitched_labels,
 )
+from pathoseg.errors import PathosegError
 from pathoseg.metrics.glas import object_metrics, object_tally
 from pathoseg.models import ModelConfig, build_model
 
@@ -139,7 +140,7 @@ def test_pyramidal_tiff_reads_as_a_slide_with_its_resolution(tmp_path):
     path, canvas, _ = synthetic_slide(tmp_path, upscale=2)
     assert is_slide(path)
     with Slide(path) as slide:
-        assert slide.backend in ("tiffslide", "openslide")
+        assert slide.backend == "tiffslide"  # the TIFF family goes to tiffslide, which sees the SubIFD levels
         assert slide.dimensions == (1400, 1120) and slide.mpp == pytest.approx(0.31)
         assert slide.level_downsamples[:2] == [1.0, 2.0]
         # At 0.62 µm/px the best level is level 1, read exactly.
@@ -154,6 +155,18 @@ def test_pyramidal_tiff_reads_as_a_slide_with_its_resolution(tmp_path):
     plain = tmp_path / "plain.tif"
     tifffile.imwrite(plain, canvas)  # a single-level TIFF is an image
     assert not is_slide(plain)
+
+
+def test_openslide_reads_the_same_pixels_and_resolution(tmp_path):
+    pytest.importorskip("openslide", reason="OpenSlide (openslide-python + openslide-bin) is not installed")
+    path, _, _ = synthetic_slide(tmp_path, upscale=2)
+    with Slide(path, backend="openslide") as by_openslide, Slide(path, backend="tiffslide") as by_tiffslide:
+        assert by_openslide.backend == "openslide"
+        assert by_openslide.dimensions == by_tiffslide.dimensions and by_openslide.mpp == pytest.approx(0.31)
+        box = (300, 200, 600, 500)
+        assert np.array_equal(by_openslide.read_scaled(*box, 300, 250), by_tiffslide.read_scaled(*box, 300, 250))
+    with pytest.raises(PathosegError, match="unknown slide backend"):
+        Slide(path, backend="bioformats")
 
 
 # -- stitching -------------------------------------------------------------------------------------------------------

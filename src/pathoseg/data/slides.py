@@ -1,6 +1,6 @@
 """Whole-slide images: pyramidal TIFF-based scans (SVS, NDPI, generic pyramidal TIFF, ...)
-read through tiffslide, or through OpenSlide when its Python binding and library are
-installed (``pip install openslide-python openslide-bin``; then MRXS, SCN, VMS, ... too).
+read through tiffslide, and through OpenSlide (``pip install openslide-python
+openslide-bin``, in the ``slides`` extra) for what tiffslide cannot open: MRXS, SCN, VMS, ...
 
 Everything here reads bounded pieces: a region at any resolution is read from the best
 pyramid level in chunks, so neither a thumbnail nor a tile ever needs the whole slide.
@@ -47,24 +47,35 @@ def is_slide(path: str | Path) -> bool:
         return False
 
 
-def _open_backend(path: Path):
-    """(reader, backend name): OpenSlide when importable and it reads the file, else tiffslide."""
+SLIDE_BACKENDS = ("auto", "tiffslide", "openslide")
+
+
+def _open_backend(path: Path, backend: str = "auto"):
+    """(reader, backend name). ``auto``: tiffslide first — it reads the TIFF family (SVS,
+    NDPI, generic pyramidal TIFF with SubIFD levels) with its whole pyramid and needs no
+    system library — then OpenSlide, when installed, for what tiffslide cannot open (MRXS,
+    VMS, SCN, ...)."""
+    if backend not in SLIDE_BACKENDS:
+        raise PathosegError(f"unknown slide backend {backend!r}; choose from {', '.join(SLIDE_BACKENDS)}", path)
     errors = []
+    if backend in ("auto", "tiffslide"):
+        import tiffslide
+
+        try:
+            return tiffslide.TiffSlide(str(path)), "tiffslide"
+        except Exception as exc:  # tifffile/tiffslide raise many types on bad or foreign data
+            errors.append(f"{type(exc).__name__}: {str(exc).splitlines()[0][:120] if str(exc) else ''}".rstrip(": "))
     try:
         import openslide  # the binding imports only where the OpenSlide library is installed
     except Exception:
         openslide = None
-    if openslide is not None:
+    if openslide is not None and backend in ("auto", "openslide"):
         try:
             return openslide.OpenSlide(str(path)), "openslide"
         except Exception as exc:
             errors.append(f"OpenSlide: {type(exc).__name__}")
-    import tiffslide
-
-    try:
-        return tiffslide.TiffSlide(str(path)), "tiffslide"
-    except Exception as exc:  # tifffile/tiffslide raise many types on bad or foreign data
-        errors.append(f"{type(exc).__name__}: {str(exc).splitlines()[0][:120] if str(exc) else ''}".rstrip(": "))
+    if backend == "openslide" and openslide is None:
+        errors.append("OpenSlide is not installed")
     hint = "" if openslide is not None else "; non-TIFF formats (MRXS, VMS, ...) need openslide-python + openslide-bin"
     raise PathosegError(f"not a readable slide ({'; '.join(errors)}){hint}", path)
 
@@ -90,11 +101,11 @@ class Region:
 class Slide:
     """One open slide: level geometry, µm/px and region reads as RGB uint8 arrays."""
 
-    def __init__(self, path: str | Path, mpp: float | None = None) -> None:
+    def __init__(self, path: str | Path, mpp: float | None = None, backend: str = "auto") -> None:
         self.path = Path(path)
         if not self.path.is_file():
             raise PathosegError("file not found", self.path)
-        self._reader, self.backend = _open_backend(self.path)
+        self._reader, self.backend = _open_backend(self.path, backend)
         try:
             self.dimensions: tuple[int, int] = tuple(int(v) for v in self._reader.dimensions)
             self.level_dimensions = [tuple(int(v) for v in d) for d in self._reader.level_dimensions]
