@@ -15,6 +15,7 @@ import torch
 
 from pathoseg.cli import main
 from pathoseg.data.images import read_image
+from pathoseg.data.mpp_estimate import MppEstimate
 from pathoseg.engine.checkpoint import Checkpoint
 from pathoseg.models import ModelConfig, build_model
 from pathoseg.pipeline.ray_engine import RayConfig, start_ray, stop_ray
@@ -65,16 +66,25 @@ def _files(folder: Path) -> dict[str, bytes]:
 
 
 def test_ray_writes_byte_identical_outputs_to_the_single_process_path(local_ray, random_model, synth_dir,
-                                                                      one_torch_thread, tmp_path, capsys):
+                                                                      one_torch_thread, tmp_path, capsys,
+                                                                      monkeypatch):
     """Three images and a pyramidal slide over 2 workers; every file written (masks, instance
-    maps, overlays, GeoJSON, label TIFF, overview) must equal the single process's."""
+    maps, overlays, GeoJSON, label TIFF, overview) must equal the single process's. The images'
+    resolution is estimated (as by default) at 0.93 µm/px, so both resample them to the model's
+    0.62: the workers use the driver's estimates."""
     slide, _, _ = synthetic_slide(tmp_path)
     images = sorted((synth_dir / "images").iterdir())[:3]
     inputs = [str(random_model), *map(str, images), str(slide), "--tile", "256"]
-    assert main(["predict", *inputs, "--out", str(tmp_path / "local")]) == 0
-    local_out = capsys.readouterr().out
-    assert main(["predict", *inputs, "--out", str(tmp_path / "ray"), "--engine", "ray", "--workers", "2"]) == 0
-    ray_out = capsys.readouterr().out
+    with monkeypatch.context() as patch:
+        patch.setattr("pathoseg.data.mpp_estimate.estimate_mpp", lambda image, cfg=None: MppEstimate(0.93, 1.0, 50))
+        assert main(["predict", *inputs, "--out", str(tmp_path / "local")]) == 0
+        local_out = capsys.readouterr().out
+        assert main(["predict", *inputs, "--out", str(tmp_path / "ray"), "--engine", "ray", "--workers", "2"]) == 0
+        ray_out = capsys.readouterr().out
+    # At the model's own resolution the images come out otherwise: the estimates mattered.
+    assert main(["predict", *inputs[:4], "--out", str(tmp_path / "native"), "--mpp", "0.62"]) == 0
+    assert any((tmp_path / "native" / "instances" / f"{p.stem}.png").read_bytes()
+               != (tmp_path / "local" / "instances" / f"{p.stem}.png").read_bytes() for p in images)
 
     local, distributed = _files(tmp_path / "local"), _files(tmp_path / "ray")
     expected = {f"{kind}/{p.stem}.png" for kind in ("masks", "instances", "overlays") for p in images}
@@ -89,9 +99,10 @@ def test_ray_writes_byte_identical_outputs_to_the_single_process_path(local_ray,
     assert '"gland_id"' in local[f"slides/{slide.stem}.geojson"].decode()
     # The same summary: the images, then the slide's glands.
     ray_lines = ray_out.splitlines()
-    assert ray_lines[0] == f"3 images -> {tmp_path / 'ray'}/masks, {tmp_path / 'ray'}/instances, " \
+    assert ray_lines[:3] == local_out.splitlines()[:3]  # "estimated 0.93 µm/px ... for <image>"
+    assert ray_lines[3] == f"3 images -> {tmp_path / 'ray'}/masks, {tmp_path / 'ray'}/instances, " \
         f"{tmp_path / 'ray'}/overlays"
-    assert ray_lines[1].split(" in ")[0] == local_out.splitlines()[1].split(" in ")[0]  # "<slide>: N glands"
+    assert ray_lines[4].split(" in ")[0] == local_out.splitlines()[4].split(" in ")[0]  # "<slide>: N glands"
 
 
 def test_a_bad_input_on_a_worker_is_one_line_naming_it(local_ray, random_model, tmp_path, capsys):

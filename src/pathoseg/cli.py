@@ -211,8 +211,6 @@ def cmd_predict(args: argparse.Namespace) -> None:
     mpp = check_mpp(args.mpp, "--mpp", first) if args.mpp is not None and not auto_mpp else None
     if args.min_size is not None and args.min_area is not None:
         raise PathosegError("pass --min-size (pixels) or --min-area (µm²), not both")
-    if auto_mpp and args.engine == "ray":
-        raise PathosegError("--mpp auto runs with --engine local; give ray workers the inputs' --mpp")
     if args.region is not None and not slides:
         raise PathosegError("--region applies to whole-slide images; none given", first)
     slide_cfg = slide_config(args.tile, args.tta, slides[0]) if slides else None
@@ -223,9 +221,10 @@ def cmd_predict(args: argparse.Namespace) -> None:
         need_model_mpp(model_mpp, args.checkpoint, "for whole-slide images")
     if images and (mpp is not None or auto_mpp):
         need_model_mpp(model_mpp, args.checkpoint, "for --mpp")
-    # Plain images of unknown resolution: estimated from their nuclei when the model's is known.
+    # Plain images of unknown resolution: estimated from their nuclei when the model's is known
+    # (here for --engine ray too, so that its workers resample each image as this process would).
     input_mpps = None
-    if images and mpp is None and model_mpp is not None and args.engine == "local":
+    if images and mpp is None and model_mpp is not None:
         estimates = estimate_input_mpps(images, model_mpp)
         for path, (used, est) in estimates.items():
             line = estimate_line(path, used, est, model_mpp)
@@ -241,7 +240,8 @@ def cmd_predict(args: argparse.Namespace) -> None:
 
         for slide, _ in opened:  # each worker opens the slides it is given
             slide.close()
-        job = PredictJob(out, args.device, img_pcfg, img_icfg, icfg, slide_cfg, mpp, model_mpp, ckpt.scale, identity)
+        job = PredictJob(out, args.device, img_pcfg, img_icfg, icfg, slide_cfg, mpp, model_mpp, ckpt.scale, identity,
+                         input_mpps)
         _, runs = predict_on_ray(ckpt, images, [(slide.path, region) for slide, region in opened], job, ray_cfg)
     else:
         try:

@@ -21,7 +21,7 @@ import logging
 import os
 import socket
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -69,6 +69,7 @@ class PredictJob:
     model_mpp: float | None = None
     scale: float = 1.0  # the checkpoint's working scale
     identity: dict | None = None  # joins the settings a resumed slide must share
+    input_mpps: Mapping[Path, float] | None = None  # µm/px per plain image (--mpp auto), estimated on the driver
 
 
 @dataclass(frozen=True)
@@ -100,7 +101,7 @@ class PredictWorker:
         job = self.job
         if item.region is None:
             written = predict_files(self.model, [item.path], job.out, job.image_config, job.image_instances,
-                                    self.device, progress=False)
+                                    self.device, progress=False, input_mpps=job.input_mpps, model_mpp=job.model_mpp)
             return item.index, written[0]
         slide = Slide(item.path, job.slide_mpp)
         runs = predict_slides(self.model, [(slide, item.region)], job.out / "slides", job.model_mpp, job.scale,
