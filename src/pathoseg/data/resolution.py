@@ -140,20 +140,21 @@ def um_to_px(length_um: float, mpp: float) -> int:
     return max(0, round(length_um / mpp))
 
 
-def resample_image(image: np.ndarray, factor: float) -> np.ndarray:
-    """An image (or a float map) resized by ``factor``: area averaging when shrinking, linear
-    interpolation when enlarging."""
+def _resampled_size(shape: tuple[int, ...], factor: float) -> tuple[int, int]:
+    return max(1, round(shape[1] * factor)), max(1, round(shape[0] * factor))  # (width, height) for cv2
+
+
+def resample_image(image: np.ndarray, factor: float, enlarge_with: int = cv2.INTER_LINEAR) -> np.ndarray:
+    """An image (or a float map) resized by ``factor``: area averaging when shrinking,
+    ``enlarge_with`` (linear interpolation) when enlarging."""
     if factor == 1:
         return image
-    h, w = image.shape[:2]
-    size = (max(1, round(w * factor)), max(1, round(h * factor)))
-    return cv2.resize(image, size, interpolation=cv2.INTER_AREA if factor < 1 else cv2.INTER_LINEAR)
+    return cv2.resize(image, _resampled_size(image.shape, factor),
+                      interpolation=cv2.INTER_AREA if factor < 1 else enlarge_with)
 
 
 def resample_labels(labels: np.ndarray, factor: float) -> np.ndarray:
     """A label map resized by ``factor`` (nearest neighbour: ids stay ids)."""
     if factor == 1:
         return labels
-    h, w = labels.shape[:2]
-    size = (max(1, round(w * factor)), max(1, round(h * factor)))
-    return cv2.resize(labels, size, interpolation=cv2.INTER_NEAREST)
+    return cv2.resize(labels, _resampled_size(labels.shape, factor), interpolation=cv2.INTER_NEAREST)
