@@ -109,8 +109,12 @@ def test_a_bad_input_on_a_worker_is_one_line_naming_it(local_ray, random_model, 
     bad = tmp_path / "bad.png"
     bad.write_bytes(b"not a png")
     out = tmp_path / "out"
-    assert main(["predict", str(random_model), str(bad), "--out", str(out), "--engine", "ray"]) == 2
-    err = capsys.readouterr().err.rsplit("\r", 1)[-1].strip()  # after the progress bar cleared itself
+    # --mpp: no resolution estimate, which would read the image on the driver first
+    argv = ["predict", str(random_model), str(bad), "--out", str(out), "--engine", "ray", "--mpp", "0.62"]
+    assert main(argv) == 2
+    stderr = capsys.readouterr().err
+    assert "Ray workers" in stderr  # the image went out to a worker
+    err = stderr.rsplit("\r", 1)[-1].strip()  # after the progress bar cleared itself
     assert len(err.splitlines()) == 1 and err.startswith("pathoseg: error:") and str(bad) in err, err
     assert not (out / "masks").exists()
 

@@ -170,16 +170,19 @@ def _split_and_parts(split: str, split_part: str | None) -> tuple[str, list[str]
 
 
 def _ray_config(args: argparse.Namespace, backend):
-    """``--engine ray``'s settings (None for ``--engine local``), checked before anything runs."""
+    """``--engine ray``'s settings (None for ``--engine local``), checked before anything runs:
+    Ray installed, the cluster's address answering."""
     if args.engine != "ray":
         if args.address is not None or args.workers is not None:
             raise PathosegError("--address and --workers apply to --engine ray")
         return None
-    from pathoseg.pipeline.ray_engine import RayConfig
+    from pathoseg.pipeline.ray_engine import RayConfig, check_ray
 
     if backend.backend != "torch":  # the workers build the torch model from the shipped checkpoint
         raise PathosegError(f"--engine ray runs the torch backend only; leave out --backend {backend.backend}")
-    return RayConfig(args.address, args.workers, args.cpus_per_worker)
+    cfg = RayConfig(args.address, args.workers, args.cpus_per_worker)
+    check_ray(cfg)
+    return cfg
 
 
 def cmd_predict(args: argparse.Namespace) -> None:

@@ -169,6 +169,13 @@ def _connect(ray, address: str, timeout_s: float) -> None:
         raise PathosegError(f"Ray cluster at {address}: {first}")
 
 
+def check_ray(cfg: RayConfig) -> None:
+    """What can be known before any work: Ray is installed, and ``cfg.address`` answers."""
+    _import_ray()
+    if cfg.address is not None:
+        check_answers(cfg.address, cfg.answer_timeout_s)
+
+
 def start_ray(cfg: RayConfig) -> bool:
     """Connect to ``cfg.address`` or start a local Ray; True when this call did, and so
     :func:`stop_ray` must undo it. A Ray this process already runs (the caller's own
