@@ -15,6 +15,7 @@ import pytest
 import shapely
 import tifffile
 import torch
+from sqlalchemy import select
 
 from pathoseg.cli import main
 from pathoseg.data.images import read_image
@@ -167,6 +168,32 @@ def test_openslide_reads_the_same_pixels_and_resolution(tmp_path):
         assert np.array_equal(by_openslide.read_scaled(*box, 300, 250), by_tiffslide.read_scaled(*box, 300, 250))
     with pytest.raises(PathosegError, match="unknown slide backend"):
         Slide(path, backend="bioformats")
+
+
+def test_project_add_takes_tissue_tiles_of_a_slide_at_the_models_resolution(tmp_path):
+    from pathoseg.data.slides import TileSpec
+    from pathoseg.server.project import add_folder
+    from pathoseg.server.storage import Image as ImageRow
+    from pathoseg.server.storage import Project
+
+    path, canvas, _ = synthetic_slide(tmp_path, upscale=2)  # 0.31 µm/px; the glands on 400x500 of 560x700 at 0.62
+    project = Project(tmp_path / "lab", create=True)  # no model yet: tiles at GlaS's 0.62 µm/px
+    assert add_folder(project, path, tiles=TileSpec(side=128, max_tiles=4)) == 4
+    with project.session() as s:
+        names = sorted(s.scalars(select(ImageRow.name)))
+    assert len(names) == 4 and all(n.startswith("synth_2_x") for n in names)
+    for name in names:
+        x, y = (int(v) for v in name.removeprefix("synth_2_x").split("_y"))
+        tile = read_image(project.image_path(name))
+        assert tile.shape == (128, 128, 3)  # 256 level-0 px read at half resolution
+        assert np.array_equal(tile, canvas[y // 2:y // 2 + 128, x // 2:x // 2 + 128])  # the 0.62 µm/px pixels
+        assert y // 2 >= 80 and y // 2 + 128 <= 480 + 64 and x // 2 + 64 >= 100 and x // 2 <= 600  # on the tissue
+    with pytest.raises(PathosegError, match="already in the project"):  # the same tiles again: refused by name
+        add_folder(project, path, tiles=TileSpec(side=128, max_tiles=4))
+    with pytest.raises(PathosegError, match="outside the slide"):
+        add_folder(project, path, region="0,0,5000,10")
+    with pytest.raises(PathosegError, match="metadata"):
+        add_folder(project, path, mpp="auto")
 
 
 # -- stitching -------------------------------------------------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 import warnings
 from dataclasses import replace
@@ -339,7 +340,8 @@ def cmd_compare(args: argparse.Namespace) -> None:
     if data is None:
         raise PathosegError("no data: pass --data DIR (GlaS or images/ + masks/)")
     epochs = args.epochs or (15 if args.protocol == "seed" else TrainConfig().epochs)
-    train = replace(TrainConfig(), epochs=epochs, budget_minutes=args.budget, scale=args.scale, crop=args.crop)
+    train = replace(TrainConfig(), epochs=epochs, budget_minutes=args.budget, crop=args.crop)
+    train = replace(train, scale=args.scale) if args.scale is not None else train
     cfg = CompareConfig(models=[m.strip() for m in args.models.split(",") if m.strip()], protocol=args.protocol,
                         seeds=args.seeds, train=train, device=args.device)
     rows = run_compare(data, cfg, Path(args.out), fresh=args.fresh)
@@ -364,11 +366,14 @@ def cmd_hitl(args: argparse.Namespace) -> None:
     cfg = StudyConfig(strategies=strategies, rounds=args.rounds, seeds=args.seeds, selection=args.selection,
                       retrain=args.retrain, train=train, initial_fraction=args.initial_fraction,
                       confident_only=args.confident_only, device=args.device)
+    warm = {"steps": args.round_steps, "lr_scale": args.round_lr_scale, "freeze_stages": args.freeze_stages}
+    cfg = replace(cfg, warm=replace(cfg.warm, **{k: v for k, v in warm.items() if v is not None}))
     if args.quick:
-        cfg = replace(cfg, initial_steps=60, round_steps=30, test_limit=20,
+        cfg = replace(cfg, initial_steps=60, warm=replace(cfg.warm, steps=30), test_limit=20,
                       train=replace(train, scale=min(args.scale, 0.35), crop=min(args.crop, 160)))
     records = StudyRunner(data, cfg, Path(args.out), fresh=args.fresh).run()
-    tables = write_study_outputs(records, cfg, Path(args.out))
+    command = shlex.join(["pathoseg", *sys.argv[1:]])
+    tables = write_study_outputs(records, cfg, Path(args.out), command, Path(args.json) if args.json else None)
     for title, table in tables.items():
         print(f"\n{title}\n{table}")
     print(f"record: {args.out}/hitl.json; report: {args.out}/report.html")
@@ -399,11 +404,13 @@ def cmd_project_init(args: argparse.Namespace) -> None:
 
 
 def cmd_project_add(args: argparse.Namespace) -> None:
+    from pathoseg.data.slides import TileSpec
     from pathoseg.server.project import add_folder
     from pathoseg.server.storage import Project
 
     project = Project(args.project, args.db)
-    print(f"imported {add_folder(project, args.source, args.mpp)} images from {args.source}")
+    tiles = TileSpec(args.tile, args.max_tiles, args.min_tissue)
+    print(f"imported {add_folder(project, args.source, args.mpp, args.region, tiles)} images from {args.source}")
     _refresh_predictions(project)
 
 
@@ -452,9 +459,11 @@ def server_config(args: argparse.Namespace):
 
 
 def _train_settings(args: argparse.Namespace):
+    from pathoseg.engine.rounds import WarmRound
     from pathoseg.server.config import TrainSettings
 
-    return TrainSettings(steps=args.steps, scale=args.scale, crop=args.crop, batch_size=args.batch_size,
+    warm = WarmRound(args.warm_steps, args.warm_lr_scale, args.freeze_stages)
+    return TrainSettings(steps=args.steps, warm=warm, scale=args.scale, crop=args.crop, batch_size=args.batch_size,
                          preset=args.preset, device=args.device, predict_backend=args.predict_backend)
 
 
@@ -468,7 +477,8 @@ def cmd_serve(args: argparse.Namespace) -> None:
     t = cfg.train
     print(f"pathoseg serving {args.project} at http://{args.host}:{args.port}/ (API docs at /docs); retraining "
           f"{'every ' + str(cfg.retrain_every) + ' corrections' if cfg.retrain_every else 'on request'}"
-          + (f": {t.steps} steps of {t.batch_size} crops of {t.crop} px at scale {t.scale} on {t.device or 'auto'}"
+          + (f": {t.steps} steps (then {t.warm.steps} warm-started) of {t.batch_size} crops of {t.crop} px at "
+             f"scale {t.scale} on {t.device or 'auto'}"
              if cfg.worker else " by separate `pathoseg worker` processes (--no-worker)"), flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
 
@@ -480,7 +490,8 @@ def cmd_worker(args: argparse.Namespace) -> None:
     project = Project(args.project, args.db)
     t = _train_settings(args)
     worker = Worker(project, t, timeout=args.job_timeout, poll=args.poll)
-    print(f"pathoseg worker {worker.id} on {args.project}: retraining with {t.steps} steps of {t.batch_size} crops "
+    print(f"pathoseg worker {worker.id} on {args.project}: retraining with {t.steps} steps (then {t.warm.steps} "
+          f"warm-started) of {t.batch_size} crops "
           f"of {t.crop} px at scale {t.scale} on {t.device or 'auto'}; waiting for jobs", flush=True)
     try:
         if args.once:
@@ -517,6 +528,7 @@ def _days(most: int):
 
 
 def _add_project_parser(sub) -> None:
+    from pathoseg.data.slides import TileSpec
     from pathoseg.server.storage import DEFAULT_TOKEN_DAYS, MAX_TOKEN_DAYS
 
     p = sub.add_parser("project", help="manage a correction-app project: init, add, export, users")
@@ -531,12 +543,21 @@ def _add_project_parser(sub) -> None:
     db(q)
     q.set_defaults(func=cmd_project_init)
 
-    q = actions.add_parser("add", help="import a folder of images (images/ + masks/, or flat)")
+    q = actions.add_parser("add", help="import a folder of images (images/ + masks/, or flat) or slides' tiles")
     q.add_argument("project", help="project folder")
-    q.add_argument("source", help="image folder")
+    q.add_argument("source", help="image folder, or a whole-slide image (or a folder of them): tissue tiles "
+                   "at the project model's resolution become images")
     q.add_argument("--mpp", default=None, metavar="UM_PER_PX|auto",
                    help="µm/px of the images, or auto (estimated per image from its nuclei): resample them and "
-                   "their masks to the project model's resolution (default: imported as they are)")
+                   "their masks to the project model's resolution (default: imported as they are); for a slide "
+                   "without resolution metadata, its µm/px")
+    q.add_argument("--region", metavar="X,Y,W,H", help="a slide: take tiles from this rectangle (level-0 pixels)")
+    q.add_argument("--tile", type=_positive(int), default=TileSpec.side, help="slides: tile side in pixels "
+                   f"at the model's resolution (default {TileSpec.side})")
+    q.add_argument("--max-tiles", type=_positive(int), default=TileSpec.max_tiles,
+                   help=f"slides: at most this many tiles per slide, spread out (default {TileSpec.max_tiles})")
+    q.add_argument("--min-tissue", type=float, default=TileSpec.min_tissue,
+                   help=f"slides: the least tissue share of a tile (default {TileSpec.min_tissue})")
     db(q)
     q.set_defaults(func=cmd_project_add)
 
@@ -572,7 +593,13 @@ def _add_training_args(p: argparse.ArgumentParser, title: str) -> None:
     t = TrainSettings()
     g = p.add_argument_group(title)
     g.add_argument("--steps", type=_positive(int), default=t.steps,
-                   help=f"optimiser steps per retrain (default {t.steps})")
+                   help=f"optimiser steps for the first model (default {t.steps})")
+    g.add_argument("--warm-steps", type=_positive(int), default=t.warm.steps,
+                   help=f"optimiser steps per later retrain, from the active model (default {t.warm.steps})")
+    g.add_argument("--warm-lr-scale", type=_positive(float), default=t.warm.lr_scale,
+                   help=f"later retrains' learning rate as a fraction of the first's (default {t.warm.lr_scale})")
+    g.add_argument("--freeze-stages", type=int, default=t.warm.freeze_stages,
+                   help=f"later retrains keep the encoder's stem + N early stages (default {t.warm.freeze_stages})")
     g.add_argument("--batch-size", type=_positive(int), default=t.batch_size, help=f"default {t.batch_size}")
     g.add_argument("--crop", type=_positive(int), default=t.crop,
                    help=f"training crop side at working scale (default {t.crop})")
@@ -735,7 +762,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=int, default=1)
     p.add_argument("--epochs", type=int, help="default 15 (seed protocol) or the training default")
     p.add_argument("--budget", type=float, metavar="MINUTES", help="cap each model's training time")
-    p.add_argument("--scale", type=float, default=0.5)
+    p.add_argument("--scale", type=float, help="working scale (default: the training default)")
     p.add_argument("--crop", type=int, default=224)
     p.add_argument("--out", default=str(DEFAULT_RUNS / "compare"))
     p.add_argument("--device")
@@ -755,12 +782,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--review-fraction", type=float, help="hitl: share of each round's images reviewed")
     p.add_argument("--fix-fraction", type=float, help="hitl: share of error pixels fixed in a reviewed image")
     p.add_argument("--initial-fraction", type=float, default=0.2)
+    p.add_argument("--round-steps", type=int, help="optimiser steps per warm-started round (default: StudyConfig's)")
+    p.add_argument("--round-lr-scale", type=float, help="warm rounds' lr as a fraction of the training lr")
+    p.add_argument("--freeze-stages", type=int, help="warm rounds keep the encoder's stem + N early stages fixed")
     p.add_argument("--confident-only", action="store_true", help="pseudo-labels ignore unsure pixels")
     p.add_argument("--model", default="lite0")
     p.add_argument("--scale", type=float, default=0.5)
     p.add_argument("--crop", type=int, default=224)
     p.add_argument("--quick", action="store_true", help="about 10 minutes: short rounds, 20 test images")
     p.add_argument("--out", default=str(DEFAULT_RUNS / "hitl"))
+    p.add_argument("--json", help="also write the results (per strategy, seed and round) here")
     p.add_argument("--device")
     p.add_argument("--fresh", action="store_true",
                    help="start the study's seeds over, deleting their earlier rounds "

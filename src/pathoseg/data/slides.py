@@ -250,6 +250,46 @@ def tissue_mask(rgb: np.ndarray, min_area: int = 16) -> np.ndarray:
     return morphology.remove_small_objects(mask, max_size=min_area) if mask.any() else mask
 
 
+@dataclass(frozen=True)
+class TileSpec:
+    """Tiles of a slide to correct in the app: ``side`` pixels square at the target
+    resolution, at least ``min_tissue`` of them tissue, at most ``max_tiles`` per slide."""
+
+    side: int = 512
+    max_tiles: int = 16
+    min_tissue: float = 0.5
+
+    def __post_init__(self) -> None:
+        if self.side < 32 or self.max_tiles < 1 or not 0 <= self.min_tissue <= 1:
+            raise PathosegError(f"bad tiles: side {self.side} (>= 32), at most {self.max_tiles} (>= 1), "
+                                f"tissue share {self.min_tissue} (0-1)")
+
+
+def tissue_tiles(slide: Slide, region: Region, target_mpp: float, spec: TileSpec = TileSpec()) -> list[Region]:
+    """Level-0 squares of ``region`` that hold ``spec.side`` pixels at ``target_mpp`` each,
+    on a grid, with at least ``spec.min_tissue`` tissue (Otsu on a thumbnail); more than
+    ``spec.max_tiles`` are thinned evenly along the grid order, so the picks spread over the
+    tissue and the same slide always gives the same tiles."""
+    side0 = spec.side * target_mpp / slide.mpp  # level-0 pixels per tile side
+    cols, rows = int(region.w // side0), int(region.h // side0)
+    if cols == 0 or rows == 0:
+        raise PathosegError(f"the region ({region.w}x{region.h} level-0 px) is smaller than one {spec.side} px tile at "
+                            f"{target_mpp:g} µm/px", slide.path)
+    thumb, ds = slide.thumbnail(region, 2048)
+    tissue = tissue_mask(thumb)
+    tiles = []
+    for r in range(rows):
+        for c in range(cols):
+            x, y = c * side0, r * side0
+            t = tissue[int(y / ds):max(int(y / ds) + 1, int((y + side0) / ds)),
+                       int(x / ds):max(int(x / ds) + 1, int((x + side0) / ds))]
+            if t.size and t.mean() >= spec.min_tissue:
+                tiles.append(Region(region.x + round(x), region.y + round(y), round(side0), round(side0)))
+    if len(tiles) > spec.max_tiles:
+        tiles = [tiles[k] for k in np.linspace(0, len(tiles) - 1, spec.max_tiles).round().astype(int)]
+    return tiles
+
+
 def write_pyramidal_tiff(path: str | Path, rgb: np.ndarray, mpp: float | None = None, tile: int = 256,
                          min_side: int = 256, compression: str = "zlib") -> Path:
     """Write an RGB array as a tiled pyramidal TIFF (levels halved down to ``min_side``,

@@ -28,6 +28,7 @@ from sqlalchemy.orm import Session
 from pathoseg.data.folder import images_in
 from pathoseg.data.images import (
     BinaryMaskWarning,
+    is_image_file,
     label_components,
     open_image,
     read_image,
@@ -36,7 +37,8 @@ from pathoseg.data.images import (
     write_label_png,
 )
 from pathoseg.data.mpp_estimate import auto_mpp
-from pathoseg.data.resolution import check_mpp, checkpoint_mpp, resample_image, resample_labels
+from pathoseg.data.resolution import GLAS_MPP, check_mpp, checkpoint_mpp, resample_image, resample_labels
+from pathoseg.data.slides import Region, Slide, TileSpec, is_slide, tissue_tiles
 from pathoseg.data.targets import IGNORE
 from pathoseg.errors import PathosegError
 from pathoseg.io import atomic_path, write_text
@@ -210,12 +212,55 @@ def project_model_mpp(project: Project) -> float:
     return mpp
 
 
-def add_folder(project: Project, folder: str | Path, mpp: str | float | None = None) -> int:
-    """Import every image of ``folder`` (or of ``folder/images`` with ``folder/masks``). With
-    ``mpp`` (the images' µm/px, or ``"auto"``: estimated per image from its nuclei), images and
-    masks are resampled to the active model's resolution first, so that the app shows, predicts
-    and retrains at one resolution."""
+def add_slide(project: Project, path: str | Path, mpp: str | float | None = None, region: str | None = None,
+              tiles: TileSpec | None = None) -> int:
+    """Import tissue tiles of a whole-slide image as images to correct, read at the active
+    model's resolution (GlaS's 0.62 µm/px when the project has no model yet, or one that does
+    not record it). Tiles are named ``<slide>_x<X>_y<Y>`` (level-0 pixels), so the same tile
+    imported again replaces nothing and is refused as a duplicate."""
+    if isinstance(mpp, str) and mpp.strip().lower() == "auto":
+        raise PathosegError("--mpp auto is for plain images; a slide's resolution comes from its metadata "
+                            "(or --mpp X)", path)
+    given = check_mpp(mpp, "--mpp", path) if mpp is not None else None
+    target, tiles = _project_mpp_or_glas(project), tiles or TileSpec()
+    n = 0
+    with Slide(path, mpp=given) as slide:
+        area = slide.check_region(Region.parse(region, path)) if region else slide.region
+        for tile in tissue_tiles(slide, area, target, tiles):
+            image = slide.read_scaled(tile.x, tile.y, tile.w, tile.h, tiles.side, tiles.side)
+            add_image(project, safe_name(f"{Path(path).stem}_x{tile.x}_y{tile.y}"), image, None)
+            n += 1
+    return n
+
+
+def _project_mpp_or_glas(project: Project) -> float:
+    with project.session() as s:
+        has_model = project.active_model(s) is not None
+    if has_model:
+        try:
+            return project_model_mpp(project)
+        except PathosegError:  # a model that does not record its resolution: GlaS's, like training
+            pass
+    return GLAS_MPP
+
+
+def add_folder(project: Project, folder: str | Path, mpp: str | float | None = None, region: str | None = None,
+               tiles: TileSpec | None = None) -> int:
+    """Import every image of ``folder`` (or of ``folder/images`` with ``folder/masks``), and
+    tissue tiles of every whole-slide image there (or of ``folder`` itself when it is a slide;
+    see :func:`add_slide`). With ``mpp`` (the images' µm/px, or ``"auto"``: estimated per image
+    from its nuclei), images and masks are resampled to the active model's resolution first,
+    so that the app shows, predicts and retrains at one resolution."""
     folder = Path(folder)
+    if folder.is_file() and is_slide(folder):
+        return add_slide(project, folder, mpp, region, tiles)
+    if region is not None:
+        raise PathosegError("--region applies to a whole-slide image; give one slide", folder)
+    slides = sorted(p for p in folder.iterdir() if is_slide(p)) if folder.is_dir() else []
+    n_slides = sum(add_slide(project, p, mpp, None, tiles) for p in slides)
+    if slides and not any(is_image_file(p) and p not in slides for p in folder.iterdir()) \
+            and not (folder / "images").is_dir():
+        return n_slides
     img_dir = folder / "images" if (folder / "images").is_dir() else folder
     masks = {p.stem.removesuffix("_anno").removesuffix("_mask"): p
              for p in (folder / "masks").iterdir()} if (folder / "masks").is_dir() else {}
@@ -224,6 +269,8 @@ def add_folder(project: Project, folder: str | Path, mpp: str | float | None = N
     model_mpp = project_model_mpp(project) if mpp is not None else None
     n = 0
     for path in images_in(img_dir):
+        if path in slides:
+            continue
         name = safe_name(path.name)
         with warnings.catch_warnings():  # a binary mask's components become its glands, as the app reads them
             warnings.simplefilter("ignore", BinaryMaskWarning)
@@ -236,7 +283,7 @@ def add_folder(project: Project, folder: str | Path, mpp: str | float | None = N
             mask = resample_labels(mask, factor) if mask is not None else None
         add_image(project, name, image, mask)
         n += 1
-    return n
+    return n + n_slides
 
 
 def read_labels(path: Path) -> np.ndarray:
