@@ -1,8 +1,9 @@
 """``pathoseg predict --engine ray`` against the single-process path, in one run: throughput
-with 1 and 2 Ray workers and with ``--engine local``, and whether every output file is the same.
+with 1 and 2 Ray workers and with ``--engine local`` (torch's default threads, and 1 thread),
+and whether every output file is the same.
 
     python bench/ray_throughput.py [--slides 2 --side 2048 --patches 4] [--images 8 --data GLAS]
-                                   [--workers 1,2] [--cpus-per-worker 1] [--tile 1024]
+                                   [--workers 1,2] [--cpus-per-worker 1] [--local-threads 0,1] [--tile 1024]
                                    [--checkpoint runs/lite0/best.pt] [--out runs/ray-bench]
 
 Inputs: ``--slides`` synthetic pyramidal TIFFs at 0.62 µm/px (``bench/slide_throughput.py``'s:
@@ -53,6 +54,7 @@ def main() -> None:
     ap.add_argument("--data", help="GlaS (default ../shared/data/glas)")
     ap.add_argument("--workers", default="1,2", help="Ray worker counts to measure")
     ap.add_argument("--cpus-per-worker", type=int, default=1)
+    ap.add_argument("--local-threads", default="0,1", help="torch threads of the single-process runs (0: default)")
     ap.add_argument("--tile", type=int, default=1024, help="slide window side")
     ap.add_argument("--checkpoint", help="a trained model (default: an untrained one)")
     ap.add_argument("--out", default="runs/ray-bench")
@@ -88,16 +90,26 @@ def main() -> None:
         return folder
 
     rows = []
-    local_out = fresh("local")
-    start = time.perf_counter()
-    predict_files(model, images, local_out, pcfg, icfg, torch.device("cpu"), progress=False)
-    opened = open_slides(slides, None, None)
-    runs = predict_slides(model, opened, local_out / "slides", model_mpp, ckpt.scale, icfg, torch.device("cpu"),
-                          slide_cfg, identity, progress=False)
-    seconds = time.perf_counter() - start
-    tissue_mpx = sum(r.tissue_mpx for r in runs)
-    reference = output_files(local_out)
-    rows.append((f"local ({torch.get_num_threads()} torch threads)", seconds, True))
+    reference: dict[str, bytes] | None = None
+    default_threads = torch.get_num_threads()
+    for threads in [int(t) or default_threads for t in args.local_threads.split(",")]:
+        torch.set_num_threads(threads)
+        local_out = fresh(f"local_{threads}")
+        start = time.perf_counter()
+        predict_files(model, images, local_out, pcfg, icfg, torch.device("cpu"), progress=False)
+        opened = open_slides(slides, None, None)
+        runs = predict_slides(model, opened, local_out / "slides", model_mpp, ckpt.scale, icfg, torch.device("cpu"),
+                              slide_cfg, identity, progress=False)
+        seconds = time.perf_counter() - start
+        tissue_mpx = sum(r.tissue_mpx for r in runs)
+        reference = reference or output_files(local_out)
+        rows.append((f"local, {threads} torch thread{'s' * (threads > 1)}", seconds,
+                     output_files(local_out) == reference))
+    torch.set_num_threads(default_threads)
+    regions = []
+    for slide, region in open_slides(slides, None, None):
+        regions.append((slide.path, region))
+        slide.close()
 
     start = time.perf_counter()
     assert start_ray(RayConfig(workers=max(worker_counts), cpus_per_worker=args.cpus_per_worker))
@@ -106,10 +118,8 @@ def main() -> None:
         for workers in worker_counts:
             ray_out = fresh(f"ray_{workers}")
             job = PredictJob(ray_out, "cpu", pcfg, icfg, icfg, slide_cfg, None, model_mpp, ckpt.scale, identity)
-            with_regions = [(s.path, r) for s, r in open_slides(slides, None, None)]
             start = time.perf_counter()
-            predict_on_ray(ckpt, images, with_regions, job, RayConfig(workers=workers,
-                                                                       cpus_per_worker=args.cpus_per_worker),
+            predict_on_ray(ckpt, images, regions, job, RayConfig(workers=workers, cpus_per_worker=args.cpus_per_worker),
                            progress=False)
             seconds = time.perf_counter() - start
             rows.append((f"ray, {workers} worker{'s' * (workers > 1)} x {args.cpus_per_worker} CPU", seconds,

@@ -211,10 +211,16 @@ def _worker_count(ray, cfg: RayConfig) -> int:
 
 def _work_items(images: Sequence[Path], slides: Sequence[tuple[Path, Region]]) -> list[WorkItem]:
     """Slides first, largest first, then images: the long items start early, the short ones
-    fill the gaps at the end."""
-    items = [WorkItem(k, Path(p), r) for k, (p, r) in enumerate(slides)]
+    fill the gaps at the end. Paths are absolute: a worker may run in another folder."""
+    items = [WorkItem(k, Path(p).absolute(), r) for k, (p, r) in enumerate(slides)]
     items.sort(key=lambda item: -item.region.w * item.region.h)
-    return items + [WorkItem(len(slides) + k, Path(p)) for k, p in enumerate(images)]
+    return items + [WorkItem(len(slides) + k, Path(p).absolute()) for k, p in enumerate(images)]
+
+
+def _absolute(job: PredictJob) -> PredictJob:
+    """``job`` with its paths absolute, as :func:`_work_items` makes the inputs'."""
+    mpps = {Path(p).absolute(): v for p, v in job.input_mpps.items()} if job.input_mpps is not None else None
+    return replace(job, out=job.out.absolute(), input_mpps=mpps)
 
 
 def _unwrap(ray, exc: Exception) -> PathosegError | None:
@@ -242,7 +248,8 @@ def predict_on_ray(checkpoint: Checkpoint, images: Sequence[Path], slides: Seque
         # Only what predicting needs travels: no optimiser state, no training history.
         model_ref = ray.put(replace(checkpoint, optimizer=None, scheduler=None, history=[]))
         actor_class = ray.remote(num_cpus=cfg.cpus_per_worker)(PredictWorker)
-        actors = [actor_class.remote(model_ref, job, cfg.cpus_per_worker) for _ in range(workers)]
+        job_ref = ray.put(_absolute(job))
+        actors = [actor_class.remote(model_ref, job_ref, cfg.cpus_per_worker) for _ in range(workers)]
         pool = ActorPool(actors)
         items = _work_items(images, slides)
         for item in items:
