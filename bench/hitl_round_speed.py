@@ -3,6 +3,7 @@
     python bench/hitl_round_speed.py --data ../shared/data/glas --seeds 1 \\
         --options base:80:0.5:0,fast40:40:1.0:0,freeze40:40:1.0:2 --round0-from runs/hitl-default \\
         --out runs/hitl-speed --json docs/results/hitl_round_speed.json
+    python bench/hitl_round_speed.py --step-times 0,1,2,3 --json docs/results/hitl_step_times.json
 
 Each option ``NAME:STEPS:LR_SCALE:FREEZE`` runs the study's default protocol (same round-0
 model, same strategy, same selection) with that many optimiser steps per warm round, at that
@@ -20,6 +21,7 @@ import argparse
 import os
 import shlex
 import sys
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -50,6 +52,38 @@ def link_round0(source: Path, out: Path, seeds: int) -> None:
             os.symlink(src.resolve(), dst)
 
 
+def step_seconds(freeze_stages: list[int], steps: int, batch: int, crop: int) -> dict[int, float]:
+    """Median seconds per optimiser step of Lite0 (the default head) on random crops, with the
+    encoder's stem and first N stages frozen, for each N — one process, same inputs."""
+    import torch
+
+    from pathoseg.engine.train import SegmentationLoss
+    from pathoseg.models import build_model, freeze_encoder_stages
+
+    torch.manual_seed(0)
+    x = torch.rand(batch, 3, crop, crop)
+    valid = torch.ones(batch, crop, crop, dtype=torch.bool)
+    out = {}
+    for n in freeze_stages:
+        model = build_model(ModelConfig("lite0"))
+        freeze_encoder_stages(model, n)
+        model.train()
+        y = (torch.rand(batch, len(model.head.channels), crop, crop) > 0.5).float()
+        loss_fn = SegmentationLoss(model.head.channels)
+        opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+        times = []
+        for _ in range(steps + 2):  # the first two warm up
+            start = time.perf_counter()
+            loss = loss_fn(model(x), y, valid)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            times.append(time.perf_counter() - start)
+        out[n] = float(np.median(times[2:]))
+        print(f"{n} frozen stages: {out[n]:.3f} s per step ({out[n] / out[freeze_stages[0]]:.2f}x)", flush=True)
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", default="../shared/data/glas")
@@ -61,7 +95,15 @@ def main() -> None:
     ap.add_argument("--round0-from", type=Path, help="a study folder whose seed<k>/round0 to reuse")
     ap.add_argument("--out", type=Path, default=Path("runs/hitl-speed"))
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--step-times", metavar="N,N,...",
+                    help="only time optimiser steps with these numbers of frozen stages (e.g. 0,1,2,3)")
     args = ap.parse_args()
+    if args.step_times:
+        times = step_seconds([int(v) for v in args.step_times.split(",")], steps=15, batch=8, crop=224)
+        if args.json:
+            write_json(args.json, {"command": shlex.join(["python", *sys.argv]), "device": device_name(),
+                                   "seconds_per_step": {str(k): v for k, v in times.items()}})
+        return
 
     data = find_glas(args.data)
     train = replace(TrainConfig(), model=ModelConfig("lite0"), scale=args.scale)
