@@ -20,6 +20,7 @@ from pathoseg.engine.checkpoint import Checkpoint
 from pathoseg.engine.predict import PredictConfig, predict_logits, predict_maps
 from pathoseg.errors import PathosegError
 from pathoseg.models import ModelConfig, build_model
+from test_bad_input import run_cli as run_error  # the one-line-error check, shared
 
 
 def decisive_model(images: list[np.ndarray]) -> torch.nn.Module:
@@ -50,15 +51,6 @@ def exported(tmp_path_factory) -> dict:
         write_rgb_png(calibration / f"cal{i}.png", synthetic_sample(20 + i, SyntheticConfig(size=(96, 128)))[0])
     return {"folder": folder, "model": model, "ckpt": ckpt_path, "onnx": onnx_path, "images": images,
             "calibration": calibration}
-
-
-def run_error(capsys, *argv: str) -> str:
-    code = main(list(argv))
-    err = capsys.readouterr().err.strip()
-    assert code == 2, err
-    lines = [ln for ln in err.splitlines() if ln.startswith("pathoseg: error:")]
-    assert len(lines) == 1 and "Traceback" not in err, err
-    return lines[0]
 
 
 def test_onnx_runtime_gives_the_torch_logits_on_odd_sizes(exported):
