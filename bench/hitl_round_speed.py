@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from glas_instances import device_name
-from pathoseg.engine.rounds import WarmRound
+from pathoseg.engine.settings import WarmRound
 from pathoseg.engine.train import TrainConfig
 from pathoseg.hitl.strategies import parse_strategy
 from pathoseg.hitl.study import StudyConfig, StudyRunner

@@ -36,7 +36,7 @@ from schemathesis.specs.openapi.checks import (  # noqa: E402
 )
 
 from pathoseg.data.synthetic import SyntheticConfig, synthetic_sample  # noqa: E402
-from pathoseg.engine.rounds import WarmRound  # noqa: E402
+from pathoseg.engine.settings import WarmRound  # noqa: E402
 from pathoseg.server.app import ServerConfig, create_app  # noqa: E402
 from pathoseg.server.jobs import TrainSettings  # noqa: E402
 from pathoseg.server.project import add_image  # noqa: E402

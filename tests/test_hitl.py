@@ -9,7 +9,7 @@ import torch
 from skimage.draw import disk
 
 from pathoseg.data.cache import IGNORE
-from pathoseg.engine.rounds import WarmRound
+from pathoseg.engine.settings import WarmRound
 from pathoseg.engine.train import TrainConfig
 from pathoseg.hitl.annotator import SimulatedAnnotator
 from pathoseg.hitl.selection import mean_entropy, rank

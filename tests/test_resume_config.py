@@ -11,7 +11,7 @@ import pytest
 
 from pathoseg.cli import main
 from pathoseg.data.synthetic import SyntheticConfig, write_synthetic
-from pathoseg.engine.rounds import WarmRound
+from pathoseg.engine.settings import WarmRound
 from pathoseg.engine.train import TrainConfig
 from pathoseg.errors import PathosegError
 from pathoseg.hitl.strategies import BUILTIN

@@ -14,7 +14,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from pathoseg.data.synthetic import SyntheticConfig, synthetic_sample
-from pathoseg.engine.rounds import WarmRound
+from pathoseg.engine.settings import WarmRound
 from pathoseg.server.app import ServerConfig, create_app
 from pathoseg.server.jobs import TrainSettings
 from pathoseg.server.project import add_image, save_mask

@@ -28,7 +28,7 @@ from sqlalchemy import select, text, update
 from pathoseg.cli import build_parser, main, server_config
 from pathoseg.data.synthetic import SyntheticConfig, synthetic_sample
 from pathoseg.engine.checkpoint import Checkpoint, load_checkpoint
-from pathoseg.engine.rounds import WarmRound
+from pathoseg.engine.settings import WarmRound
 from pathoseg.models import ModelConfig, build_model
 from pathoseg.server import jobs
 from pathoseg.server.app import ServerConfig, create_app

@@ -18,7 +18,7 @@ from sqlalchemy import inspect, select, text, update
 
 from pathoseg.cli import build_parser, main, server_config
 from pathoseg.data.synthetic import SyntheticConfig, synthetic_sample
-from pathoseg.engine.rounds import WarmRound
+from pathoseg.engine.settings import WarmRound
 from pathoseg.errors import PathosegError
 from pathoseg.server.app import ServerConfig, create_app
 from pathoseg.server.jobs import TrainSettings

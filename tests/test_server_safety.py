@@ -21,7 +21,7 @@ from sqlalchemy.exc import IntegrityError
 
 from pathoseg.cli import build_parser
 from pathoseg.data.synthetic import SyntheticConfig, synthetic_sample
-from pathoseg.engine.rounds import WarmRound
+from pathoseg.engine.settings import WarmRound
 from pathoseg.errors import PathosegError
 from pathoseg.server.app import ServerConfig, create_app
 from pathoseg.server.jobs import TrainSettings

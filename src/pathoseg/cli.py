@@ -28,7 +28,7 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
 
 
 def _add_train_args(p: argparse.ArgumentParser) -> None:
-    from pathoseg.engine.train import TrainConfig
+    from pathoseg.engine.settings import TrainConfig
 
     d = TrainConfig()
     p.add_argument("--epochs", type=int, default=d.epochs)
@@ -71,7 +71,7 @@ def _backend(args: argparse.Namespace):
 
 
 def _train_config(args: argparse.Namespace):
-    from pathoseg.engine.train import TrainConfig
+    from pathoseg.engine.settings import TrainConfig
     from pathoseg.models import ModelConfig
 
     return TrainConfig(
@@ -332,7 +332,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
 
 
 def cmd_compare(args: argparse.Namespace) -> None:
-    from pathoseg.engine.train import TrainConfig
+    from pathoseg.engine.settings import TrainConfig
     from pathoseg.pipeline.compare import CompareConfig, markdown_table, run_compare
     from pathoseg.pipeline.training import find_glas
 
@@ -350,7 +350,7 @@ def cmd_compare(args: argparse.Namespace) -> None:
 
 
 def cmd_hitl(args: argparse.Namespace) -> None:
-    from pathoseg.engine.train import TrainConfig
+    from pathoseg.engine.settings import TrainConfig
     from pathoseg.hitl.outputs import write_study_outputs
     from pathoseg.hitl.strategies import parse_strategy
     from pathoseg.hitl.study import StudyConfig, StudyRunner
@@ -459,7 +459,7 @@ def server_config(args: argparse.Namespace):
 
 
 def _train_settings(args: argparse.Namespace):
-    from pathoseg.engine.rounds import WarmRound
+    from pathoseg.engine.settings import WarmRound
     from pathoseg.server.config import TrainSettings
 
     warm = WarmRound(args.warm_steps, args.warm_lr_scale, args.freeze_stages)

@@ -35,30 +35,9 @@ from pathoseg.engine.distributed import (
 )
 from pathoseg.engine.instances import learned_min_size
 from pathoseg.engine.predict import forward_padded
+from pathoseg.engine.settings import TrainConfig as TrainConfig  # re-exported: settings live there
 from pathoseg.io import atomic_path
-from pathoseg.models import GlandSegmenter, ModelConfig
-
-
-@dataclass
-class TrainConfig:
-    model: ModelConfig = field(default_factory=ModelConfig)
-    epochs: int = 100  # ~13 min on 2 CPU cores; see docs/benchmarks.md
-    batch_size: int = 8  # the global batch: split over the processes of a distributed run
-    crop: int = 224
-    # Native resolution: the thin stroma between touching glands survives, and a step costs
-    # the same as at 0.5 (fixed crops); object F1 0.83 vs 0.80 at 40 epochs (docs/benchmarks.md §5).
-    scale: float = 1.0
-    lr: float = 2e-3
-    weight_decay: float = 1e-4
-    warmup: float = 0.05  # fraction of training spent warming up the learning rate
-    repeats: int = 1  # random crops per image per epoch
-    seed: int = 0
-    budget_minutes: float | None = None  # stop (and finish the schedule) by this wall time
-    workers: int = 0
-    progress: bool = True
-
-    def to_dict(self) -> dict:
-        return asdict(self)
+from pathoseg.models import GlandSegmenter
 
 
 @dataclass

@@ -33,7 +33,7 @@ from pathoseg.engine.checkpoint import Checkpoint, load_model
 from pathoseg.engine.device import choose_device
 from pathoseg.engine.instances import InstanceConfig
 from pathoseg.engine.predict import PredictConfig, predict_probs
-from pathoseg.engine.rounds import WarmRound
+from pathoseg.engine.settings import WarmRound
 from pathoseg.engine.train import TrainConfig, fit
 from pathoseg.hitl.annotator import DEFAULT_TOLERANCE_UM, UM_PER_PX_GLAS, CostModel, Effort, SimulatedAnnotator
 from pathoseg.hitl.selection import mean_entropy, rank

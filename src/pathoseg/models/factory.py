@@ -6,30 +6,15 @@ carries everything prediction needs.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-
 import segmentation_models_pytorch as smp
 import torch
 from torch import nn
 
 from pathoseg.errors import PathosegError
-from pathoseg.models.heads import DEFAULT_HEAD, Head, get_head
-from pathoseg.models.registry import DEFAULT_PRESET, get_preset
+from pathoseg.models.config import WEIGHT_CHOICES, ModelConfig
+from pathoseg.models.heads import Head, get_head
+from pathoseg.models.registry import get_preset
 from pathoseg.models.weights import load_into_features
-
-WEIGHT_CHOICES = ("default", "imagenet", "none")
-
-
-@dataclass(frozen=True)
-class ModelConfig:
-    preset: str = DEFAULT_PRESET
-    output_stride: int = 16
-    weights: str = "default"  # default: offline ImageNet where shipped, else random init
-    decoder_channels: int = 256
-    head: str = DEFAULT_HEAD  # output channels: see pathoseg.models.heads
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 class GlandSegmenter(nn.Module):

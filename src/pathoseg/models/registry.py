@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import segmentation_models_pytorch as smp
 
 from pathoseg.errors import PathosegError
+from pathoseg.models.config import DEFAULT_PRESET as DEFAULT_PRESET  # re-exported: presets live here
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -39,7 +40,6 @@ PRESETS: dict[str, Preset] = {
     )
 }
 
-DEFAULT_PRESET = "lite0"
 
 
 def get_preset(name: str) -> Preset:

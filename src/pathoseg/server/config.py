@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from pathoseg.engine.rounds import WarmRound
+from pathoseg.engine.settings import WarmRound
 from pathoseg.server.project import MAX_UPLOAD_BYTES
 from pathoseg.server.storage import DEFAULT_TOKEN_DAYS
 
