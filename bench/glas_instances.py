@@ -28,6 +28,7 @@ import torch
 
 from pathoseg.data.cache import load_scaled
 from pathoseg.engine.checkpoint import load_checkpoint, load_model
+from pathoseg.engine.device import choose_device
 from pathoseg.engine.instances import learned_min_size
 from pathoseg.engine.predict import PredictConfig
 from pathoseg.engine.train import TrainConfig
@@ -70,7 +71,8 @@ def run_seed(args: argparse.Namespace, cfg: TrainConfig, out: Path, data: Path) 
     else:
         trained = run_training(plan, cfg, out, args.device, resume=(out / "last.pt").is_file())
         elapsed, epochs = trained.state.elapsed, len(trained.history)
-    model, ckpt = load_model(out / "best.pt")
+    device = choose_device(args.device)
+    model, ckpt = load_model(out / "best.pt", device)
     if not ckpt.instances:  # written before checkpoints learned the decoder's gland size floor
         train = load_scaled(plan.data.subset(plan.split.train), cfg.scale, progress=False)
         ckpt.instances = {"min_size": learned_min_size((p.target for p in train), cfg.scale)}
@@ -80,7 +82,7 @@ def run_seed(args: argparse.Namespace, cfg: TrainConfig, out: Path, data: Path) 
     decoders = {"model": ckpt.instance_config(), "components": ckpt.instance_config(method="components")}
     for name, icfg in decoders.items():
         start = time.perf_counter()
-        segment = model_segmenter(model, PredictConfig(scale=ckpt.scale, tta=args.tta), icfg, "cpu")
+        segment = model_segmenter(model, PredictConfig(scale=ckpt.scale, tta=args.tta), icfg, device)
         metrics = summarize_parts(evaluate_parts(plan.data, plan.split, segment, progress=False,
                                                  keep_pictures=False))
         result["decoders"][name] = {"eval_s": time.perf_counter() - start, **metrics}
