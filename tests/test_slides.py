@@ -196,6 +196,39 @@ def test_project_add_takes_tissue_tiles_of_a_slide_at_the_models_resolution(tmp_
         add_folder(project, path, mpp="auto")
 
 
+
+def test_project_add_of_a_folder_with_a_bad_file_imports_nothing(tmp_path):
+    """A slide, a good image and an unreadable one: one error naming the bad file, and not one
+    tile or image imported (the slide is read first; its tiles must not stay behind). Then a
+    mask of another size: the same."""
+    from PIL import Image as PILImage
+
+    from pathoseg.data.slides import TileSpec
+    from pathoseg.server.project import add_folder
+    from pathoseg.server.storage import Image as ImageRow
+    from pathoseg.server.storage import Project
+
+    scans = tmp_path / "scans"
+    scans.mkdir()
+    synthetic_slide(scans)
+    PILImage.fromarray(np.full((40, 60, 3), 200, np.uint8)).save(scans / "a.png")
+    (scans / "b.png").write_bytes(b"\x89PNG not really")
+    project = Project(tmp_path / "lab", create=True)
+    with pytest.raises(PathosegError, match=r"b\.png"):
+        add_folder(project, scans, tiles=TileSpec(side=128, max_tiles=2))
+    with project.session() as s:
+        assert list(s.scalars(select(ImageRow.name))) == []
+    assert not list((project.root / "images").iterdir())
+
+    (scans / "b.png").unlink()
+    (scans / "masks").mkdir()
+    PILImage.fromarray(np.zeros((10, 10), np.uint8)).save(scans / "masks" / "a.png")
+    with pytest.raises(PathosegError, match=r"mask a\.png is 10x10, its image 60x40"):
+        add_folder(project, scans, tiles=TileSpec(side=128, max_tiles=2))
+    assert not list((project.root / "images").iterdir())
+    (scans / "masks" / "a.png").unlink()
+    assert add_folder(project, scans, tiles=TileSpec(side=128, max_tiles=2)) == 3  # two tiles and a.png
+
 # -- stitching -------------------------------------------------------------------------------------------------------
 def ideal_logits(labels: np.ndarray) -> np.ndarray:
     targets, _ = head_targets(labels, ("gland", "contour"))

@@ -223,14 +223,17 @@ def add_slide(project: Project, path: str | Path, mpp: str | float | None = None
                             "(or --mpp X)", path)
     given = check_mpp(mpp, "--mpp", path) if mpp is not None else None
     target, tiles = _project_mpp_or_glas(project), tiles or TileSpec()
-    n = 0
     with Slide(path, mpp=given) as slide:
         area = slide.check_region(Region.parse(region, path)) if region else slide.region
-        for tile in tissue_tiles(slide, area, target, tiles):
-            image = slide.read_scaled(tile.x, tile.y, tile.w, tile.h, tiles.side, tiles.side)
-            add_image(project, safe_name(f"{Path(path).stem}_x{tile.x}_y{tile.y}"), image, None)
-            n += 1
-    return n
+        found = [(safe_name(f"{Path(path).stem}_x{t.x}_y{t.y}"), t) for t in tissue_tiles(slide, area, target, tiles)]
+        with project.session() as s:
+            taken = set(s.scalars(select(Image.name).where(Image.name.in_([name for name, _ in found]))))
+        if taken:
+            raise PathosegError(f"{len(taken)} of its {len(found)} tiles are already in the project (e.g. "
+                                f"{min(taken)}); nothing imported", path)
+        for name, tile in found:
+            add_image(project, name, slide.read_scaled(tile.x, tile.y, tile.w, tile.h, tiles.side, tiles.side))
+    return len(found)
 
 
 def _project_mpp_or_glas(project: Project) -> float:
@@ -250,32 +253,28 @@ def add_folder(project: Project, folder: str | Path, mpp: str | float | None = N
     tissue tiles of every whole-slide image there (or of ``folder`` itself when it is a slide;
     see :func:`add_slide`). With ``mpp`` (the images' µm/px, or ``"auto"``: estimated per image
     from its nuclei), images and masks are resampled to the active model's resolution first,
-    so that the app shows, predicts and retrains at one resolution."""
+    so that the app shows, predicts and retrains at one resolution. Every file is checked
+    before the first is imported, so a bad one leaves the project as it was."""
     folder = Path(folder)
     if folder.is_file() and is_slide(folder):
         return add_slide(project, folder, mpp, region, tiles)
     if region is not None:
         raise PathosegError("--region applies to a whole-slide image; give one slide", folder)
     slides = sorted(p for p in folder.iterdir() if is_slide(p)) if folder.is_dir() else []
-    n_slides = sum(add_slide(project, p, mpp, None, tiles) for p in slides)
-    if slides and not any(is_image_file(p) and p not in slides for p in folder.iterdir()) \
-            and not (folder / "images").is_dir():
-        return n_slides
+    only_slides = bool(slides) and not (folder / "images").is_dir() \
+        and not any(is_image_file(p) and p not in slides for p in folder.iterdir())
     img_dir = folder / "images" if (folder / "images").is_dir() else folder
     masks = {p.stem.removesuffix("_anno").removesuffix("_mask"): p
              for p in (folder / "masks").iterdir()} if (folder / "masks").is_dir() else {}
     auto = isinstance(mpp, str) and mpp.strip().lower() == "auto"
     given = check_mpp(mpp, "--mpp", folder) if mpp is not None and not auto else None
-    model_mpp = project_model_mpp(project) if mpp is not None else None
-    n = 0
-    for path in images_in(img_dir):
-        if path in slides:
-            continue
+    images = [] if only_slides else [p for p in images_in(img_dir) if p not in slides]
+    model_mpp = project_model_mpp(project) if mpp is not None and images else None
+    _check_folder(project, slides, images, masks, None if auto else given)
+    n = sum(add_slide(project, p, mpp, None, tiles) for p in slides)
+    for path in images:
         name = safe_name(path.name)
-        with warnings.catch_warnings():  # a binary mask's components become its glands, as the app reads them
-            warnings.simplefilter("ignore", BinaryMaskWarning)
-            mask = read_mask(masks[name]) if name in masks else None
-        image = read_image(path)
+        image, mask = read_image(path), _read_import_mask(masks.get(name))
         if model_mpp is not None:
             image_mpp = auto_mpp(path, image, model_mpp)[0] if auto else given
             factor = image_mpp / model_mpp
@@ -283,7 +282,40 @@ def add_folder(project: Project, folder: str | Path, mpp: str | float | None = N
             mask = resample_labels(mask, factor) if mask is not None else None
         add_image(project, name, image, mask)
         n += 1
-    return n + n_slides
+    return n
+
+
+def _read_import_mask(path: Path | None) -> np.ndarray | None:
+    if path is None:
+        return None
+    with warnings.catch_warnings():  # a binary mask's components become its glands, as the app reads them
+        warnings.simplefilter("ignore", BinaryMaskWarning)
+        return read_mask(path)
+
+
+def _check_folder(project: Project, slides: list[Path], images: list[Path], masks: dict[str, Path],
+                  mpp: float | None) -> None:
+    """What :func:`add_folder` would refuse half-way, refused before anything is imported:
+    a slide that does not open or has no resolution, an image or mask that does not read,
+    a mask of another size, two files with one name, a name already in the project."""
+    for path in slides:
+        with Slide(path, mpp=mpp):
+            pass
+    with project.session() as s:
+        taken = set(s.scalars(select(Image.name)))
+    seen: dict[str, Path] = {}
+    for path in images:
+        name = safe_name(path.name)
+        if name in taken:
+            raise PathosegError(f"an image named {name!r} is already in the project; nothing imported", path)
+        if name in seen:
+            raise PathosegError(f"{seen[name].name} and {path.name} would both be named {name!r}; "
+                                "nothing imported", path)
+        seen[name] = path
+        image, mask = read_image(path), _read_import_mask(masks.get(name))
+        if mask is not None and mask.shape != image.shape[:2]:
+            raise PathosegError(f"mask {masks[name].name} is {mask.shape[1]}x{mask.shape[0]}, its image "
+                                f"{image.shape[1]}x{image.shape[0]}; nothing imported", path)
 
 
 def read_labels(path: Path) -> np.ndarray:
