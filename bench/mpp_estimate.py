@@ -1,15 +1,26 @@
 """How well ``--mpp auto`` finds an image's resolution: GlaS test images resampled by known factors.
 
+    python bench/mpp_estimate.py --fit [--features-cache runs/mpp-fit/features.npz]
+        # the learned estimator's coefficients, from GlaS TRAINING images (writes
+        # src/pathoseg/engine/mpp_regressor.json)
     python bench/mpp_estimate.py [--data ../shared/data/glas] [--limit N] [--json docs/results/mpp_estimate.json]
-    python bench/mpp_estimate.py --calibrate     # the reference nucleus radius, from GlaS TRAINING images
+        # validates what --mpp auto uses (the learned estimator, --method encoder)
+    python bench/mpp_estimate.py --method nuclei --json docs/results/mpp_estimate_nuclei.json
+        # the nucleus-size estimator, for comparison
+    python bench/mpp_estimate.py --method nuclei --calibrate   # its reference nucleus radius
 
 Factor f means the image is resized by f (cv2 INTER_AREA when shrinking, INTER_CUBIC when
 enlarging), so its true resolution is 0.62 / f µm/px. An estimate is "within ±15 %" when the
 estimated factor (0.62 / estimated µm/px) is within 15 % of f. Images whose estimate is not
 confident count as failures (``--mpp auto`` would fall back to the model's resolution for
-them), and are also reported apart. The calibration uses the training images only (at their
-native 0.62 µm/px, and shrunk by 0.4–0.8 for the coarse-image bias) and prints the values
-for ``MppEstimateConfig.reference_radius_um`` and ``coarse_bias``.
+them), and are also reported apart.
+
+The fit (``--fit``) sees only the 85 training images, each resized by 10 factors drawn
+log-uniformly from 0.33–3 (seeded; enlarged half with linear, half with cubic interpolation,
+so that the test's cubic is not the only one it knows); the ridge penalty is chosen by 5-fold
+cross-validation over training images (all factors of an image in one fold). The nucleus
+calibration (``--calibrate``) uses the training images at their native 0.62 µm/px and shrunk
+by 0.4–0.8, and prints ``MppEstimateConfig.reference_radius_um`` and ``coarse_bias``.
 """
 
 from __future__ import annotations
@@ -18,21 +29,28 @@ import argparse
 import math
 import platform
 import statistics
+import sys
 import time
 from dataclasses import fields, replace
 from pathlib import Path
 
 import cv2
 import numpy as np
+from tqdm import tqdm
 
 from pathoseg.data import load_dataset
 from pathoseg.data.mpp_estimate import MppEstimateConfig, estimate_mpp, measure_nuclei
 from pathoseg.data.resolution import GLAS_MPP, resample_image
+from pathoseg.engine.mpp_regressor import COEFFICIENTS, MppRegressor, RidgeFit, fit_ridge
 from pathoseg.io import write_json
 from pathoseg.pipeline.training import find_glas
 
 FACTORS = (0.4, 0.5, 0.67, 0.8, 1.0, 1.25, 1.5, 2.0, 2.5)
 TOLERANCE = 0.15
+FIT_FACTORS = (0.33, 3.0)  # the fit's range of factors (log-uniform)
+FIT_PER_IMAGE = 10
+ALPHAS = (1.0, 10.0, 100.0, 1000.0)
+FOLDS = 5
 
 
 def resample(image: np.ndarray, factor: float) -> np.ndarray:
@@ -76,13 +94,69 @@ def calibrate(data, cfg: MppEstimateConfig, factors: tuple[float, ...] = (0.4, 0
           f"(from {len(xs)} enlarged measurements of images shrunk by {', '.join(map(str, factors))})")
 
 
+def fit_features(data, estimator: MppRegressor, cache: Path | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(features, ln factor, image index) of the training images at random factors; cached."""
+    if cache is not None and cache.is_file():
+        d = np.load(cache)
+        return d["X"], d["y"], d["image"]
+    rng = np.random.default_rng(0)
+    images = [s for s in data if s.name.startswith("train_")]  # never the test images
+    rows, ys, idx = [], [], []
+    start = time.perf_counter()
+    for i, sample in enumerate(images):
+        image = sample.load()[0]
+        factors = np.exp(rng.uniform(math.log(FIT_FACTORS[0]), math.log(FIT_FACTORS[1]), FIT_PER_IMAGE))
+        for f in factors:
+            enlarge = cv2.INTER_CUBIC if rng.random() < 0.5 else cv2.INTER_LINEAR
+            resized = resample_image(image, float(f), enlarge_with=enlarge)
+            rows.append(estimator.features(estimator.window(resized)))
+            ys.append(math.log(f))
+            idx.append(i)
+        print(f"\r{i + 1}/{len(images)} training images, {time.perf_counter() - start:.0f} s", end="", flush=True)
+    print()
+    X, y, index = np.array(rows), np.array(ys), np.array(idx)
+    if cache is not None:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        np.savez(cache, X=X, y=y, image=index)
+    return X, y, index
+
+
+def within(fit: RidgeFit, X: np.ndarray, y: np.ndarray) -> np.ndarray:
+    return np.abs(np.exp(fit.log_scale(X) - y) - 1) <= TOLERANCE
+
+
+def fit(data, cache: Path | None) -> None:
+    """Fit the learned estimator on training images; the penalty by cross-validation."""
+    X, y, image = fit_features(data, MppRegressor(fit=None), cache)
+    fold = image % FOLDS
+    scores = {}
+    for alpha in ALPHAS:
+        hits = [within(fit_ridge(X[fold != k], y[fold != k], alpha, GLAS_MPP), X[fold == k], y[fold == k])
+                for k in range(FOLDS)]
+        scores[alpha] = float(np.mean(np.concatenate(hits)))
+        print(f"alpha {alpha:g}: {scores[alpha]:.1%} of held-out training images within ±15 %")
+    alpha = max(scores, key=scores.get)
+    about = (f"ridge on pooled EfficientNet-Lite0 (ImageNet) features of {int(image.max()) + 1} GlaS training "
+             f"images x {FIT_PER_IMAGE} factors in {FIT_FACTORS[0]}-{FIT_FACTORS[1]}; alpha {alpha:g} by "
+             f"{FOLDS}-fold CV ({scores[alpha]:.1%} within 15 %); python bench/mpp_estimate.py --fit")
+    result = fit_ridge(X, y, alpha, GLAS_MPP, about)
+    result.save(COEFFICIENTS)
+    train_z = result.unfamiliarity(X)
+    print(f"alpha {alpha:g} -> {COEFFICIENTS}; fitting images' unfamiliarity: median {np.median(train_z):.2f}, "
+          f"max {train_z.max():.2f}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data")
     ap.add_argument("--limit", type=int, help="only the first N test images (a smoke test)")
     ap.add_argument("--factors", default=",".join(map(str, FACTORS)))
     ap.add_argument("--json", help="write the results here (e.g. docs/results/mpp_estimate.json)")
-    ap.add_argument("--calibrate", action="store_true", help="measure the reference on the training images")
+    ap.add_argument("--method", choices=("encoder", "nuclei"), default="encoder",
+                    help="the learned estimator (what --mpp auto uses) or the nucleus-size one")
+    ap.add_argument("--fit", action="store_true", help="fit the learned estimator on the training images")
+    ap.add_argument("--features-cache", type=Path, help="--fit: keep (or reuse) the training features here")
+    ap.add_argument("--calibrate", action="store_true", help="--method nuclei: its reference radius")
     ap.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", help="MppEstimateConfig override")
     args = ap.parse_args()
     root = find_glas(args.data)
@@ -90,18 +164,22 @@ def main() -> None:
         raise SystemExit("GlaS not found: pass --data")
     data = load_dataset(root)
     cfg = config_from(args.set)
+    if args.fit:
+        fit(data, args.features_cache)
+        return
     if args.calibrate:
         calibrate(data, cfg)
         return
+    estimate = MppRegressor() if args.method == "encoder" else (lambda image: estimate_mpp(image, cfg))
     factors = [float(f) for f in args.factors.split(",")]
     tests = [s for s in data if not s.name.startswith("train_")][: args.limit]
     rows, seconds = [], []
-    for sample in tests:
+    for sample in tqdm(tests, desc=f"estimating ({args.method})", unit="img"):
         image = sample.load()[0]
         for f in factors:
             resized = resample(image, f)
             start = time.perf_counter()
-            est = estimate_mpp(resized, cfg)
+            est = estimate(resized)
             seconds.append((time.perf_counter() - start, resized.shape[0] * resized.shape[1]))
             found = GLAS_MPP / est.mpp if est.mpp else None
             rows.append({"name": sample.name, "factor": f, "estimated_factor": found, "mpp": est.mpp,
@@ -121,7 +199,10 @@ def main() -> None:
     result = {"overall": overall, "per_factor": per_factor, "tolerance": TOLERANCE,
               "seconds_per_image_median": statistics.median(t for t, _ in seconds),
               "seconds_775x522_or_smaller_median": statistics.median(native) if native else None,
-              "config": {f.name: getattr(cfg, f.name) for f in fields(cfg)},
+              "method": args.method, "command": "python " + " ".join(sys.argv),
+              "config": ({f.name: getattr(cfg, f.name) for f in fields(cfg)} if args.method == "nuclei" else
+                         {"coefficients": estimate.fit.about if estimate.fit else None,
+                          **{f.name: getattr(estimate.cfg, f.name) for f in fields(estimate.cfg)}}),
               "machine": f"{platform.processor() or platform.machine()}, shared CPU", "rows": rows}
     print(f"{'factor':>7} {'true µm/px':>10} {'within ±15 %':>13} {'(any conf.)':>12} {'median |err|':>13} "
           f"{'confident':>10}")

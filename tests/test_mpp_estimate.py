@@ -1,4 +1,4 @@
-"""``--mpp auto``: an image's µm/px from the size of its nuclei, and where it is used."""
+"""``--mpp auto``: an image's µm/px, learned (encoder features) or from the size of its nuclei, and where it is used."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from pathoseg.data.mpp_estimate import MppEstimateConfig, MppEstimateWarning, au
 from pathoseg.data.resolution import GLAS_MPP
 from pathoseg.data.synthetic import SyntheticConfig, write_synthetic
 from pathoseg.engine.checkpoint import Checkpoint
+from pathoseg.engine.mpp_regressor import MppRegressor, MppRegressorConfig, RidgeFit
 from pathoseg.errors import PathosegError
 from pathoseg.models import ModelConfig, build_model
 from pathoseg.pipeline.evaluation import data_input_mpp
@@ -69,6 +70,52 @@ def test_an_estimate_close_to_the_models_resolution_does_not_resample(training_i
     assert est.confident() and used == GLAS_MPP
     used, est = auto_mpp("train_1.png", resampled(image, 0.5), GLAS_MPP)  # 1.24 µm/px: resampled
     assert used == est.mpp == pytest.approx(1.24, rel=0.15)
+
+
+# Held-out TEST images (the learned estimator was fitted on the training images) that it gets
+# within 10 % at both factors: a regression check, not a measure of accuracy (the benchmark is).
+TEST_IMAGES = ("testA_2", "testA_6", "testA_8")
+
+
+@pytest.fixture(scope="module")
+def regressor():
+    return MppRegressor()
+
+
+@pytest.mark.parametrize("factor", [0.5, 2.0])
+def test_the_learned_estimator_finds_held_out_images_resampled_by_known_factors(glas_dir, regressor, factor):
+    for name in TEST_IMAGES:
+        est = regressor(resampled(read_image(glas_dir / "images" / f"{name}.png"), factor))
+        assert est.method == "encoder" and est.confident(), (name, est)
+        assert est.mpp == pytest.approx(GLAS_MPP / factor, rel=0.15), (name, factor, est)
+
+
+def test_the_learned_estimator_is_not_confident_about_what_is_not_tissue(tmp_path, regressor):
+    rng = np.random.default_rng(0)
+    for image in (np.full((300, 400, 3), 250, np.uint8), rng.integers(0, 256, (300, 400, 3), dtype=np.uint8)):
+        est = regressor(image)
+        assert not est.confident() and "does not look like" in est.note
+    tiny = regressor(np.full((100, 400, 3), 180, np.uint8))
+    assert tiny.mpp is None and not tiny.confident() and "128 px" in tiny.note
+    with pytest.warns(MppEstimateWarning, match=r"white\.png: .*does not look like.*no resampling"):
+        used, _ = auto_mpp(tmp_path / "white.png", np.full((300, 400, 3), 250, np.uint8), 0.62, estimator=regressor)
+    assert used == 0.62
+
+
+def test_a_large_image_is_measured_on_its_window_with_the_most_tissue(glas_dir):
+    small = MppRegressor(cfg=MppRegressorConfig(max_side=256))
+    tissue = read_image(glas_dir / "images" / "testA_6.png")[:256, :256]
+    canvas = np.full((600, 700, 3), 250, np.uint8)
+    canvas[344:600, 444:700] = tissue  # in the corner: the windows' last starts are flush with the ends
+    assert np.array_equal(small.window(canvas), tissue)
+    assert small.window(tissue) is tissue
+
+
+def test_unreadable_coefficients_are_one_line_naming_the_file(tmp_path):
+    bad = tmp_path / "coefficients.json"
+    bad.write_text("{not json")
+    with pytest.raises(PathosegError, match=r"coefficients\.json: .*bench/mpp_estimate\.py --fit"):
+        RidgeFit.load(bad)
 
 
 @pytest.fixture(scope="module")

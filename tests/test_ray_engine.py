@@ -79,7 +79,8 @@ def test_ray_writes_byte_identical_outputs_to_the_single_process_path(local_ray,
     inputs = [str(random_model), *map(str, images), str(slide), "--tile", "256"]
     relative = [os.path.relpath(p, tmp_path) for p in inputs[:5]] + inputs[5:]
     with monkeypatch.context() as patch:
-        patch.setattr("pathoseg.data.mpp_estimate.estimate_mpp", lambda image, cfg=None: MppEstimate(0.93, 1.0, 50))
+        patch.setattr("pathoseg.engine.mpp_regressor.MppRegressor.estimate",
+                      lambda self, image: MppEstimate(0.93, 1.0, 0, method="encoder"))
         assert main(["predict", *inputs, "--out", str(tmp_path / "local")]) == 0
         local_out = capsys.readouterr().out
         patch.chdir(tmp_path)

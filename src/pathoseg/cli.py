@@ -225,7 +225,7 @@ def cmd_predict(args: argparse.Namespace) -> None:
         need_model_mpp(model_mpp, args.checkpoint, "for whole-slide images")
     if images and (mpp is not None or auto_mpp):
         need_model_mpp(model_mpp, args.checkpoint, "for --mpp")
-    # Plain images of unknown resolution: estimated from their nuclei when the model's is known
+    # Plain images of unknown resolution: estimated from their content when the model's is known
     # (here for --engine ray too, so that its workers resample each image as this process would).
     input_mpps = None
     if images and mpp is None and model_mpp is not None:
@@ -548,7 +548,7 @@ def _add_project_parser(sub) -> None:
     q.add_argument("source", help="image folder, or a whole-slide image (or a folder of them): tissue tiles "
                    "at the project model's resolution become images")
     q.add_argument("--mpp", default=None, metavar="UM_PER_PX|auto",
-                   help="µm/px of the images, or auto (estimated per image from its nuclei): resample them and "
+                   help="µm/px of the images, or auto (estimated per image from its content): resample them and "
                    "their masks to the project model's resolution (default: imported as they are); for a slide "
                    "without resolution metadata, its µm/px")
     q.add_argument("--region", metavar="X,Y,W,H", help="a slide: take tiles from this rectangle (level-0 pixels)")
@@ -703,7 +703,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-pictures", action="store_true")
     p.add_argument("--device")
     p.add_argument("--mpp", default=None, metavar="UM_PER_PX|auto",
-                   help="µm/px of the data set's images, or auto: estimated per image from its nuclei (default: "
+                   help="µm/px of the data set's images, or auto: estimated per image from its content (default: "
                    "the data set's own, GlaS 0.62 or mpp.txt/dataset.json); resampled to the model's resolution")
     _add_predict_args(p)
     _add_backend_args(p)
@@ -716,7 +716,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=str(DEFAULT_RUNS / "predict"))
     p.add_argument("--device")
     p.add_argument("--mpp", default=None, metavar="UM_PER_PX|auto",
-                   help="µm/px of the inputs, or auto: estimated per image from its nuclei (plain images: "
+                   help="µm/px of the inputs, or auto: estimated per image from its content (plain images: "
                    "default auto when the model's µm/px is known, the model's own where the estimate is not "
                    "confident; slides: default their metadata); inputs are resampled to the model's resolution")
     p.add_argument("--model-mpp", type=float, default=None,

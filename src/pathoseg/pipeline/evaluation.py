@@ -20,6 +20,7 @@ from pathoseg.data.resolution import check_mpp
 from pathoseg.data.samples import Sample, SampleSet
 from pathoseg.data.splits import Split
 from pathoseg.engine.instances import InstanceConfig
+from pathoseg.engine.mpp_regressor import MppRegressor
 from pathoseg.engine.predict import PredictConfig, predict_instances
 from pathoseg.errors import PathosegError
 from pathoseg.io import atomic_path, write_json
@@ -130,11 +131,12 @@ def model_segmenter(model: GlandSegmenter, pcfg: PredictConfig, icfg: InstanceCo
 def data_input_mpp(data: SampleSet, given: str | None, model_mpp: float | None,
                    checkpoint: str | Path) -> InputMpp | None:
     """What ``evaluate`` resamples from: ``--mpp`` (a number, or ``auto``: estimated per image
-    from its nuclei), else the data set's own µm/px (GlaS 0.62, ``mpp.txt``/``dataset.json``);
+    from its content), else the data set's own µm/px (GlaS 0.62, ``mpp.txt``/``dataset.json``);
     None (images taken to be at the model's resolution) when that is unknown."""
     if given is not None and given.strip().lower() == "auto":
         known = need_model_mpp(model_mpp, checkpoint, "for --mpp auto")
-        return lambda sample, image: auto_mpp(sample.image_path, image, known)[0]
+        estimator = MppRegressor()
+        return lambda sample, image: auto_mpp(sample.image_path, image, known, estimator=estimator)[0]
     data_mpp = check_mpp(given, "--mpp", data.root) if given is not None else data.mpp
     if data_mpp is None or (model_mpp is None and given is None):
         return None

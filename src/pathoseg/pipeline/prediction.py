@@ -16,6 +16,7 @@ from pathoseg.data.mpp_estimate import MppEstimate, MppEstimateConfig, auto_mpp
 from pathoseg.data.resolution import check_mpp, checkpoint_mpp, resize_factor, scale_instance_config, um2_to_px
 from pathoseg.data.slides import SLIDE_SUFFIXES, Region, Slide, is_slide
 from pathoseg.engine.instances import InstanceConfig
+from pathoseg.engine.mpp_regressor import MppRegressor
 from pathoseg.engine.predict import PredictConfig, predict_instances
 from pathoseg.errors import PathosegError
 from pathoseg.io import file_digest as file_digest  # re-exported: it moved to io for the engine
@@ -94,8 +95,9 @@ def min_size_from_area(icfg: InstanceConfig, area_um2: float | None, model_mpp: 
 
 def estimate_input_mpps(images: Sequence[Path], model_mpp: float,
                         cfg: MppEstimateConfig | None = None) -> dict[Path, tuple[float, MppEstimate]]:
-    """:func:`auto_mpp` for every image, before anything is predicted."""
-    return {path: auto_mpp(path, read_image(path), model_mpp, cfg) for path in images}
+    """:func:`auto_mpp` for every image, before anything is predicted (the learned estimator)."""
+    estimator = MppRegressor()
+    return {path: auto_mpp(path, read_image(path), model_mpp, cfg, estimator) for path in images}
 
 
 def estimate_line(path: Path, used_mpp: float, est: MppEstimate, model_mpp: float) -> str | None:

@@ -251,8 +251,8 @@ def add_folder(project: Project, folder: str | Path, mpp: str | float | None = N
                tiles: TileSpec | None = None) -> int:
     """Import every image of ``folder`` (or of ``folder/images`` with ``folder/masks``), and
     tissue tiles of every whole-slide image there (or of ``folder`` itself when it is a slide;
-    see :func:`add_slide`). With ``mpp`` (the images' µm/px, or ``"auto"``: estimated per image
-    from its nuclei), images and masks are resampled to the active model's resolution first,
+    see :func:`add_slide`). With ``mpp`` (the images' µm/px, or ``"auto"``: estimated per image,
+    :mod:`pathoseg.engine.mpp_regressor`), images and masks are resampled to the active model's resolution first,
     so that the app shows, predicts and retrains at one resolution. Every file is checked
     before the first is imported, so a bad one leaves the project as it was."""
     folder = Path(folder)
@@ -271,12 +271,17 @@ def add_folder(project: Project, folder: str | Path, mpp: str | float | None = N
     images = [] if only_slides else [p for p in images_in(img_dir) if p not in slides]
     model_mpp = project_model_mpp(project) if mpp is not None and images else None
     _check_folder(project, slides, images, masks, None if auto else given)
+    estimator = None
+    if auto and images:
+        from pathoseg.engine.mpp_regressor import MppRegressor  # loads torch: only when estimating
+
+        estimator = MppRegressor()
     n = sum(add_slide(project, p, mpp, None, tiles) for p in slides)
     for path in images:
         name = safe_name(path.name)
         image, mask = read_image(path), _read_import_mask(masks.get(name))
         if model_mpp is not None:
-            image_mpp = auto_mpp(path, image, model_mpp)[0] if auto else given
+            image_mpp = auto_mpp(path, image, model_mpp, estimator=estimator)[0] if auto else given
             factor = image_mpp / model_mpp
             image = resample_image(image, factor)
             mask = resample_labels(mask, factor) if mask is not None else None

@@ -1,0 +1,171 @@
+"""``--mpp auto``: an H&E image's µm/px from how an ImageNet encoder sees it.
+
+A ridge regression from pooled features of EfficientNet-Lite0 (the ImageNet weights that ship
+offline) to ln(scale), where scale = reference µm/px / the image's µm/px, fitted on the 85 GlaS
+training images resized by random factors between 0.33 and 3 (``python bench/mpp_estimate.py
+--fit``, which writes ``mpp_regressor.json`` beside this module: 3,073 numbers). The features
+are, for each of the encoder's five stages, the mean and standard deviation of every channel
+over the image, as ln(|value| + 0.001): what sizes of structure each channel responds to, and
+how sharply, which shifts with the scale.
+
+Why learned, and why this: the nucleus-size estimator (:mod:`pathoseg.data.mpp_estimate`)
+stops at ~70 % of resampled GlaS test images within ±15 % because nuclei differ in size by
+~12 % from image to image (benign against carcinoma); the encoder's features see more than
+nuclei (cell, lumen and texture scale, and the blur of an enlarged image) and reach ~92 %
+(``docs/benchmarks.md``, "Automatic resolution"). A frozen encoder and a linear fit need no
+training run and no shipped network: the encoder's weights are the ImageNet ones
+pathoseg already carries.
+
+Confidence comes from how familiar the features are: their mean squared z-score against the
+fitting images (the fitting images themselves reach ~4; a blank slide or noise, 17–75).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from pathoseg.data.mpp_estimate import MppEstimate, MppEstimateConfig, haematoxylin
+from pathoseg.data.resolution import MPP_RANGE
+from pathoseg.errors import PathosegError
+from pathoseg.io import write_json
+
+COEFFICIENTS = Path(__file__).with_name("mpp_regressor.json")
+ENCODER_PRESET = "lite0"
+
+
+@dataclass(frozen=True)
+class MppRegressorConfig:
+    # Larger images are measured on their window of this side with the most tissue (the
+    # fitting images reached 2,325 x 1,566 px: those and GlaS-sized inputs are measured whole).
+    max_side: int = 2400
+    min_side: int = 128  # smaller images hold too little tissue to say (the fitting images: >= 172 px)
+    # Mean squared z-score of the features against the fitting images: full confidence up to
+    # `familiar` (the fitting images' largest is ~4), none from `unfamiliar` on.
+    familiar: float = 4.0
+    unfamiliar: float = 8.0
+
+
+@dataclass(frozen=True)
+class RidgeFit:
+    """The fitted regression: standardise the features, then a dot product."""
+    mean: np.ndarray
+    std: np.ndarray
+    weights: np.ndarray
+    bias: float
+    reference_mpp: float  # the µm/px of scale 1 (the fitting images': GlaS, 0.62)
+    alpha: float  # the ridge penalty the fit chose
+    about: str  # how it was made
+
+    @classmethod
+    def load(cls, path: Path = COEFFICIENTS) -> RidgeFit:
+        try:
+            d = json.loads(Path(path).read_text())
+            return cls(np.asarray(d["mean"]), np.asarray(d["std"]), np.asarray(d["weights"]), float(d["bias"]),
+                       float(d["reference_mpp"]), float(d["alpha"]), str(d.get("about", "")))
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise PathosegError(f"cannot read the resolution estimator's coefficients ({exc}); "
+                                "rebuild them with python bench/mpp_estimate.py --fit", path) from None
+
+    def save(self, path: Path = COEFFICIENTS) -> None:
+        write_json(path, {"about": self.about, "reference_mpp": self.reference_mpp, "alpha": self.alpha,
+                          "bias": self.bias, "mean": [float(f"{v:.6g}") for v in self.mean],
+                          "std": [float(f"{v:.6g}") for v in self.std],
+                          "weights": [float(f"{v:.6g}") for v in self.weights]})
+
+    def z(self, features: np.ndarray) -> np.ndarray:
+        return (features - self.mean) / self.std
+
+    def log_scale(self, features: np.ndarray) -> np.ndarray:
+        return self.z(features) @ self.weights + self.bias
+
+    def unfamiliarity(self, features: np.ndarray) -> np.ndarray:
+        return np.mean(self.z(features) ** 2, axis=-1)
+
+
+def fit_ridge(features: np.ndarray, log_scale: np.ndarray, alpha: float, reference_mpp: float,
+              about: str = "") -> RidgeFit:
+    """Ridge regression on standardised features (the intercept not penalised). Written out
+    rather than taken from scikit-learn: it is one linear solve, and pathoseg does not
+    otherwise depend on scikit-learn."""
+    mean, std = features.mean(0), features.std(0) + 1e-9
+    z = (features - mean) / std
+    centred = log_scale - log_scale.mean()
+    weights = np.linalg.solve(z.T @ z + alpha * np.eye(z.shape[1]), z.T @ centred)
+    return RidgeFit(mean, std, weights, float(log_scale.mean()), reference_mpp, alpha, about)
+
+
+class MppRegressor:
+    """Estimates µm/px per image; build one per command (it loads the encoder once)."""
+
+    def __init__(self, fit: RidgeFit | None = None, cfg: MppRegressorConfig = MppRegressorConfig()) -> None:
+        from pathoseg.models import ModelConfig, build_model  # torch-heavy; only when estimating
+
+        self.fit = fit
+        self.cfg = cfg
+        model = build_model(ModelConfig(ENCODER_PRESET))  # ImageNet weights, offline
+        self.encoder = model.net.encoder.eval()
+        self.mean, self.std = model.mean, model.std
+
+    @torch.inference_mode()
+    def features(self, image: np.ndarray) -> np.ndarray:
+        """The pooled encoder features of an RGB uint8 image (see the module's documentation)."""
+        x = torch.from_numpy(np.array(image[..., :3], dtype=np.float32)).permute(2, 0, 1)[None] / 255
+        h, w = x.shape[2:]
+        x = F.pad(x, (0, (-w) % 32, 0, (-h) % 32), mode="reflect")
+        pooled = []
+        for stage in self.encoder((x - self.mean) / self.std)[1:]:
+            pooled += [stage[0].mean((1, 2)), stage[0].std((1, 2))]
+        return np.log(np.abs(torch.cat(pooled).numpy().astype(np.float64)) + 1e-3)
+
+    def window(self, image: np.ndarray) -> np.ndarray:
+        """The image, or its ``max_side`` window with the most tissue when it is larger."""
+        side = self.cfg.max_side
+        h, w = image.shape[:2]
+        if h <= side and w <= side:
+            return image
+        tissue = haematoxylin(image)[1].astype(np.float32)
+        integral = np.pad(tissue.cumsum(0).cumsum(1), ((1, 0), (1, 0)))
+        best, best_at = -1.0, (0, 0)
+        for y in _starts(h, side):
+            for x in _starts(w, side):
+                y1, x1 = min(h, y + side), min(w, x + side)
+                amount = integral[y1, x1] - integral[y, x1] - integral[y1, x] + integral[y, x]
+                if amount > best:
+                    best, best_at = amount, (y, x)
+        y, x = best_at
+        return image[y:y + side, x:x + side]
+
+    def estimate(self, image: np.ndarray) -> MppEstimate:
+        """The µm/px of an RGB H&E image (uint8, H×W×3), with a confidence in 0–1."""
+        if min(image.shape[:2]) < self.cfg.min_side:
+            return MppEstimate(None, 0.0, 0, method="encoder", note=f"smaller than {self.cfg.min_side} px a side")
+        fit = self.fit = self.fit or RidgeFit.load()
+        features = self.features(self.window(image))
+        mpp = fit.reference_mpp / math.exp(float(fit.log_scale(features)))
+        distance = float(fit.unfamiliarity(features))
+        c = self.cfg
+        confidence = min(1.0, max(0.0, (c.unfamiliar - distance) / (c.unfamiliar - c.familiar)))
+        lo, hi = MPP_RANGE
+        familiar = confidence >= MppEstimateConfig.min_confidence
+        note = "" if familiar else "does not look like the H&E tissue it was fitted on"
+        if not lo <= mpp <= hi:
+            confidence, note = 0.0, f"{mpp:.2f} µm/px is outside {lo:g}–{hi:g}"
+        return MppEstimate(round(mpp, 4), round(confidence, 3), 0, method="encoder", note=note)
+
+    def __call__(self, image: np.ndarray) -> MppEstimate:
+        return self.estimate(image)
+
+
+def _starts(length: int, side: int) -> list[int]:
+    """Window starts every half side, the last flush with the end."""
+    if length <= side:
+        return [0]
+    starts = list(range(0, length - side + 1, side // 2))
+    return starts if starts[-1] == length - side else [*starts, length - side]
