@@ -302,7 +302,8 @@ def _check_folder(project: Project, slides: list[Path], images: list[Path], mask
                   mpp: float | None) -> None:
     """What :func:`add_folder` would refuse half-way, refused before anything is imported:
     a slide that does not open or has no resolution, an image or mask that does not read,
-    a mask of another size, two files with one name, a name already in the project."""
+    a mask of another size, two files with one name, a name already in the project. Images are
+    decoded here and again on import: holding a whole folder in memory costs more than reading twice."""
     for path in slides:
         with Slide(path, mpp=mpp):
             pass
