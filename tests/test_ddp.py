@@ -4,10 +4,13 @@ checkpoint resumes under torchrun, and bad --nproc / a failing rank give one-lin
 
 from __future__ import annotations
 
+import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -23,6 +26,7 @@ from pathoseg.engine.checkpoint import load_checkpoint
 from pathoseg.engine.distributed import (
     SINGLE,
     Ranks,
+    _root_cause,
     available_slots,
     free_port,
     launch,
@@ -217,6 +221,28 @@ def test_a_failing_rank_brings_the_others_down(kind, message):
     with pytest.raises(PathosegError) as caught:
         launch(2, fail_on_rank_1, kind)
     assert str(caught.value) == message
+
+
+def test_a_silent_crash_is_the_cause_even_when_a_peer_reports_first(tmp_path):
+    # The race CI once lost: rank 1 dies without a word, rank 0 writes "connection reset" and
+    # exits before spawn looks at rank 1, so spawn names rank 0 first.
+    (tmp_path / "rank0.json").write_text(json.dumps({
+        "message": "RuntimeError: Read error: Connection reset by peer", "input": False, "time": 2.0,
+        "traceback": "..."}))
+    processes = [SimpleNamespace(exitcode=1), SimpleNamespace(exitcode=3)]
+    assert _root_cause(processes, 0, tmp_path) == (
+        "training process 1 of 2 failed: process 1 terminated with exit code 3", None)
+    # A rank that spawn stopped (negative code) is not a cause; the peer's report stands.
+    processes = [SimpleNamespace(exitcode=1), SimpleNamespace(exitcode=-signal.SIGTERM)]
+    assert _root_cause(processes, 0, tmp_path)[0] == "RuntimeError: Read error: Connection reset by peer"
+    # Killed first by a signal (out of memory) without a report: named with the signal.
+    assert _root_cause([SimpleNamespace(exitcode=-signal.SIGKILL), SimpleNamespace(exitcode=1)], 0, tmp_path / "none") \
+        == ("training process 0 of 2 failed: process 0 terminated with signal SIGKILL", None)
+    # A problem with the input outranks everything.
+    (tmp_path / "rank1.json").write_text(json.dumps({"message": "rank 1/2: x.png: bad tile", "input": True,
+                                                     "time": 3.0, "traceback": "tb"}))
+    assert _root_cause([SimpleNamespace(exitcode=1), SimpleNamespace(exitcode=1)], 0, tmp_path) == (
+        "rank 1/2: x.png: bad tile", "tb")
 
 
 def test_ranks_from_the_environment():

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import tempfile
 import time
@@ -290,11 +291,42 @@ def _run_rank(local_rank: int, nproc: int, port: int, errors: Path,
         raise SystemExit(1) from None
 
 
-def _first_failure(errors: Path) -> dict | None:
-    """The root cause among the ranks' reports: a problem with the input before a crash
-    (the others fail after it, when their peer is gone), then the earliest."""
+def _silent_crash(processes: list[Any], first: int, errors: Path) -> tuple[int, str] | None:
+    """The rank that died without a report (out of memory, a signal, ``os._exit``) and how,
+    in spawn's words: the one spawn saw fail first, else one that exited on its own (a
+    positive code; the ranks spawn stopped have negative ones)."""
+    order = [first, *(i for i, p in enumerate(processes) if i != first and (p.exitcode or 0) > 0)]
+    for index in order:
+        code = processes[index].exitcode
+        if code and not (errors / f"rank{index}.json").exists():
+            how = f"exit code {code}" if code > 0 else f"signal {_signal_name(-code)}"
+            return index, f"process {index} terminated with {how}"
+    return None
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return str(number)
+
+
+def _root_cause(processes: list[Any], first: int, errors: Path) -> tuple[str, str | None]:
+    """The one-line cause of a failed launch and the traceback behind it, if any: a problem
+    with the input first, then a rank that died without a word (the others fail after it,
+    when their peer is gone, and report the lost connection as their own error; which of
+    them spawn notices first is a race), then the earliest report."""
     reports = [json.loads(p.read_text()) for p in sorted(errors.glob("rank*.json"))]
-    return min(reports, key=lambda r: (not r["input"], r["time"]), default=None)
+    inputs = [r for r in reports if r["input"]]
+    if inputs:
+        root = min(inputs, key=lambda r: r["time"])
+        return root["message"], root["traceback"]
+    crash = _silent_crash(processes, first, errors)
+    if crash is not None:
+        index, how = crash
+        return f"training process {index} of {len(processes)} failed: {how}", None
+    root = min(reports, key=lambda r: r["time"])
+    return root["message"], root["traceback"]
 
 
 def launch(nproc: int, fn: Callable[..., Any], *args: Any) -> None:
@@ -306,10 +338,10 @@ def launch(nproc: int, fn: Callable[..., Any], *args: Any) -> None:
 
     with tempfile.TemporaryDirectory(prefix="pathoseg-ranks-") as folder:
         errors = Path(folder)
+        context = mp.spawn(_run_rank, args=(nproc, free_port(), errors, fn, args), nprocs=nproc, join=False)
         try:
-            mp.spawn(_run_rank, args=(nproc, free_port(), errors, fn, args), nprocs=nproc, join=True)
-        except ProcessException as exc:  # the others have been terminated by now
-            report = _first_failure(errors)
-            if report is None:  # killed without a word (out of memory, a signal)
-                raise PathosegError(f"training process {exc.error_index} of {nproc} failed: {exc}") from None
-            raise PathosegError(report["message"]) from RankTraceback(report["traceback"])
+            while not context.join():
+                pass
+        except ProcessException as exc:  # the others have been stopped by now
+            message, trace = _root_cause(context.processes, exc.error_index, errors)
+            raise PathosegError(message) from (RankTraceback(trace) if trace else None)
