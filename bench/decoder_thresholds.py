@@ -19,8 +19,7 @@ from pathoseg.engine.instances import decode_instances, resolve_method
 from pathoseg.engine.predict import PredictConfig, predict_maps
 from pathoseg.metrics import object_metrics, object_tally, pixel_counts, pixel_summary
 
-GRID = {"contour": ("contour_threshold", (0.2, 0.3, 0.4, 0.5, 0.6)),
-        "sdt": ("marker_threshold", (0.3, 0.4, 0.5, 0.6, 0.7))}
+GRID = {"contour": ("contour_threshold", (0.2, 0.3, 0.4, 0.5, 0.6))}
 MIN_MARKERS = (30, 100, 300, 600)  # px at native resolution
 MIN_SIZES = (200, 500, 1000)  # px at native resolution
 
@@ -33,6 +32,8 @@ def main() -> None:
     model, ckpt = load_model(args.checkpoint)
     data = load_dataset(args.data or ckpt.split["data_root"])
     method = resolve_method("auto", model.head.channels)
+    if method not in GRID:
+        raise SystemExit(f"{args.checkpoint}: a {model.head.name} model has no instance thresholds to choose")
     field, values = GRID[method]
     cached = []
     for name in ckpt.split["val"]:

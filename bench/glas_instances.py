@@ -2,7 +2,7 @@
 
     python bench/glas_instances.py --seeds 0,1,2 --out runs/bench-instances \\
         --json docs/results/glas_default.json
-    python bench/glas_instances.py --head sdt --epochs 40 --seeds 0 --out runs/bench-sdt-e40
+    python bench/glas_instances.py --head semantic --epochs 40 --seeds 0 --out runs/bench-semantic-e40
 
 Each seed trains in ``OUT/seed<k>/`` (``last.pt`` lets a stopped seed continue) and is then
 evaluated on testA, testB and both with the model's own instance decoder and, for

@@ -106,6 +106,20 @@ def test_checkpoint_of_another_architecture(capsys, tmp_path):
     assert "mixed.pt" in msg and "do not fit preset mobilenet_v2" in msg
 
 
+def test_checkpoint_of_a_retired_head_says_why_and_what_to_use(capsys, tmp_path):
+    from dataclasses import replace
+
+    from pathoseg.engine.checkpoint import Checkpoint
+    from pathoseg.models import ModelConfig, build_model
+
+    model = build_model(ModelConfig("lite0", weights="none"))  # two channels, as the SDT head had
+    ckpt = Checkpoint.of(model, 1.0)
+    replace(ckpt, model_config=replace(ckpt.model_config, head="sdt")).save(tmp_path / "old-sdt.pt")
+    msg = run_cli(capsys, "predict", str(tmp_path / "old-sdt.pt"), str(tmp_path))
+    assert msg.startswith(f"pathoseg: error: {tmp_path / 'old-sdt.pt'}: output head 'sdt': ")
+    assert "was removed" in msg and "retrain with --head contour" in msg
+
+
 def test_unknown_preset(capsys, data, tmp_path):
     msg = run_cli(capsys, "train", "--data", str(data), "--model", "lite9", "--out", str(tmp_path / "r"))
     assert "unknown model preset 'lite9'" in msg

@@ -10,7 +10,7 @@ import torch
 from skimage.draw import disk
 
 from pathoseg.data.images import BinaryMaskWarning, read_mask, write_label_png
-from pathoseg.data.targets import IGNORE, contour_target, head_targets, sdt_target
+from pathoseg.data.targets import IGNORE, contour_target, head_targets
 from pathoseg.engine.checkpoint import FORMAT, Checkpoint, load_model
 from pathoseg.engine.instances import InstanceConfig, InstanceFallbackWarning, decode_instances
 from pathoseg.engine.predict import PredictConfig, predict_logits
@@ -41,34 +41,19 @@ def test_contour_target_marks_the_line_between_two_touching_ids():
     assert contour_target((labels > 0).astype(np.uint16))[middle[:, 0], middle[:, 1]].sum() == 0
 
 
-def test_sdt_target_peaks_inside_each_gland_and_falls_to_the_boundary():
-    labels = touching_discs()
-    sdt = sdt_target(labels)
-    for gland, centre in ((1, (50, 52)), (2, (50, 108))):
-        inside = labels == gland
-        assert sdt[centre] > 0.9
-        assert sdt[inside].max() == pytest.approx(1.0)
-        rim = inside & ~np.pad(inside, 1)[2:, 1:-1]  # pixels whose lower neighbour is outside
-        assert sdt[rim].max() < 0.3
-    assert (sdt[labels == 0] == 0).all()
-    # Between the two glands the distance drops: two ridges with a valley.
-    assert sdt[50, 80] < 0.2 < 0.9 < sdt[50, 52]
-
-
 def test_targets_ignore_ignored_pixels():
     labels = touching_discs()
     labels[:, :20] = IGNORE
-    targets, valid = head_targets(labels, ("gland", "contour", "sdt"))
-    assert targets.shape == (3, *labels.shape)
+    targets, valid = head_targets(labels, ("gland", "contour"))
+    assert targets.shape == (2, *labels.shape)
     assert not valid[:, :20].any() and valid[:, 20:].all()
     assert targets[0][:, :20].sum() == 0  # ignored pixels are never glands
 
 
-@pytest.mark.parametrize("channel", ["contour", "sdt"])
-def test_decoder_separates_touching_discs_that_components_merge(channel):
+def test_decoder_separates_touching_discs_that_components_merge():
     labels = touching_discs()
-    targets, _ = head_targets(labels, ("gland", channel))
-    maps = {"gland": targets[0], channel: targets[1]}
+    targets, _ = head_targets(labels, ("gland", "contour"))
+    maps = {"gland": targets[0], "contour": targets[1]}
     cfg = InstanceConfig(min_size=50)
     merged = decode_instances({"gland": targets[0]}, cfg)
     assert merged.max() == 1  # connected components: one blob

@@ -137,11 +137,20 @@ def test_foreign_onnx_files_are_one_line_errors_saying_what_is_expected(exported
     msg = run_error(capsys, "evaluate", str(older), "--out", str(tmp_path / "b"))
     assert str(older) in msg and "pathoseg-onnx-v0" in msg and "export the checkpoint again" in msg
 
+    retired = tmp_path / "sdt.onnx"
+    proto = onnx.load(str(exported["onnx"]))
+    for prop in proto.metadata_props:
+        if prop.key == "model_config":
+            prop.value = json.dumps({**json.loads(prop.value), "head": "sdt"})
+    onnx.save(proto, str(retired))
+    msg = run_error(capsys, "predict", str(retired), image, "--out", str(tmp_path / "d"))
+    assert str(retired) in msg and "output head 'sdt'" in msg and "retrain with --head contour" in msg
+
     garbage = tmp_path / "garbage.onnx"
     garbage.write_bytes(b"\x00not a model" * 10)
     msg = run_error(capsys, "predict", str(garbage), image, "--out", str(tmp_path / "c"))
     assert str(garbage) in msg and "not a readable ONNX file" in msg
-    assert not any((tmp_path / d).exists() for d in "abc")  # nothing written
+    assert not any((tmp_path / d).exists() for d in "abcd")  # nothing written
 
 
 def test_int8_without_calibration_images_is_a_one_line_error(exported, capsys, tmp_path):

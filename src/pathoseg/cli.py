@@ -23,8 +23,7 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
                    help="default: offline ImageNet weights where shipped (lite*), else random init")
     p.add_argument("--output-stride", type=int, default=16, choices=(8, 16))
     p.add_argument("--head", default=DEFAULT_HEAD, choices=tuple(HEADS),
-                   help="output channels: contour (gland + boundary, DCAN), sdt (gland + skeleton-aware "
-                   "distance), semantic (gland only)")
+                   help="output channels: contour (gland + boundary, DCAN), semantic (gland only)")
 
 
 def _add_train_args(p: argparse.ArgumentParser) -> None:
@@ -46,7 +45,7 @@ def _add_predict_args(p: argparse.ArgumentParser) -> None:
                    help="predict in windows of this side at working scale (large images; slides: default 1024)")
     d = InstanceConfig()
     p.add_argument("--instances", default=d.method, choices=INSTANCE_METHODS,
-                   help="instance decoder: auto = the model's own (contour / sdt), components for a "
+                   help="instance decoder: auto = the model's own (contour), components for a "
                    "semantic model; see docs/metrics.md")
     p.add_argument("--min-size", type=int, default=None,
                    help="drop predicted glands smaller than this (native pixels; default: the 2nd percentile "

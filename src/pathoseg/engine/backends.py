@@ -268,6 +268,10 @@ def load_onnx(path: str | Path, runtime: OnnxRuntimeConfig = OnnxRuntimeConfig()
     """A pathoseg ONNX file as a model for prediction, and the settings it was exported with."""
     metadata = read_metadata(path)
     ckpt = checkpoint_from_metadata(metadata, path)
+    try:
+        get_head(ckpt.model_config.head)  # a retired head says so now, not at the first image
+    except PathosegError as exc:
+        raise PathosegError(str(exc), path) from None
     stride = int(metadata.get("stride", "32"))
     return OnnxSegmenter(path, ckpt.model_config, metadata["precision"], stride, runtime, device), ckpt
 

@@ -7,14 +7,12 @@ report) comes from :func:`decode_instances`. Methods:
   gland probability above ``threshold`` and contour probability below
   ``contour_threshold``; each interior is a marker, and a marker-controlled watershed on
   the contour probability grows the markers back over the whole gland mask.
-- ``sdt`` (models with an SDT head): markers are the ridges where the skeleton-aware
-  distance exceeds ``marker_threshold``; watershed on the negated distance.
 - ``components``: connected components of the gland mask (semantic models).
 - ``watershed``: watershed on the Euclidean distance transform of the gland mask, one
   marker per distance peak (semantic models; splits round touching glands, over-splits
   elongated ones).
-- ``auto`` (default): the model's own method (``contour``/``sdt``), ``components`` for a
-  semantic model.
+- ``auto`` (default): the model's own method (``contour``), ``components`` for a semantic
+  model.
 
 Sizes are in pixels at the resolution of the maps (native resolution in pathoseg: GlaS is
 0.62 µm/px, so 200 px ≈ 77 µm², 2000 px ≈ 770 µm²; a small benign gland is ≥ 1000 px).
@@ -33,8 +31,8 @@ from skimage.feature import peak_local_max
 
 from pathoseg.data.targets import IGNORE
 
-INSTANCE_METHODS = ("auto", "components", "watershed", "contour", "sdt")
-MARKER_CHANNEL = {"contour": "contour", "sdt": "sdt"}  # method -> output channel it needs
+INSTANCE_METHODS = ("auto", "components", "watershed", "contour")
+MARKER_CHANNEL = {"contour": "contour"}  # method -> output channel it needs
 
 
 class InstanceFallbackWarning(UserWarning):
@@ -46,7 +44,6 @@ class InstanceConfig:
     method: str = "auto"
     threshold: float = 0.5  # gland probability above which a pixel is gland
     contour_threshold: float = 0.5  # contour: contour probability below which a gland pixel is interior
-    marker_threshold: float = 0.5  # sdt: distance value above which a gland pixel is a marker
     min_size: int = 200  # px; smaller glands are noise (~77 µm² at 0.62 µm/px)
     min_marker: int = 30  # px; smaller interiors are not glands of their own (~12 µm²)
     max_hole: int = 2000  # px; holes up to this size are filled (lumens are part of the gland)
@@ -133,15 +130,12 @@ def marker_watershed(binary: np.ndarray, interior: np.ndarray, elevation: np.nda
 
 def decode_instances(maps: dict[str, np.ndarray], cfg: InstanceConfig = InstanceConfig()) -> np.ndarray:
     """Instance label map (H, W) int32, 0 background, 1..N glands, from probability maps
-    keyed by output channel (``gland`` always; ``contour`` / ``sdt`` for instance heads)."""
+    keyed by output channel (``gland`` always; ``contour`` for the contour head)."""
     method = resolve_method(cfg.method, tuple(maps))
     binary = clean_binary(maps["gland"] > cfg.threshold, cfg)
     if method == "contour":
         contour = maps["contour"]
         labels = marker_watershed(binary, contour < cfg.contour_threshold, contour, cfg.min_marker)
-    elif method == "sdt":
-        sdt = maps["sdt"]
-        labels = marker_watershed(binary, sdt > cfg.marker_threshold, -sdt, cfg.min_marker)
     elif method == "watershed":
         labels = split_touching(binary, cfg.min_distance)
     else:

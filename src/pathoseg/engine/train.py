@@ -69,9 +69,8 @@ _MASKED = -1.0  # target value of pixels outside the valid mask (smp's ignore_in
 class SegmentationLoss(torch.nn.Module):
     """Sum over the head's channels; pixels outside ``valid`` do not count.
 
-    gland and contour: BCE + soft Dice (the contour band is a few percent of the pixels,
-    Dice keeps it from collapsing to background); sdt: BCE against the soft distance
-    target, whose minimum is at the target value and whose scale matches the others.
+    Each channel (gland, contour) is BCE + soft Dice: the contour band is a few percent of
+    the pixels, and Dice keeps it from collapsing to background.
     """
 
     def __init__(self, channels: tuple[str, ...] = ("gland",), ranks: Ranks = SINGLE) -> None:
@@ -85,11 +84,9 @@ class SegmentationLoss(torch.nn.Module):
     def forward(self, logits: torch.Tensor, targets: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
         targets = torch.where(valid.unsqueeze(1), targets, torch.full_like(targets, _MASKED))
         total = logits.new_zeros(())
-        for c, channel in enumerate(self.channels):
+        for c in range(len(self.channels)):
             out, target = logits[:, c:c + 1], targets[:, c:c + 1]
-            total = total + self.bce(out, target)
-            if channel != "sdt":
-                total = total + self.dice(out, target)
+            total = total + self.bce(out, target) + self.dice(out, target)
         return total
 
 
