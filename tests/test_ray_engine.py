@@ -10,7 +10,9 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 
@@ -19,7 +21,7 @@ from pathoseg.data.images import read_image
 from pathoseg.data.mpp_estimate import MppEstimate
 from pathoseg.engine.checkpoint import Checkpoint
 from pathoseg.models import ModelConfig, build_model
-from pathoseg.pipeline.ray_engine import RayConfig, start_ray, stop_ray
+from pathoseg.pipeline.ray_engine import RayConfig, RayWindows, start_ray, stop_ray
 from test_slides import synthetic_slide
 
 
@@ -62,6 +64,10 @@ def one_torch_thread() -> Iterator[None]:
         torch.set_num_threads(threads)
 
 
+def _not_here(*args, **kwargs):
+    raise AssertionError("a window was computed in the driver's process")
+
+
 def _files(folder: Path) -> dict[str, bytes]:
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
@@ -84,8 +90,12 @@ def test_ray_writes_byte_identical_outputs_to_the_single_process_path(local_ray,
         assert main(["predict", *inputs, "--out", str(tmp_path / "local")]) == 0
         local_out = capsys.readouterr().out
         patch.chdir(tmp_path)
+        patch.setattr("pathoseg.engine.slides.LocalWindows.logits", _not_here)  # the workers compute every window
+        # One slide on two workers: its windows are split over both, this process stitches.
         assert main(["predict", *relative, "--out", "ray", "--engine", "ray", "--workers", "2"]) == 0
         ray_out = capsys.readouterr().out
+        assert main(["predict", *relative, "--out", "whole", "--engine", "ray", "--workers", "2",
+                     "--no-split-slides"]) == 0
     # At the model's own resolution the images come out otherwise: the estimates mattered.
     assert main(["predict", *inputs[:4], "--out", str(tmp_path / "native"), "--mpp", "0.62"]) == 0
     assert any((tmp_path / "native" / "instances" / f"{p.stem}.png").read_bytes()
@@ -98,6 +108,8 @@ def test_ray_writes_byte_identical_outputs_to_the_single_process_path(local_ray,
     assert set(distributed) == expected
     differing = [name for name in expected if local[name] != distributed[name]]
     assert not differing, f"differ from the single-process outputs: {differing}"
+    whole = _files(tmp_path / "whole")  # the slide whole on one worker
+    assert whole == local, [name for name in expected if local[name] != whole.get(name)]
     # The comparison means something: the masks hold glands and background.
     masks = [read_image(tmp_path / "ray" / "masks" / f"{p.stem}.png") for p in images]
     assert any(0 < (m > 0).mean() < 1 for m in masks)
@@ -107,6 +119,45 @@ def test_ray_writes_byte_identical_outputs_to_the_single_process_path(local_ray,
     assert ray_lines[:3] == local_out.splitlines()[:3]  # "estimated 0.93 µm/px ... for <image>"
     assert ray_lines[3] == "3 images -> ray/masks, ray/instances, ray/overlays"
     assert ray_lines[4].split(" in ")[0] == local_out.splitlines()[4].split(" in ")[0]  # "<slide>: N glands"
+
+
+class _FakeRay:
+    """What RayWindows uses of ray: get and cancel, on refs that hold their value."""
+
+    def __init__(self) -> None:
+        self.cancelled: list[int] = []
+
+    def get(self, ref: SimpleNamespace) -> np.ndarray:
+        return ref.value
+
+    def cancel(self, ref: SimpleNamespace) -> None:
+        self.cancelled.append(int(ref.value[0]))
+
+
+def _fake_actor(name: str, log: list) -> SimpleNamespace:
+    def remote(path, read, tta):
+        log.append((name, read))
+        return SimpleNamespace(value=np.array([read]))
+    return SimpleNamespace(window_logits=SimpleNamespace(remote=remote))
+
+
+def test_a_slides_windows_go_round_robin_in_order_and_never_far_ahead():
+    log: list = []
+    fake = _FakeRay()
+    windows = RayWindows(fake, [_fake_actor("a", log), _fake_actor("b", log)], ("gland", "contour"), ahead=3)
+    slide = SimpleNamespace(path=Path("slide.tif"))
+    taken = []
+    for logits in windows.logits(slide, list(range(7)), tta=False):
+        taken.append(int(logits[0]))
+        assert len(log) <= len(taken) + 2  # submitted while this one was taken: at most 3 not yet taken
+    assert taken == list(range(7))  # in the stitcher's order
+    assert log == [("ab"[k % 2], k) for k in range(7)]  # each window once, the workers in turn
+    # Stopped early (a stop, an error): what was queued ahead is cancelled, nothing more is sent.
+    log.clear()
+    stream = windows.logits(slide, list(range(7)), tta=False)
+    assert [int(next(stream)[0]) for _ in range(2)] == [0, 1]
+    stream.close()
+    assert len(log) == 4 and fake.cancelled == [2, 3]
 
 
 def test_a_bad_input_on_a_worker_is_one_line_naming_it(local_ray, random_model, tmp_path, capsys):

@@ -173,14 +173,14 @@ def _ray_config(args: argparse.Namespace, backend):
     """``--engine ray``'s settings (None for ``--engine local``), checked before anything runs:
     Ray installed, the cluster's address answering."""
     if args.engine != "ray":
-        if args.address is not None or args.workers is not None:
-            raise PathosegError("--address and --workers apply to --engine ray")
+        if args.address is not None or args.workers is not None or args.split_slides is not None:
+            raise PathosegError("--address, --workers and --split-slides apply to --engine ray")
         return None
     from pathoseg.pipeline.ray_engine import RayConfig, check_ray
 
     if backend.backend != "torch":  # the workers build the torch model from the shipped checkpoint
         raise PathosegError(f"--engine ray runs the torch backend only; leave out --backend {backend.backend}")
-    cfg = RayConfig(args.address, args.workers, args.cpus_per_worker)
+    cfg = RayConfig(args.address, args.workers, args.cpus_per_worker, split_slides=args.split_slides)
     check_ray(cfg)
     return cfg
 
@@ -732,6 +732,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="--engine ray: number of workers, each loading the model once (default: the CPUs allow)")
     p.add_argument("--cpus-per-worker", type=_positive(int), default=1,
                    help="--engine ray: CPUs reserved for each worker, and its torch threads")
+    p.add_argument("--split-slides", action=argparse.BooleanOptionalAction, default=None,
+                   help="--engine ray: each slide's windows over all workers, stitched by this process (--no-"
+                   "split-slides: each slide whole on one worker; default: split when there are fewer slides "
+                   "than workers)")
     _add_predict_args(p)
     _add_backend_args(p)
     p.set_defaults(func=cmd_predict)

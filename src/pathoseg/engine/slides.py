@@ -34,9 +34,10 @@ import os
 import shutil
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -129,6 +130,10 @@ def _ramp(n: int, margin: int, start: bool, end: bool) -> np.ndarray:
 
 
 # -- window logits, kept on disk until their last cell is done -----------------------------------------------------
+def window_path(folder: Path, a: int, b: int) -> Path:
+    return folder / f"{a}_{b}.npy"
+
+
 class _WindowStore:
     def __init__(self, folder: Path, grid: Grid, compute: WindowLogits,
                  has_tissue: Callable[[int, int], bool], capacity: int = 12) -> None:
@@ -140,7 +145,7 @@ class _WindowStore:
         folder.mkdir(parents=True, exist_ok=True)
 
     def _path(self, a: int, b: int) -> Path:
-        return self.folder / f"{a}_{b}.npy"
+        return window_path(self.folder, a, b)
 
     def get(self, a: int, b: int) -> np.ndarray | None:
         key = (a, b)
@@ -318,6 +323,25 @@ def stitch_cells(grid: Grid, window_logits: WindowLogits, channels: tuple[str, .
                     on_cell(k)
     shutil.rmtree(work / "logits", ignore_errors=True)
     return {"cells": len(grid), "computed_windows": store.computed, "computed_px": store.computed_px}
+
+
+def windows_to_compute(grid: Grid, work: Path, has_tissue: Callable[[int, int], bool]) -> list[tuple[int, int]]:
+    """The windows :func:`stitch_cells` will compute, in the order it will ask for them: those
+    with tissue around the tissue cells not yet in the manifest, first use first, less the
+    ones an earlier run left on disk. Known ahead, they can be computed ahead (elsewhere)."""
+    done = read_manifest(work)
+    cols = grid.shape[1]
+    order: list[tuple[int, int]] = []
+    seen: set[tuple[int, int]] = set()
+    for k in range(len(grid)):
+        i, j = divmod(k, cols)
+        if k in done or not has_tissue(i, j):
+            continue
+        for a, b in grid.neighbours(i, j):
+            if (a, b) not in seen and has_tissue(a, b) and not window_path(work / "logits", a, b).is_file():
+                order.append((a, b))
+            seen.add((a, b))
+    return order
 
 
 def _decode_cell(grid: Grid, store: _WindowStore, i: int, j: int, channels: tuple[str, ...],
@@ -689,6 +713,79 @@ class SlideConfig:
         return self.margin if self.margin is not None else max(32, self.tile // 16)
 
 
+@dataclass(frozen=True)
+class WindowRead:
+    """A window of the working canvas as what is read for it: the level-0 rectangle
+    (x, y, w, h) of the slide, resampled to (out_w, out_h) working pixels."""
+
+    box: tuple[int, int, int, int]  # (v0, v1, u0, u1) on the canvas
+    x: float
+    y: float
+    w: float
+    h: float
+    out_w: int
+    out_h: int
+
+    @classmethod
+    def of(cls, box: tuple[int, int, int, int], place: Placement) -> WindowRead:
+        v0, v1, u0, u1 = box
+        return cls(box, place.x + u0 * place.kx, place.y + v0 * place.ky, (u1 - u0) * place.kx,
+                   (v1 - v0) * place.ky, u1 - u0, v1 - v0)
+
+
+def window_logits(model, slide, read: WindowRead, tta: bool, device="cpu") -> np.ndarray:
+    """(C, h, w) float16 logits of one window: what every window source runs, here or on a
+    Ray worker, so a slide's outputs do not depend on where its windows were computed."""
+    import torch
+
+    from pathoseg.engine.predict import forward_padded
+
+    rgb = slide.read_scaled(read.x, read.y, read.w, read.h, read.out_w, read.out_h)
+    x = torch.from_numpy(rgb).to(device).permute(2, 0, 1)[None].float().div_(255)
+    with torch.inference_mode():
+        return forward_padded(model, x, tta)[0].float().cpu().numpy().astype(np.float16)
+
+
+class WindowSource(Protocol):
+    """Computes the logits of a slide's windows, yielded in the order of ``reads``; it may
+    compute ahead of what has been taken (a pool of workers), by a bounded number."""
+
+    channels: tuple[str, ...]
+
+    def logits(self, slide, reads: Sequence[WindowRead], tta: bool) -> Iterator[np.ndarray]: ...
+
+
+@dataclass
+class LocalWindows:
+    """Windows through ``model`` in this process, one at a time, as they are taken."""
+
+    model: Any
+    device: Any = "cpu"
+
+    @property
+    def channels(self) -> tuple[str, ...]:
+        return tuple(self.model.head.channels)
+
+    def logits(self, slide, reads: Sequence[WindowRead], tta: bool) -> Iterator[np.ndarray]:
+        self.model.eval()
+        for read in reads:
+            yield window_logits(self.model, slide, read, tta, self.device)
+
+
+def _planned(stream: Iterator[np.ndarray], reads: Sequence[WindowRead]) -> WindowLogits:
+    """The stitcher's ``box -> logits`` over a stream computed in a planned order; a request
+    out of that order is a bug in :func:`windows_to_compute`, not something to paper over."""
+    expected = iter(reads)
+
+    def take(box: tuple[int, int, int, int]) -> np.ndarray:
+        read = next(expected, None)
+        if read is None or read.box != tuple(box):
+            raise RuntimeError(f"window {box} asked for out of the planned order (expected {read})")
+        return next(stream)
+
+    return take
+
+
 def slide_outputs(out: Path, stem: str) -> dict[str, Path]:
     return {"geojson": out / f"{stem}.geojson", "mask": out / f"{stem}.mask.tif",
             "overview": out / f"{stem}.overview.png", "work": out / f"{stem}.tiles"}
@@ -696,22 +793,25 @@ def slide_outputs(out: Path, stem: str) -> dict[str, Path]:
 
 def predict_slide(model, slide, region, out: Path, model_mpp: float, scale: float, icfg: InstanceConfig,
                   cfg: SlideConfig = SlideConfig(), device="cpu", identity: dict | None = None,
-                  progress: bool = True, on_cell: Callable[[int], None] | None = None) -> SlideRun:
+                  progress: bool = True, on_cell: Callable[[int], None] | None = None,
+                  windows: WindowSource | None = None) -> SlideRun:
     """Predict ``region`` (level-0 pixels) of an open :class:`~pathoseg.data.slides.Slide`
     at the model's working resolution (``model_mpp / scale`` µm/px) and write
     ``<stem>.geojson``, ``<stem>.mask.tif`` and ``<stem>.overview.png`` into ``out``.
     ``icfg`` is in native pixels of the model's training resolution. ``identity``
-    (checkpoint hash, ...) joins the settings a resumed run must share."""
+    (checkpoint hash, ...) joins the settings a resumed run must share. ``windows``
+    computes the window logits (default: ``model`` on ``device`` here; ``model`` is not used
+    otherwise); this process reads the thumbnail, stitches and writes the outputs."""
     import warnings
 
-    import torch
     from scipy import ndimage as ndi
 
     from pathoseg.data.images import write_rgb_png
     from pathoseg.data.resolution import scale_instance_config
     from pathoseg.data.slides import tissue_mask
-    from pathoseg.engine.predict import forward_padded
     from pathoseg.viz.overlay import outline_instances
+
+    windows = windows if windows is not None else LocalWindows(model, device)
 
     start = now()
     timings: dict[str, float] = {}
@@ -744,18 +844,14 @@ def predict_slide(model, slide, region, out: Path, model_mpp: float, scale: floa
         return bool(tissue[math.floor(v0 * th / height):math.ceil(v1 * th / height),
                            math.floor(u0 * tw / width):math.ceil(u1 * tw / width)].any())
 
-    def window_logits(box: tuple[int, int, int, int]) -> np.ndarray:
-        v0, v1, u0, u1 = box
-        rgb = slide.read_scaled(region.x + u0 * place.kx, region.y + v0 * place.ky, (u1 - u0) * place.kx,
-                                (v1 - v0) * place.ky, u1 - u0, v1 - v0)
-        x = torch.from_numpy(rgb).to(device).permute(2, 0, 1)[None].float().div_(255)
-        with torch.inference_mode():
-            return forward_padded(model, x, cfg.tta)[0].float().cpu().numpy()
-
-    model.eval()
+    reads = [WindowRead.of(grid.window(a, b), place) for a, b in windows_to_compute(grid, paths["work"], has_tissue)]
+    stream = windows.logits(slide, reads, cfg.tta)
     t = now()
-    stats = stitch_cells(grid, window_logits, tuple(model.head.channels), icfg_work, paths["work"], has_tissue,
-                         progress=progress, desc=slide.path.name, on_cell=on_cell)
+    try:
+        stats = stitch_cells(grid, _planned(stream, reads), windows.channels, icfg_work, paths["work"], has_tissue,
+                             progress=progress, desc=slide.path.name, on_cell=on_cell)
+    finally:
+        getattr(stream, "close", lambda: None)()  # a pool stops computing ahead
     timings["cells_s"] = now() - t
     t = now()
     glands = resolve_glands(paths["work"], grid, icfg_work.min_size)

@@ -157,9 +157,10 @@ def slide_config(tile: int | None, tta: bool, path: str | Path | None = None):
 
 def predict_slides(model: GlandSegmenter, slides: Sequence[tuple[Slide, Region]], out: Path, model_mpp: float,
                    scale: float, icfg: InstanceConfig, device: torch.device, cfg=None,
-                   identity: dict | None = None, progress: bool = True) -> list:
+                   identity: dict | None = None, progress: bool = True, windows=None) -> list:
     """Each slide through :func:`pathoseg.engine.slides.predict_slide` into ``out``
-    (``cfg``: a :class:`~pathoseg.engine.slides.SlideConfig`, default :func:`slide_config`)."""
+    (``cfg``: a :class:`~pathoseg.engine.slides.SlideConfig`, default :func:`slide_config`;
+    ``windows``: where the window logits are computed, default ``model`` here)."""
     from pathoseg.engine.slides import predict_slide
 
     cfg = cfg or slide_config(None, False)
@@ -167,7 +168,7 @@ def predict_slides(model: GlandSegmenter, slides: Sequence[tuple[Slide, Region]]
     try:
         for slide, region in slides:
             runs.append(predict_slide(model, slide, region, out, model_mpp, scale, icfg, cfg, device, identity,
-                                      progress))
+                                      progress, windows=windows))
     finally:
         for slide, _ in slides:
             slide.close()

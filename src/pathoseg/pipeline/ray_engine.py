@@ -8,31 +8,39 @@ at a time through the single-process functions (:func:`~pathoseg.pipeline.predic
 on several machines the inputs and ``--out`` must be at the same path on all of them (shared
 storage); on the local Ray (the default) that holds by itself.
 
-The unit of work is one image or one whole slide; the tiles of one slide stay on one worker
-(``engine/slides.py`` computes a slide's window logits inside :func:`predict_slide`, with no
-hook to have them computed elsewhere).
+The unit of work is one image or one whole slide, or, for slides split over the workers
+(``--split-slides``; by default when there are fewer slides than workers), one window of a
+slide: this process plans the windows the stitcher will need (``windows_to_compute``), the
+workers compute their logits a bounded number ahead of it, and this process stitches, decodes
+and writes the slide's outputs as one process would (:class:`RayWindows`).
 
 Ray is optional (``pip install pathoseg[ray]``) and imported only here, when used.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
 import threading
-from collections.abc import Mapping, Sequence
+from collections import deque
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 from tqdm import tqdm
 
 from pathoseg.data.slides import Region, Slide
 from pathoseg.engine.checkpoint import Checkpoint
 from pathoseg.engine.instances import InstanceConfig
 from pathoseg.engine.predict import PredictConfig
-from pathoseg.engine.slides import SlideConfig, SlideRun
+from pathoseg.engine.slides import SlideConfig, SlideRun, WindowRead, window_logits
 from pathoseg.errors import PathosegError
+from pathoseg.models.heads import get_head
+from pathoseg.pipeline.prediction import predict_slides
 
 RAY_DEFAULT_PORT = 6379  # what `ray start --head` listens on
 
@@ -46,12 +54,22 @@ class RayConfig:
     cpus_per_worker: int = 1  # Ray CPUs reserved per actor, and its torch threads
     answer_timeout_s: float = 5.0  # an address that does not accept a connection by then is an error
     connect_timeout_s: float = 15.0  # the whole handshake with a cluster that did answer
+    # True: each slide's windows over all workers, stitched here; False: each slide whole on
+    # one worker; None: True when there are fewer slides than workers (some would be idle)
+    split_slides: bool | None = None
+    windows_ahead: int = 2  # per worker: windows computed ahead of the stitcher (bounds memory here)
 
     def __post_init__(self) -> None:
         if self.workers is not None and self.workers < 1:
             raise PathosegError(f"--workers {self.workers}: needs at least 1")
         if self.cpus_per_worker < 1:
             raise PathosegError(f"--cpus-per-worker {self.cpus_per_worker}: needs at least 1")
+        if self.windows_ahead < 1:
+            raise PathosegError(f"windows_ahead {self.windows_ahead}: needs at least 1")
+
+    def splits(self, slides: int, workers: int) -> bool:
+        """Whether ``slides`` slides on ``workers`` workers are split into windows."""
+        return self.split_slides if self.split_slides is not None else 0 < slides < workers
 
 
 @dataclass(frozen=True)
@@ -92,7 +110,8 @@ class PredictWorker:
         torch.set_num_threads(threads)  # the CPUs Ray reserved for this actor, no more
         self.job = job
         self.device = choose_device(job.device)
-        self.model = checkpoint.build(self.device)
+        self.model = checkpoint.build(self.device).eval()
+        self.slide: Slide | None = None  # the slide whose windows it computes, kept open
 
     def predict(self, item: WorkItem) -> tuple[int, Path | SlideRun]:
         """(item index, the mask written for an image | the SlideRun of a slide)."""
@@ -107,6 +126,54 @@ class PredictWorker:
         runs = predict_slides(self.model, [(slide, item.region)], job.out / "slides", job.model_mpp, job.scale,
                               job.slide_instances, self.device, job.slide_config, job.identity, progress=False)
         return item.index, runs[0]
+
+    def window_logits(self, path: Path, read: WindowRead, tta: bool) -> np.ndarray:
+        """One window of the slide at ``path`` (:func:`~pathoseg.engine.slides.window_logits`)."""
+        if self.slide is None or self.slide.path != path:
+            if self.slide is not None:
+                self.slide.close()
+            self.slide = Slide(path, self.job.slide_mpp)
+        return window_logits(self.model, self.slide, read, tta, self.device)
+
+
+@dataclass
+class RayWindows:
+    """A slide's windows over Ray actors (a :class:`~pathoseg.engine.slides.WindowSource`):
+    submitted round-robin in the stitcher's order, at most ``ahead`` not yet taken, so memory
+    here stays bounded whatever the slide's size; a worker's error is one line."""
+
+    ray: Any
+    actors: list
+    channels: tuple[str, ...]
+    ahead: int
+
+    def logits(self, slide, reads: Sequence[WindowRead], tta: bool) -> Iterator[np.ndarray]:
+        path = slide.path.absolute()  # the workers open it themselves (shared storage)
+        pending: deque = deque()
+        submitted = 0
+        try:
+            for taken in range(len(reads)):
+                while submitted < min(len(reads), taken + self.ahead):
+                    actor = self.actors[submitted % len(self.actors)]
+                    pending.append(actor.window_logits.remote(path, reads[submitted], tta))
+                    submitted += 1
+                logits = _get(self.ray, pending.popleft())
+                yield logits
+        finally:  # stopped early (an error, a stop): what is queued is not needed
+            for ref in pending:
+                with contextlib.suppress(Exception):
+                    self.ray.cancel(ref)
+
+
+def _get(ray, ref):
+    """``ray.get`` with a worker's input error as the one line it is."""
+    try:
+        return ray.get(ref)
+    except Exception as exc:
+        error = _unwrap(ray, exc)
+        if error is None:
+            raise
+        raise error from None
 
 
 def _import_ray():
@@ -239,37 +306,55 @@ def predict_on_ray(checkpoint: Checkpoint, images: Sequence[Path], slides: Seque
     """Predict ``images`` and ``slides`` ((path, region) pairs, already checked) on Ray
     actors into ``job.out``; (masks written, one SlideRun per slide), both in input order."""
     ray = _import_ray()
-    from ray.util import ActorPool
 
     started = start_ray(cfg)
     actors = []
     try:
-        workers = min(_worker_count(ray, cfg), max(1, len(images) + len(slides)))
+        available = _worker_count(ray, cfg)
+        split = cfg.splits(len(slides), available)
+        workers = available if split else min(available, max(1, len(images) + len(slides)))
         # Only what predicting needs travels: no optimiser state, no training history.
         model_ref = ray.put(replace(checkpoint, optimizer=None, scheduler=None, history=[]))
         actor_class = ray.remote(num_cpus=cfg.cpus_per_worker)(PredictWorker)
-        job_ref = ray.put(_absolute(job))
+        job = _absolute(job)
+        job_ref = ray.put(job)
         actors = [actor_class.remote(model_ref, job_ref, cfg.cpus_per_worker) for _ in range(workers)]
-        pool = ActorPool(actors)
-        items = _work_items(images, slides)
-        for item in items:
-            pool.submit(lambda actor, it: actor.predict.remote(it), item)
-        results: list = [None] * len(items)
-        with tqdm(total=len(items), desc=f"predicting on {workers} Ray workers", unit="input",
-                  disable=not progress, leave=False) as bar:
-            while pool.has_next():
-                try:
-                    index, result = pool.get_next_unordered()
-                except Exception as exc:
-                    error = _unwrap(ray, exc)
-                    if error is None:
-                        raise
-                    raise error from None
-                results[index] = result
-                bar.update(1)
-        return list(results[len(slides):]), list(results[:len(slides)])
+        if not split:
+            return _inputs_on_actors(ray, actors, images, slides, progress)
+        windows = RayWindows(ray, actors, get_head(checkpoint.model_config.head).channels,
+                             cfg.windows_ahead * workers)
+        opened = [(Slide(path, job.slide_mpp), region) for path, region in slides]
+        runs = predict_slides(None, opened, job.out / "slides", job.model_mpp, job.scale, job.slide_instances,
+                              "cpu", job.slide_config, job.identity, progress, windows=windows)
+        masks, _ = _inputs_on_actors(ray, actors, images, [], progress)
+        return masks, runs
     finally:
         for actor in actors:
             ray.kill(actor)
         if started:
             stop_ray()
+
+
+def _inputs_on_actors(ray, actors: list, images: Sequence[Path], slides: Sequence[tuple[Path, Region]],
+                      progress: bool) -> tuple[list[Path], list[SlideRun]]:
+    """Whole inputs, one per call, to whichever actor is free; results in input order."""
+    from ray.util import ActorPool
+
+    pool = ActorPool(actors)
+    items = _work_items(images, slides)
+    for item in items:
+        pool.submit(lambda actor, it: actor.predict.remote(it), item)
+    results: list = [None] * len(items)
+    with tqdm(total=len(items), desc=f"predicting on {len(actors)} Ray workers", unit="input",
+              disable=not progress or not items, leave=False) as bar:
+        while pool.has_next():
+            try:
+                index, result = pool.get_next_unordered()
+            except Exception as exc:
+                error = _unwrap(ray, exc)
+                if error is None:
+                    raise
+                raise error from None
+            results[index] = result
+            bar.update(1)
+    return list(results[len(slides):]), list(results[:len(slides)])
