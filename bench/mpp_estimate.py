@@ -8,17 +8,25 @@
     python bench/mpp_estimate.py --method nuclei --json docs/results/mpp_estimate_nuclei.json
         # the nucleus-size estimator, for comparison
     python bench/mpp_estimate.py --method nuclei --calibrate   # its reference nucleus radius
+    python bench/mpp_estimate.py --crop 256x192 --json docs/results/mpp_estimate_crop256x192.json
+        # every test input the same size in pixels whatever its factor (tiles of a fixed size)
 
 Factor f means the image is resized by f (cv2 INTER_AREA when shrinking, INTER_CUBIC when
 enlarging), so its true resolution is 0.62 / f µm/px. An estimate is "within ±15 %" when the
 estimated factor (0.62 / estimated µm/px) is within 15 % of f. Images whose estimate is not
 confident count as failures (``--mpp auto`` would fall back to the model's resolution for
-them), and are also reported apart.
+them), and are also reported apart. ``--crop WxH`` cuts the centre W x H pixels of every
+resampled image: then an input's size in pixels says nothing about its scale (a whole GlaS
+image at factor f is 775 f pixels wide, which an estimator could read the answer from).
 
 The fit (``--fit``) sees only the 85 training images, each resized by 10 factors drawn
-log-uniformly from 0.33–3 (seeded; enlarged half with linear, half with cubic interpolation,
-so that the test's cubic is not the only one it knows); the ridge penalty is chosen by 5-fold
-cross-validation over training images (all factors of an image in one fold). The nucleus
+log-uniformly from 0.36–3 (seeded; enlarged half with linear, half with cubic interpolation,
+so that the test's cubic is not the only one it knows; one factor per image is 1, the scan
+as it is; ``FIT_MAX_BLUR`` > 0 blurs each by a Gaussian of random sigma up to it, so that
+sharpness alone does not tell the scale: 0, measured in docs/benchmarks.md), 4 of each
+resized image's tissue windows (the estimator's own
+fixed-size windows); the ridge penalty is chosen by 5-fold cross-validation over training
+images (all windows of an image in one fold). The nucleus
 calibration (``--calibrate``) uses the training images at their native 0.62 µm/px and shrunk
 by 0.4–0.8, and prints ``MppEstimateConfig.reference_radius_um`` and ``coarse_bias``.
 """
@@ -42,15 +50,17 @@ from tqdm import tqdm
 from pathoseg.data import load_dataset
 from pathoseg.data.mpp_estimate import MppEstimateConfig, estimate_mpp, measure_nuclei
 from pathoseg.data.resolution import GLAS_MPP, resample_image
-from pathoseg.engine.mpp_regressor import COEFFICIENTS, MppRegressor, RidgeFit, fit_ridge
+from pathoseg.engine.mpp_regressor import COEFFICIENTS, MppRegressor, MppRegressorConfig, RidgeFit, fit_ridge
 from pathoseg.io import write_json
 from pathoseg.pipeline.training import find_glas
 
 FACTORS = (0.4, 0.5, 0.67, 0.8, 1.0, 1.25, 1.5, 2.0, 2.5)
 TOLERANCE = 0.15
-FIT_FACTORS = (0.33, 3.0)  # the fit's range of factors (log-uniform)
+FIT_FACTORS = (0.36, 3.0)  # the fit's range of factors (log-uniform; 0.36: the smallest image keeps 160 px)
 FIT_PER_IMAGE = 10
-ALPHAS = (1.0, 10.0, 100.0, 1000.0)
+FIT_WINDOWS = 4  # windows per resized image
+FIT_MAX_BLUR = 0.0  # px: largest Gaussian blur of a resized image, drawn at random (0.8 measured: worse overall)
+ALPHAS = (10.0, 100.0, 1000.0, 3000.0, 10000.0)
 FOLDS = 5
 
 
@@ -62,15 +72,30 @@ def resample(image: np.ndarray, factor: float) -> np.ndarray:
 
 def perturb(image: np.ndarray, kind: str | None, rng: np.random.Generator) -> np.ndarray:
     """Another lab's look: ``stain`` scales the haematoxylin and eosin optical densities by
-    0.7–1.3 each (colour deconvolution, skimage), ``jpeg`` re-encodes at quality 50."""
+    0.7–1.3 each (colour deconvolution, skimage), ``jpeg`` re-encodes at quality 50, ``blur``
+    is another scanner's sharpness (a Gaussian of sigma 0–1 px at random)."""
     if kind is None:
         return image
+    if kind == "blur":
+        return cv2.GaussianBlur(image, (0, 0), rng.uniform(0.3, 1.0)) if rng.random() < 0.75 else image
     if kind == "jpeg":
         _, buf = cv2.imencode(".jpg", image[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, 50])
         return cv2.imdecode(buf, cv2.IMREAD_COLOR)[..., ::-1].copy()
     hed = rgb2hed(image)
     hed[..., :2] *= rng.uniform(0.7, 1.3, 2)
     return (np.clip(hed2rgb(hed), 0, 1) * 255).round().astype(np.uint8)
+
+
+def centre(image: np.ndarray, crop: tuple[int, int] | None) -> np.ndarray:
+    """The centre ``crop`` = (w, h) pixels of ``image``; an error if it is smaller: a smaller
+    input would tell its scale by its size."""
+    if crop is None:
+        return image
+    w, h = crop
+    if image.shape[0] < h or image.shape[1] < w:
+        raise SystemExit(f"--crop {w}x{h} is larger than a resampled image ({image.shape[1]}x{image.shape[0]})")
+    y, x = (image.shape[0] - h) // 2, (image.shape[1] - w) // 2
+    return image[y:y + h, x:x + w]
 
 
 def config_from(overrides: list[str]) -> MppEstimateConfig:
@@ -109,10 +134,15 @@ def calibrate(data, cfg: MppEstimateConfig, factors: tuple[float, ...] = (0.4, 0
 
 
 def fit_features(data, estimator: MppRegressor, cache: Path | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(features, ln factor, image index) of the training images at random factors; cached."""
+    """(features, ln factor, image index) of windows of the training images at random factors:
+    up to FIT_WINDOWS of each resized image's tissue windows, drawn at random; cached (a cache
+    made with another window size or blur is made again)."""
+    side = estimator.cfg.window
     if cache is not None and cache.is_file():
         d = np.load(cache)
-        return d["X"], d["y"], d["image"]
+        made_with = (float(d["window"]), float(d["max_blur"])) if "max_blur" in d else None
+        if made_with == (side, FIT_MAX_BLUR):
+            return d["X"], d["y"], d["image"]
     rng = np.random.default_rng(0)
     images = [s for s in data if s.name.startswith("train_")]  # never the test images
     rows, ys, idx = [], [], []
@@ -120,18 +150,28 @@ def fit_features(data, estimator: MppRegressor, cache: Path | None) -> tuple[np.
     for i, sample in enumerate(images):
         image = sample.load()[0]
         factors = np.exp(rng.uniform(math.log(FIT_FACTORS[0]), math.log(FIT_FACTORS[1]), FIT_PER_IMAGE))
+        factors[0] = 1.0  # the scan as it is, never interpolated: what a slide's level 0 looks like
         for f in factors:
             enlarge = cv2.INTER_CUBIC if rng.random() < 0.5 else cv2.INTER_LINEAR
             resized = resample_image(image, float(f), enlarge_with=enlarge)
-            rows.append(estimator.features(estimator.window(resized)))
-            ys.append(math.log(f))
-            idx.append(i)
+            if min(resized.shape[:2]) < side:
+                continue
+            # Scanners differ in sharpness, and enlarging blurs: blur at random so that
+            # sharpness alone does not tell the scale.
+            sigma = rng.uniform(0.0, FIT_MAX_BLUR)
+            if sigma > 0.3:
+                resized = cv2.GaussianBlur(resized, (0, 0), sigma)
+            windows = estimator.windows(resized)
+            pick = rng.choice(len(windows), min(FIT_WINDOWS, len(windows)), replace=False)
+            rows.append(estimator.features(windows[np.sort(pick)]))
+            ys += [math.log(f)] * len(pick)
+            idx += [i] * len(pick)
         print(f"\r{i + 1}/{len(images)} training images, {time.perf_counter() - start:.0f} s", end="", flush=True)
     print()
-    X, y, index = np.array(rows), np.array(ys), np.array(idx)
+    X, y, index = np.concatenate(rows), np.array(ys), np.array(idx)
     if cache is not None:
         cache.parent.mkdir(parents=True, exist_ok=True)
-        np.savez(cache, X=X, y=y, image=index)
+        np.savez(cache, X=X, y=y, image=index, window=side, max_blur=FIT_MAX_BLUR)
     return X, y, index
 
 
@@ -148,11 +188,12 @@ def fit(data, cache: Path | None) -> None:
         hits = [within(fit_ridge(X[fold != k], y[fold != k], alpha, GLAS_MPP), X[fold == k], y[fold == k])
                 for k in range(FOLDS)]
         scores[alpha] = float(np.mean(np.concatenate(hits)))
-        print(f"alpha {alpha:g}: {scores[alpha]:.1%} of held-out training images within ±15 %")
+        print(f"alpha {alpha:g}: {scores[alpha]:.1%} of held-out training windows within ±15 %")
     alpha = max(scores, key=scores.get)
-    about = (f"ridge on pooled EfficientNet-Lite0 (ImageNet) features of {int(image.max()) + 1} GlaS training "
-             f"images x {FIT_PER_IMAGE} factors in {FIT_FACTORS[0]}-{FIT_FACTORS[1]}; alpha {alpha:g} by "
-             f"{FOLDS}-fold CV ({scores[alpha]:.1%} within 15 %); python bench/mpp_estimate.py --fit")
+    about = (f"ridge on pooled EfficientNet-Lite0 (ImageNet) features of {len(y)} windows of "
+             f"{MppRegressorConfig().window} px from {int(image.max()) + 1} GlaS training images x {FIT_PER_IMAGE} "
+             f"factors in {FIT_FACTORS[0]}-{FIT_FACTORS[1]}; alpha {alpha:g} by {FOLDS}-fold CV "
+             f"({scores[alpha]:.1%} of windows within 15 %); python bench/mpp_estimate.py --fit")
     result = fit_ridge(X, y, alpha, GLAS_MPP, about)
     result.save(COEFFICIENTS)
     train_z = result.unfamiliarity(X)
@@ -171,7 +212,9 @@ def main() -> None:
     ap.add_argument("--fit", action="store_true", help="fit the learned estimator on the training images")
     ap.add_argument("--features-cache", type=Path, help="--fit: keep (or reuse) the training features here")
     ap.add_argument("--calibrate", action="store_true", help="--method nuclei: its reference radius")
-    ap.add_argument("--perturb", choices=("stain", "jpeg"), help="after resampling: another lab's stain or JPEG")
+    ap.add_argument("--perturb", choices=("stain", "jpeg", "blur"),
+                    help="after resampling: another lab's stain, JPEG or sharpness")
+    ap.add_argument("--crop", help="WxH: the centre of each resampled image, this many pixels (all factors alike)")
     ap.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", help="MppEstimateConfig override")
     args = ap.parse_args()
     root = find_glas(args.data)
@@ -187,13 +230,14 @@ def main() -> None:
         return
     estimate = MppRegressor() if args.method == "encoder" else (lambda image: estimate_mpp(image, cfg))
     factors = [float(f) for f in args.factors.split(",")]
+    crop = tuple(int(v) for v in args.crop.lower().split("x")) if args.crop else None
     tests = [s for s in data if not s.name.startswith("train_")][: args.limit]
     rows, seconds = [], []
     rng = np.random.default_rng(0)
     for sample in tqdm(tests, desc=f"estimating ({args.method})", unit="img"):
         image = sample.load()[0]
         for f in factors:
-            resized = perturb(resample(image, f), args.perturb, rng)
+            resized = perturb(centre(resample(image, f), crop), args.perturb, rng)
             start = time.perf_counter()
             est = estimate(resized)
             seconds.append((time.perf_counter() - start, resized.shape[0] * resized.shape[1]))
@@ -215,7 +259,8 @@ def main() -> None:
     result = {"overall": overall, "per_factor": per_factor, "tolerance": TOLERANCE,
               "seconds_per_image_median": statistics.median(t for t, _ in seconds),
               "seconds_775x522_or_smaller_median": statistics.median(native) if native else None,
-              "method": args.method, "perturb": args.perturb, "command": "python " + " ".join(sys.argv),
+              "method": args.method, "perturb": args.perturb, "crop": args.crop,
+              "command": "python " + " ".join(sys.argv),
               "config": ({f.name: getattr(cfg, f.name) for f in fields(cfg)} if args.method == "nuclei" else
                          {"coefficients": estimate.fit.about if estimate.fit else None,
                           **{f.name: getattr(estimate.cfg, f.name) for f in fields(estimate.cfg)}}),

@@ -1,9 +1,11 @@
 """``pathoseg predict --engine ray`` against the single-process path, in one run: throughput
-with 1 and 2 Ray workers and with ``--engine local`` (torch's default threads, and 1 thread),
-and whether every output file is the same.
+with 1 and 2 Ray workers, slides whole on one worker and split into windows over all of them,
+and with ``--engine local`` (torch's default threads, and 1 thread), and whether every output
+file is the same.
 
     python bench/ray_throughput.py [--slides 2 --side 2048 --patches 4] [--images 8 --data GLAS]
-                                   [--workers 1,2] [--cpus-per-worker 1] [--local-threads 0,1] [--tile 1024]
+                                   [--workers 1,2] [--split no,yes] [--cpus-per-worker 1]
+                                   [--local-threads 0,1] [--tile 1024]
                                    [--checkpoint runs/lite0/best.pt] [--out runs/ray-bench]
 
 Inputs: ``--slides`` synthetic pyramidal TIFFs at 0.62 µm/px (``bench/slide_throughput.py``'s:
@@ -20,6 +22,7 @@ DeepLabV3+ / EfficientNet-Lite0 is used: the same network cost as a trained one.
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import sys
 import time
@@ -53,6 +56,8 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=8, help="plain images (GlaS testA, else synthetic 512x512)")
     ap.add_argument("--data", help="GlaS (default ../shared/data/glas)")
     ap.add_argument("--workers", default="1,2", help="Ray worker counts to measure")
+    ap.add_argument("--split", default="no",
+                    help="slides whole on one worker (no) and/or split into windows over all workers (yes)")
     ap.add_argument("--cpus-per-worker", type=int, default=1)
     ap.add_argument("--local-threads", default="0,1", help="torch threads of the single-process runs (0: default)")
     ap.add_argument("--tile", type=int, default=1024, help="slide window side")
@@ -115,14 +120,15 @@ def main() -> None:
     assert start_ray(RayConfig(workers=max(worker_counts), cpus_per_worker=args.cpus_per_worker))
     ray_start_s = time.perf_counter() - start
     try:
-        for workers in worker_counts:
-            ray_out = fresh(f"ray_{workers}")
+        for workers, split in itertools.product(worker_counts, args.split.split(",")):
+            ray_out = fresh(f"ray_{workers}_{split}")
             job = PredictJob(ray_out, "cpu", pcfg, icfg, icfg, slide_cfg, None, model_mpp, ckpt.scale, identity)
+            cfg = RayConfig(workers=workers, cpus_per_worker=args.cpus_per_worker, split_slides=split == "yes")
             start = time.perf_counter()
-            predict_on_ray(ckpt, images, regions, job, RayConfig(workers=workers, cpus_per_worker=args.cpus_per_worker),
-                           progress=False)
+            predict_on_ray(ckpt, images, regions, job, cfg, progress=False)
             seconds = time.perf_counter() - start
-            rows.append((f"ray, {workers} worker{'s' * (workers > 1)} x {args.cpus_per_worker} CPU", seconds,
+            how = "slides split into windows" if split == "yes" else "slides whole"
+            rows.append((f"ray, {workers} worker{'s' * (workers > 1)} x {args.cpus_per_worker} CPU, {how}", seconds,
                          output_files(ray_out) == reference))
     finally:
         stop_ray()

@@ -6,6 +6,7 @@ import warnings
 
 import numpy as np
 import pytest
+import tifffile
 import torch
 from PIL import Image
 
@@ -96,19 +97,24 @@ def test_the_learned_estimator_is_not_confident_about_what_is_not_tissue(tmp_pat
         est = regressor(image)
         assert not est.confident() and "does not look like" in est.note
     tiny = regressor(np.full((100, 400, 3), 180, np.uint8))
-    assert tiny.mpp is None and not tiny.confident() and "128 px" in tiny.note
+    assert tiny.mpp is None and not tiny.confident() and "160 px" in tiny.note
     with pytest.warns(MppEstimateWarning, match=r"white\.png: .*does not look like.*no resampling"):
         used, _ = auto_mpp(tmp_path / "white.png", np.full((300, 400, 3), 250, np.uint8), 0.62, estimator=regressor)
     assert used == 0.62
 
 
-def test_a_large_image_is_measured_on_its_window_with_the_most_tissue(glas_dir):
-    small = MppRegressor(cfg=MppRegressorConfig(max_side=256))
+def test_the_estimator_sees_fixed_size_windows_with_the_most_tissue(glas_dir):
+    """Whatever the image's size, the regression sees windows of one size (an image's size in
+    pixels must not tell its scale), the tissue first, even in a corner."""
+    two = MppRegressor(cfg=MppRegressorConfig(window=160, max_windows=2))
     tissue = read_image(glas_dir / "images" / "testA_6.png")[:256, :256]
     canvas = np.full((600, 700, 3), 250, np.uint8)
-    canvas[344:600, 444:700] = tissue  # in the corner: the windows' last starts are flush with the ends
-    assert np.array_equal(small.window(canvas), tissue)
-    assert small.window(tissue) is tissue
+    canvas[344:600, 444:700] = tissue  # in the corner: the grid's last row and column are flush with the ends
+    windows = two.windows(canvas)
+    assert windows.shape == (2, 160, 160, 3)
+    inside = {canvas[440:600, 480:640].tobytes(), canvas[440:600, 540:700].tobytes()}  # all tissue
+    assert {w.tobytes() for w in windows} == inside
+    assert MppRegressor().windows(tissue).shape == (4, 160, 160, 3)  # 2 x 2 of a 256-px image, flush
 
 
 def test_unreadable_coefficients_are_one_line_naming_the_file(tmp_path):
@@ -145,6 +151,37 @@ def test_predict_mpp_auto_reports_the_estimate_and_resamples(tmp_path, training_
     # auto is the default for plain images when the checkpoint records its µm/px
     assert main(["predict", str(checkpoint), str(tmp_path / "in" / "coarse.png"), "--out", str(tmp_path / "o2")]) == 0
     assert "estimated" in capsys.readouterr().out
+
+
+def test_a_slide_without_resolution_metadata_is_estimated_with_mpp_auto(tmp_path, training_images, checkpoint,
+                                                                         capsys):
+    """A GlaS crop scanned at twice the resolution (0.31 µm/px) on glass, in a pyramidal TIFF
+    without µm/px: refused without --mpp (the hint names auto), estimated from its tissue with
+    --mpp auto, reported, and predicted (outputs in level-0 pixels)."""
+    from pathoseg.data.slides import write_pyramidal_tiff
+
+    fine = resampled(training_images["train_1"], 2.0)
+    canvas = np.full((fine.shape[0] + 400, fine.shape[1] + 600, 3), (238, 236, 240), np.uint8)
+    canvas[200:200 + fine.shape[0], 300:300 + fine.shape[1]] = fine
+    slide = write_pyramidal_tiff(tmp_path / "nometa.tif", canvas)  # no mpp
+    out = tmp_path / "out"
+    capsys.readouterr()
+    assert main(["predict", str(checkpoint), str(slide), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "nometa.tif: slide has no resolution metadata" in err and "--mpp auto" in err and not out.exists()
+
+    assert main(["predict", str(checkpoint), str(slide), "--out", str(out), "--mpp", "auto"]) == 0
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("estimated"))
+    assert line.endswith("for nometa.tif, which has no resolution metadata") and "tissue windows" in line
+    assert float(line.split()[1]) == pytest.approx(GLAS_MPP / 2, rel=0.15)
+    with tifffile.TiffFile(out / "slides" / "nometa.mask.tif") as tif:
+        assert tif.pages[0].shape[:2] == canvas.shape[:2]
+
+    glass = write_pyramidal_tiff(tmp_path / "glass.tif", np.full((600, 800, 3), 240, np.uint8))
+    assert main(["predict", str(checkpoint), str(glass), "--out", str(tmp_path / "g"), "--mpp", "auto"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.endswith("glass.tif: no tissue found to estimate the resolution from; pass --mpp")
+    assert not (tmp_path / "g").exists()
 
 
 def test_mpp_auto_needs_the_models_resolution(tmp_path, capsys):

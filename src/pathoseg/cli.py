@@ -234,7 +234,12 @@ def cmd_predict(args: argparse.Namespace) -> None:
             if line:
                 print(line)
         input_mpps = {path: used for path, (used, _) in estimates.items()}
-    opened = open_slides(slides, mpp, args.region)
+    opened = open_slides(slides, mpp, args.region, estimate=auto_mpp)
+    for slide, _ in opened:
+        if slide.mpp_estimate is not None:
+            est = slide.mpp_estimate
+            print(f"estimated {est.mpp:.2f} µm/px (confidence {est.confidence:.1f}, {est.note}) for "
+                  f"{slide.path.name}, which has no resolution metadata")
     out = Path(args.out)
     img_pcfg, img_icfg = resolution_configs(pcfg, icfg, mpp, model_mpp)
     identity = {"checkpoint": file_digest(args.checkpoint), **backend.identity()} if opened else None
@@ -244,7 +249,7 @@ def cmd_predict(args: argparse.Namespace) -> None:
         for slide, _ in opened:  # each worker opens the slides it is given
             slide.close()
         job = PredictJob(out, args.device, img_pcfg, img_icfg, icfg, slide_cfg, mpp, model_mpp, ckpt.scale, identity,
-                         input_mpps)
+                         input_mpps, {slide.path: slide.mpp for slide, _ in opened})
         _, runs = predict_on_ray(ckpt, images, [(slide.path, region) for slide, region in opened], job, ray_cfg)
     else:
         try:

@@ -101,7 +101,10 @@ class Region:
 class Slide:
     """One open slide: level geometry, µm/px and region reads as RGB uint8 arrays."""
 
-    def __init__(self, path: str | Path, mpp: float | None = None, backend: str = "auto") -> None:
+    def __init__(self, path: str | Path, mpp: float | None = None, backend: str = "auto",
+                 require_mpp: bool = True) -> None:
+        """``mpp`` overrides the metadata's µm/px; without either, ``require_mpp`` False leaves
+        ``self.mpp`` None for the caller to estimate (``--mpp auto``), else it is an error."""
         self.path = Path(path)
         if not self.path.is_file():
             raise PathosegError("file not found", self.path)
@@ -117,13 +120,15 @@ class Slide:
         if min(self.dimensions) <= 0:
             self.close()
             raise PathosegError("slide has no pixels", self.path)
+        self.mpp_estimate = None  # the MppEstimate behind self.mpp, where it was estimated
         try:
-            self.mpp = check_mpp(mpp, "--mpp", self.path) if mpp is not None else self._metadata_mpp(properties)
+            self.mpp: float | None = (check_mpp(mpp, "--mpp", self.path) if mpp is not None
+                                      else self._metadata_mpp(properties, require_mpp))
         except PathosegError:
             self.close()
             raise
 
-    def _metadata_mpp(self, properties: dict) -> float:
+    def _metadata_mpp(self, properties: dict, required: bool = True) -> float | None:
         values = []
         for axis in ("x", "y"):
             for prefix in ("openslide", "tiffslide"):
@@ -136,8 +141,10 @@ class Slide:
         except (TypeError, ValueError):
             numbers = []
         if not numbers or not all(math.isfinite(v) and v > 0 for v in numbers):
+            if not required:
+                return None
             raise PathosegError("slide has no resolution metadata (µm/px); pass --mpp (e.g. --mpp 0.25 for a "
-                                "40x scan, 0.5 for 20x)", self.path)
+                                "40x scan, 0.5 for 20x), or --mpp auto to estimate it from the tissue", self.path)
         mpp = math.sqrt(numbers[0] * numbers[-1])
         lo, hi = MPP_RANGE
         if not lo <= mpp <= hi:

@@ -1,23 +1,29 @@
 """``--mpp auto``: an H&E image's µm/px from how an ImageNet encoder sees it.
 
 A ridge regression from pooled features of EfficientNet-Lite0 (the ImageNet weights that ship
-offline) to ln(scale), where scale = reference µm/px / the image's µm/px, fitted on the 85 GlaS
-training images resized by random factors between 0.33 and 3 (``python bench/mpp_estimate.py
---fit``, which writes ``mpp_regressor.json`` beside this module: 3,073 numbers). The features
-are, for each of the encoder's five stages, the mean and standard deviation of every channel
-over the image, as ln(|value| + 0.001): what sizes of structure each channel responds to, and
-how sharply, which shifts with the scale.
+offline) to ln(scale), where scale = reference µm/px / the image's µm/px, fitted on windows of
+the 85 GlaS training images resized by random factors between 0.36 and 3 (``python
+bench/mpp_estimate.py --fit``, which writes ``mpp_regressor.json`` beside this module). The
+features are, for each of the encoder's five stages, the mean and standard deviation of every
+channel over the window, as ln(|value| + 0.001): what sizes of structure each channel responds
+to, and how sharply, which shifts with the scale.
+
+**Fixed-size windows.** The regression only ever sees square windows of ``window`` pixels (up
+to ``max_windows`` of them, those with the most tissue), and an image's estimate is the median
+of its windows'. An input's size in pixels then says nothing: the first version pooled whole
+images, and since the fitting images were whole GlaS images (775 f pixels wide at factor f) it
+learned to read the scale from the image's size (at a fixed 256x192 pixels, 7.5 % of test crops
+within ±15 %, all of them "confident"; ``docs/benchmarks.md``, "Automatic resolution").
 
 Why learned, and why this: the nucleus-size estimator (:mod:`pathoseg.data.mpp_estimate`)
 stops at ~70 % of resampled GlaS test images within ±15 % because nuclei differ in size by
 ~12 % from image to image (benign against carcinoma); the encoder's features see more than
-nuclei (cell, lumen and texture scale, and the blur of an enlarged image) and reach ~92 %
-(``docs/benchmarks.md``, "Automatic resolution"). A frozen encoder and a linear fit need no
-training run and no shipped network: the encoder's weights are the ImageNet ones
-pathoseg already carries.
+nuclei (cell, lumen and texture scale, and the blur of an enlarged image). A frozen encoder
+and a linear fit need no training run and no shipped network: the encoder's weights are the
+ImageNet ones pathoseg already carries.
 
-Confidence comes from how familiar the features are: their mean squared z-score against the
-fitting images (the fitting images themselves reach ~4; a blank slide or noise, 17–75).
+Confidence comes from how familiar the features are: the median over the windows of their
+mean squared z-score against the fitting windows (a blank slide or noise is far off).
 """
 
 from __future__ import annotations
@@ -29,7 +35,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from pathoseg.data.mpp_estimate import MppEstimate, MppEstimateConfig, haematoxylin
 from pathoseg.data.resolution import MPP_RANGE
@@ -42,12 +47,11 @@ ENCODER_PRESET = "lite0"
 
 @dataclass(frozen=True)
 class MppRegressorConfig:
-    # Larger images are measured on their window of this side with the most tissue (the
-    # fitting images reached 2,325 x 1,566 px: those and GlaS-sized inputs are measured whole).
-    max_side: int = 2400
-    min_side: int = 128  # smaller images hold too little tissue to say (the fitting images: >= 172 px)
-    # Mean squared z-score of the features against the fitting images: full confidence up to
-    # `familiar` (the fitting images' largest is ~4), none from `unfamiliar` on.
+    window: int = 160  # px a side of the windows the regression sees (smaller images cannot be estimated)
+    max_windows: int = 16  # per image: those with the most tissue; the estimate is their median
+    # Median over the windows of the mean squared z-score of their features against the fitting
+    # windows: full confidence up to `familiar`, none from `unfamiliar` on (set from the fit's
+    # own spread, printed by --fit).
     familiar: float = 4.0
     unfamiliar: float = 8.0
 
@@ -114,42 +118,37 @@ class MppRegressor:
         self.mean, self.std = model.mean, model.std
 
     @torch.inference_mode()
-    def features(self, image: np.ndarray) -> np.ndarray:
-        """The pooled encoder features of an RGB uint8 image (see the module's documentation)."""
-        x = torch.from_numpy(np.array(image[..., :3], dtype=np.float32)).permute(2, 0, 1)[None] / 255
-        h, w = x.shape[2:]
-        x = F.pad(x, (0, (-w) % 32, 0, (-h) % 32), mode="reflect")
+    def features(self, windows: np.ndarray) -> np.ndarray:
+        """The pooled encoder features (n, D) of RGB uint8 windows (n, side, side, 3) (see the
+        module's documentation)."""
+        x = torch.from_numpy(np.ascontiguousarray(windows[..., :3], dtype=np.float32)).permute(0, 3, 1, 2) / 255
         pooled = []
         for stage in self.encoder((x - self.mean) / self.std)[1:]:
-            pooled += [stage[0].mean((1, 2)), stage[0].std((1, 2))]
-        return np.log(np.abs(torch.cat(pooled).numpy().astype(np.float64)) + 1e-3)
+            pooled += [stage.mean((2, 3)), stage.std((2, 3))]
+        return np.log(np.abs(torch.cat(pooled, dim=1).numpy().astype(np.float64)) + 1e-3)
 
-    def window(self, image: np.ndarray) -> np.ndarray:
-        """The image, or its ``max_side`` window with the most tissue when it is larger."""
-        side = self.cfg.max_side
+    def windows(self, image: np.ndarray) -> np.ndarray:
+        """Up to ``max_windows`` windows (n, side, side, 3) of a grid over the image (the last
+        row and column flush with its ends), those with the most tissue first."""
+        side = self.cfg.window
         h, w = image.shape[:2]
-        if h <= side and w <= side:
-            return image
         tissue = haematoxylin(image)[1].astype(np.float32)
         integral = np.pad(tissue.cumsum(0).cumsum(1), ((1, 0), (1, 0)))
-        best, best_at = -1.0, (0, 0)
-        for y in _starts(h, side):
-            for x in _starts(w, side):
-                y1, x1 = min(h, y + side), min(w, x + side)
-                amount = integral[y1, x1] - integral[y, x1] - integral[y1, x] + integral[y, x]
-                if amount > best:
-                    best, best_at = amount, (y, x)
-        y, x = best_at
-        return image[y:y + side, x:x + side]
+        starts = [(y, x) for y in _starts(h, side) for x in _starts(w, side)]
+        amounts = [integral[y + side, x + side] - integral[y, x + side] - integral[y + side, x] + integral[y, x]
+                   for y, x in starts]
+        order = sorted(range(len(starts)), key=lambda k: -amounts[k])[:self.cfg.max_windows]
+        return np.stack([image[starts[k][0]:starts[k][0] + side, starts[k][1]:starts[k][1] + side] for k in order])
 
     def estimate(self, image: np.ndarray) -> MppEstimate:
         """The µm/px of an RGB H&E image (uint8, H×W×3), with a confidence in 0–1."""
-        if min(image.shape[:2]) < self.cfg.min_side:
-            return MppEstimate(None, 0.0, 0, method="encoder", note=f"smaller than {self.cfg.min_side} px a side")
+        side = self.cfg.window
+        if min(image.shape[:2]) < side:
+            return MppEstimate(None, 0.0, 0, method="encoder", note=f"smaller than {side} px a side")
         fit = self.fit = self.fit or RidgeFit.load()
-        features = self.features(self.window(image))
-        mpp = fit.reference_mpp / math.exp(float(fit.log_scale(features)))
-        distance = float(fit.unfamiliarity(features))
+        features = self.features(self.windows(image))
+        mpp = fit.reference_mpp / math.exp(float(np.median(fit.log_scale(features))))
+        distance = float(np.median(fit.unfamiliarity(features)))
         c = self.cfg
         confidence = min(1.0, max(0.0, (c.unfamiliar - distance) / (c.unfamiliar - c.familiar)))
         lo, hi = MPP_RANGE
@@ -164,8 +163,8 @@ class MppRegressor:
 
 
 def _starts(length: int, side: int) -> list[int]:
-    """Window starts every half side, the last flush with the end."""
+    """Window starts every side, the last flush with the end."""
     if length <= side:
         return [0]
-    starts = list(range(0, length - side + 1, side // 2))
+    starts = list(range(0, length - side + 1, side))
     return starts if starts[-1] == length - side else [*starts, length - side]

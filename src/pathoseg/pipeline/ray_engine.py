@@ -88,6 +88,11 @@ class PredictJob:
     scale: float = 1.0  # the checkpoint's working scale
     identity: dict | None = None  # joins the settings a resumed slide must share
     input_mpps: Mapping[Path, float] | None = None  # µm/px per plain image (--mpp auto), estimated on the driver
+    slide_mpps: Mapping[Path, float] | None = None  # µm/px per slide as the driver found it (metadata, --mpp, auto)
+
+    def open_slide(self, path: Path) -> Slide:
+        """A slide at the resolution the driver found for it (a worker need not estimate again)."""
+        return Slide(path, (self.slide_mpps or {}).get(path, self.slide_mpp))
 
 
 @dataclass(frozen=True)
@@ -122,7 +127,7 @@ class PredictWorker:
             written = predict_files(self.model, [item.path], job.out, job.image_config, job.image_instances,
                                     self.device, progress=False, input_mpps=job.input_mpps, model_mpp=job.model_mpp)
             return item.index, written[0]
-        slide = Slide(item.path, job.slide_mpp)
+        slide = job.open_slide(item.path)
         runs = predict_slides(self.model, [(slide, item.region)], job.out / "slides", job.model_mpp, job.scale,
                               job.slide_instances, self.device, job.slide_config, job.identity, progress=False)
         return item.index, runs[0]
@@ -132,7 +137,7 @@ class PredictWorker:
         if self.slide is None or self.slide.path != path:
             if self.slide is not None:
                 self.slide.close()
-            self.slide = Slide(path, self.job.slide_mpp)
+            self.slide = self.job.open_slide(path)
         return window_logits(self.model, self.slide, read, tta, self.device)
 
 
@@ -286,8 +291,11 @@ def _work_items(images: Sequence[Path], slides: Sequence[tuple[Path, Region]]) -
 
 def _absolute(job: PredictJob) -> PredictJob:
     """``job`` with its paths absolute, as :func:`_work_items` makes the inputs'."""
-    mpps = {Path(p).absolute(): v for p, v in job.input_mpps.items()} if job.input_mpps is not None else None
-    return replace(job, out=job.out.absolute(), input_mpps=mpps)
+    def absolute(mpps: Mapping[Path, float] | None) -> dict[Path, float] | None:
+        return {Path(p).absolute(): v for p, v in mpps.items()} if mpps is not None else None
+
+    return replace(job, out=job.out.absolute(), input_mpps=absolute(job.input_mpps),
+                   slide_mpps=absolute(job.slide_mpps))
 
 
 def _unwrap(ray, exc: Exception) -> PathosegError | None:
@@ -323,7 +331,7 @@ def predict_on_ray(checkpoint: Checkpoint, images: Sequence[Path], slides: Seque
             return _inputs_on_actors(ray, actors, images, slides, progress)
         windows = RayWindows(ray, actors, get_head(checkpoint.model_config.head).channels,
                              cfg.windows_ahead * workers)
-        opened = [(Slide(path, job.slide_mpp), region) for path, region in slides]
+        opened = [(job.open_slide(path), region) for path, region in slides]
         runs = predict_slides(None, opened, job.out / "slides", job.model_mpp, job.scale, job.slide_instances,
                               "cpu", job.slide_config, job.identity, progress, windows=windows)
         masks, _ = _inputs_on_actors(ray, actors, images, [], progress)
