@@ -160,6 +160,19 @@ def test_a_slides_windows_go_round_robin_in_order_and_never_far_ahead():
     assert len(log) == 4 and fake.cancelled == [2, 3]
 
 
+def test_a_worker_opens_a_slide_at_the_resolution_the_driver_found(tmp_path, monkeypatch):
+    """A slide without metadata has only the driver's estimate: every worker (and the driver
+    of a split slide) must open it at that, whatever form its path was given in."""
+    from pathoseg.data.slides import write_pyramidal_tiff
+    from pathoseg.pipeline.ray_engine import PredictJob, _absolute
+
+    slide = write_pyramidal_tiff(tmp_path / "nometa.tif", np.full((300, 400, 3), 200, np.uint8))
+    monkeypatch.chdir(tmp_path)
+    job = _absolute(PredictJob(Path("out"), None, None, None, slide_mpps={Path("nometa.tif"): 0.31}))
+    with job.open_slide(Path("nometa.tif")) as relative, job.open_slide(slide) as absolute:
+        assert relative.mpp == absolute.mpp == 0.31
+
+
 def test_a_bad_input_on_a_worker_is_one_line_naming_it(local_ray, random_model, tmp_path, capsys):
     bad = tmp_path / "bad.png"
     bad.write_bytes(b"not a png")

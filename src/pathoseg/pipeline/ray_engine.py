@@ -91,8 +91,9 @@ class PredictJob:
     slide_mpps: Mapping[Path, float] | None = None  # µm/px per slide as the driver found it (metadata, --mpp, auto)
 
     def open_slide(self, path: Path) -> Slide:
-        """A slide at the resolution the driver found for it (a worker need not estimate again)."""
-        return Slide(path, (self.slide_mpps or {}).get(path, self.slide_mpp))
+        """A slide at the resolution the driver found for it (a worker need not estimate again;
+        a slide without metadata has no other)."""
+        return Slide(path, (self.slide_mpps or {}).get(Path(path).absolute(), self.slide_mpp))
 
 
 @dataclass(frozen=True)
@@ -172,8 +173,15 @@ class RayWindows:
 
 def _get(ray, ref):
     """``ray.get`` with a worker's input error as the one line it is."""
-    try:
+    with _worker_errors(ray):
         return ray.get(ref)
+
+
+@contextlib.contextmanager
+def _worker_errors(ray) -> Iterator[None]:
+    """A worker's input error as the one line the CLI prints; anything else as it is."""
+    try:
+        yield
     except Exception as exc:
         error = _unwrap(ray, exc)
         if error is None:
@@ -356,13 +364,8 @@ def _inputs_on_actors(ray, actors: list, images: Sequence[Path], slides: Sequenc
     with tqdm(total=len(items), desc=f"predicting on {len(actors)} Ray workers", unit="input",
               disable=not progress or not items, leave=False) as bar:
         while pool.has_next():
-            try:
+            with _worker_errors(ray):
                 index, result = pool.get_next_unordered()
-            except Exception as exc:
-                error = _unwrap(ray, exc)
-                if error is None:
-                    raise
-                raise error from None
             results[index] = result
             bar.update(1)
     return list(results[len(slides):]), list(results[:len(slides)])
