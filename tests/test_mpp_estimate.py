@@ -159,7 +159,7 @@ def test_a_slide_without_resolution_metadata_is_estimated_with_mpp_auto(tmp_path
                                                                          capsys):
     """A GlaS crop scanned at twice the resolution (0.31 µm/px) on glass, in a pyramidal TIFF
     without µm/px: refused without --mpp (the hint names auto), estimated from its tissue with
-    --mpp auto, reported, and predicted (outputs in level-0 pixels)."""
+    --mpp auto, reported, and predicted (outputs in level-0 pixels); project add likewise."""
     from pathoseg.data.slides import write_pyramidal_tiff
 
     fine = resampled(training_images["train_1"], 2.0)
@@ -178,6 +178,21 @@ def test_a_slide_without_resolution_metadata_is_estimated_with_mpp_auto(tmp_path
     assert float(line.split()[1]) == pytest.approx(GLAS_MPP / 2, rel=0.15)
     with tifffile.TiffFile(out / "slides" / "nometa.mask.tif") as tif:
         assert tif.pages[0].shape[:2] == canvas.shape[:2]
+
+    # project add: the same slide's tissue tiles, at the resolution estimated for it
+    from pathoseg.data.slides import TileSpec
+    from pathoseg.server.project import add_folder
+    from pathoseg.server.storage import Project
+
+    project = Project(tmp_path / "lab", create=True)
+    with pytest.raises(PathosegError, match="no resolution metadata"):
+        add_folder(project, slide, tiles=TileSpec(side=128, max_tiles=2))
+    assert add_folder(project, slide, mpp="auto", tiles=TileSpec(side=128, max_tiles=2)) == 2
+    scans = tmp_path / "scans"  # a folder: estimated while every file is checked, before any import
+    scans.mkdir()
+    (scans / "nometa.tif").write_bytes(slide.read_bytes())
+    assert add_folder(Project(tmp_path / "lab2", create=True), scans, mpp="auto",
+                      tiles=TileSpec(side=128, max_tiles=2)) == 2
 
     glass = write_pyramidal_tiff(tmp_path / "glass.tif", np.full((600, 800, 3), 240, np.uint8))
     assert main(["predict", str(checkpoint), str(glass), "--out", str(tmp_path / "g"), "--mpp", "auto"]) == 2

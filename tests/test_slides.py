@@ -192,8 +192,6 @@ def test_project_add_takes_tissue_tiles_of_a_slide_at_the_models_resolution(tmp_
         add_folder(project, path, tiles=TileSpec(side=128, max_tiles=4))
     with pytest.raises(PathosegError, match="outside the slide"):
         add_folder(project, path, region="0,0,5000,10")
-    with pytest.raises(PathosegError, match="metadata"):
-        add_folder(project, path, mpp="auto")
 
 
 

@@ -554,7 +554,7 @@ def _add_project_parser(sub) -> None:
     q.add_argument("--mpp", default=None, metavar="UM_PER_PX|auto",
                    help="µm/px of the images, or auto (estimated per image from its content): resample them and "
                    "their masks to the project model's resolution (default: imported as they are); for a slide "
-                   "without resolution metadata, its µm/px")
+                   "without resolution metadata, its µm/px, or auto: estimated from its tissue")
     q.add_argument("--region", metavar="X,Y,W,H", help="a slide: take tiles from this rectangle (level-0 pixels)")
     q.add_argument("--tile", type=_positive(int), default=TileSpec.side, help="slides: tile side in pixels "
                    f"at the model's resolution (default {TileSpec.side})")
@@ -722,7 +722,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mpp", default=None, metavar="UM_PER_PX|auto",
                    help="µm/px of the inputs, or auto: estimated per image from its content (plain images: "
                    "default auto when the model's µm/px is known, the model's own where the estimate is not "
-                   "confident; slides: default their metadata); inputs are resampled to the model's resolution")
+                   "confident; slides: default their metadata, auto estimates it for those without); inputs are "
+                   "resampled to the model's resolution")
     p.add_argument("--model-mpp", type=float, default=None,
                    help="µm/px the model was trained at (default: recorded in the checkpoint; 0.62 for GlaS)")
     p.add_argument("--region", metavar="X,Y,W,H", help="slides: predict only this rectangle (level-0 pixels)")

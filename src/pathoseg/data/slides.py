@@ -9,15 +9,19 @@ pyramid level in chunks, so neither a thumbnail nor a tile ever needs the whole 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
 
 from pathoseg.data.resolution import MPP_RANGE, check_mpp
 from pathoseg.errors import PathosegError
+
+if TYPE_CHECKING:
+    from pathoseg.data.mpp_estimate import MppEstimate
 
 # Formats that are slides whatever their size; .tif/.tiff are slides when pyramidal or huge.
 SLIDE_SUFFIXES = (".svs", ".ndpi", ".scn", ".mrxs", ".vms", ".vmu", ".bif", ".svslide", ".qptiff")
@@ -151,6 +155,14 @@ class Slide:
             raise PathosegError(f"slide resolution {mpp:.4g} µm/px (from its metadata) is outside {lo:g}–{hi:g} "
                                 "µm/px; pass --mpp", self.path)
         return mpp
+
+    def estimate_missing_mpp(self, estimator: Callable[[np.ndarray], MppEstimate]) -> None:
+        """Without resolution metadata (``mpp`` None): the µm/px its tissue gives
+        (:func:`estimate_slide_mpp`), kept in ``mpp_estimate`` too; a one-line error when
+        it cannot be estimated with confidence."""
+        if self.mpp is None:
+            self.mpp_estimate = estimate_slide_mpp(self, estimator)
+            self.mpp = self.mpp_estimate.mpp
 
     def __enter__(self) -> Slide:
         return self
@@ -322,3 +334,42 @@ def write_pyramidal_tiff(path: str | Path, rgb: np.ndarray, mpp: float | None = 
                 kwargs["subfiletype"] = 1
             tif.write(level, **kwargs)
     return Path(path)
+
+
+SLIDE_MPP_TILE = (768, 512)  # level-0 px (w, h) read per window for --mpp auto: up to 16 of the estimator's own
+
+
+def estimate_slide_mpp(slide: Slide, estimator: Callable[[np.ndarray], MppEstimate], tiles: int = 8) -> MppEstimate:
+    """``--mpp auto`` for a slide without resolution metadata: the learned estimator on up to
+    ``tiles`` level-0 windows spread over the tissue (found on a thumbnail), by ``estimator``
+    (:class:`pathoseg.engine.mpp_regressor.MppRegressor`); their median in
+    log, with their median confidence when at least half of them are confident. A one-line
+    error naming the slide when they are not: a whole slide at a guessed scale is not worth
+    predicting."""
+    from pathoseg.data.mpp_estimate import MppEstimate
+
+    thumb, ds = slide.thumbnail(slide.region, 1024)
+    tissue = tissue_mask(thumb)
+    tw, th = SLIDE_MPP_TILE
+    # Centres whose whole window is tissue (cv2: a rectangle erodes in separable passes).
+    window = np.ones((max(1, round(th / ds)), max(1, round(tw / ds))), np.uint8)
+    inner = cv2.erode(tissue.astype(np.uint8), window, borderType=cv2.BORDER_CONSTANT, borderValue=0) > 0
+    ys, xs = np.nonzero(inner if inner.any() else tissue)
+    if len(ys) == 0:
+        raise PathosegError("no tissue found to estimate the resolution from; pass --mpp", slide.path)
+    width, height = slide.dimensions
+    picks = np.unique(np.linspace(0, len(ys) - 1, tiles).round().astype(int))
+    estimates = []
+    for k in picks:
+        x = int(np.clip(xs[k] * ds - tw / 2, 0, max(0, width - tw)))
+        y = int(np.clip(ys[k] * ds - th / 2, 0, max(0, height - th)))
+        w, h = min(tw, width), min(th, height)
+        estimates.append(estimator(slide.read_scaled(x, y, w, h, w, h)))
+    confident = [e for e in estimates if e.confident()]
+    if 2 * len(confident) < len(estimates):
+        raise PathosegError(f"resolution not estimated with confidence ({len(confident)} of {len(estimates)} "
+                            "tissue windows); pass --mpp", slide.path)
+    mpp = float(np.exp(np.median(np.log([e.mpp for e in confident]))))
+    confidence = float(np.median([e.confidence for e in confident]))
+    return MppEstimate(round(mpp, 4), round(confidence, 3), 0, method="encoder",
+                       note=f"{len(confident)} of {len(estimates)} tissue windows")

@@ -128,60 +128,20 @@ def predict_files(model: GlandSegmenter, images: Sequence[Path], out: Path, pcfg
     return written
 
 
-SLIDE_MPP_TILE = (768, 512)  # level-0 px (w, h) read for --mpp auto: the size of the images it was fitted on
-
-
-def estimate_slide_mpp(slide: Slide, tiles: int = 8, estimator: MppRegressor | None = None) -> MppEstimate:
-    """``--mpp auto`` for a slide without resolution metadata: the learned estimator on up to
-    ``tiles`` level-0 windows spread over the tissue (found on a thumbnail); their median in
-    log, with their median confidence when at least half of them are confident. A one-line
-    error naming the slide when they are not: a whole slide at a guessed scale is not worth
-    predicting."""
-    import cv2
-
-    from pathoseg.data.slides import tissue_mask
-
-    estimator = estimator or MppRegressor()
-    thumb, ds = slide.thumbnail(slide.region, 1024)
-    tissue = tissue_mask(thumb)
-    tw, th = SLIDE_MPP_TILE
-    # Centres whose whole window is tissue (cv2: a rectangle erodes in separable passes).
-    window = np.ones((max(1, round(th / ds)), max(1, round(tw / ds))), np.uint8)
-    inner = cv2.erode(tissue.astype(np.uint8), window, borderType=cv2.BORDER_CONSTANT, borderValue=0) > 0
-    ys, xs = np.nonzero(inner if inner.any() else tissue)
-    if len(ys) == 0:
-        raise PathosegError("no tissue found to estimate the resolution from; pass --mpp", slide.path)
-    width, height = slide.dimensions
-    picks = np.unique(np.linspace(0, len(ys) - 1, tiles).round().astype(int))
-    estimates = []
-    for k in picks:
-        x = int(np.clip(xs[k] * ds - tw / 2, 0, max(0, width - tw)))
-        y = int(np.clip(ys[k] * ds - th / 2, 0, max(0, height - th)))
-        w, h = min(tw, width), min(th, height)
-        estimates.append(estimator(slide.read_scaled(x, y, w, h, w, h)))
-    confident = [e for e in estimates if e.confident()]
-    if 2 * len(confident) < len(estimates):
-        raise PathosegError(f"resolution not estimated with confidence ({len(confident)} of {len(estimates)} "
-                            "tissue windows); pass --mpp", slide.path)
-    mpp = float(np.exp(np.median(np.log([e.mpp for e in confident]))))
-    confidence = float(np.median([e.confidence for e in confident]))
-    return MppEstimate(round(mpp, 4), round(confidence, 3), 0, method="encoder",
-                       note=f"{len(confident)} of {len(estimates)} tissue windows")
-
-
 def open_slides(paths: Sequence[Path], mpp: float | None, region: str | None,
                 estimate: bool = False) -> list[tuple[Slide, Region]]:
     """Open every slide and check its resolution and the region before anything is written;
-    with ``estimate`` (``--mpp auto``) a slide without resolution metadata gets the one
-    :func:`estimate_slide_mpp` finds (``slide.mpp_estimate`` says so)."""
+    with ``estimate`` (``--mpp auto``) a slide without resolution metadata gets the one its
+    tissue gives (:meth:`~pathoseg.data.slides.Slide.estimate_missing_mpp`)."""
     opened: list[tuple[Slide, Region]] = []
+    estimator = None
     try:
         for path in paths:
             slide = Slide(path, mpp, require_mpp=not estimate)
             opened.append((slide, slide.region))
             if slide.mpp is None:
-                slide.mpp_estimate = estimate_slide_mpp(slide)
-                slide.mpp = slide.mpp_estimate.mpp
+                estimator = estimator or MppRegressor()
+                slide.estimate_missing_mpp(estimator)
             if region is not None:
                 opened[-1] = (slide, slide.check_region(Region.parse(region, path)))
     except BaseException:

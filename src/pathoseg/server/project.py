@@ -218,12 +218,10 @@ def add_slide(project: Project, path: str | Path, mpp: str | float | None = None
     model's resolution (GlaS's 0.62 µm/px when the project has no model yet, or one that does
     not record it). Tiles are named ``<slide>_x<X>_y<Y>`` (level-0 pixels), so the same tile
     imported again replaces nothing and is refused as a duplicate."""
-    if isinstance(mpp, str) and mpp.strip().lower() == "auto":
-        raise PathosegError("--mpp auto is for plain images; a slide's resolution comes from its metadata "
-                            "(or --mpp X)", path)
-    given = check_mpp(mpp, "--mpp", path) if mpp is not None else None
+    auto = isinstance(mpp, str) and mpp.strip().lower() == "auto"
+    given = check_mpp(mpp, "--mpp", path) if mpp is not None and not auto else None
     target, tiles = _project_mpp_or_glas(project), tiles or TileSpec()
-    with Slide(path, mpp=given) as slide:
+    with _open_slide(path, given, auto) as slide:
         area = slide.check_region(Region.parse(region, path)) if region else slide.region
         found = [(safe_name(f"{Path(path).stem}_x{t.x}_y{t.y}"), t) for t in tissue_tiles(slide, area, target, tiles)]
         with project.session() as s:
@@ -270,13 +268,9 @@ def add_folder(project: Project, folder: str | Path, mpp: str | float | None = N
     given = check_mpp(mpp, "--mpp", folder) if mpp is not None and not auto else None
     images = [] if only_slides else [p for p in images_in(img_dir) if p not in slides]
     model_mpp = project_model_mpp(project) if mpp is not None and images else None
-    _check_folder(project, slides, images, masks, None if auto else given)
-    estimator = None
-    if auto and images:
-        from pathoseg.engine.mpp_regressor import MppRegressor  # loads torch: only when estimating
-
-        estimator = MppRegressor()
-    n = sum(add_slide(project, p, mpp, None, tiles) for p in slides)
+    slide_mpps = _check_folder(project, slides, images, masks, given, auto)
+    estimator = _estimator() if auto and images else None
+    n = sum(add_slide(project, p, slide_mpps[p], None, tiles) for p in slides)
     for path in images:
         name = safe_name(path.name)
         image, mask = read_image(path), _read_import_mask(masks.get(name))
@@ -298,15 +292,35 @@ def _read_import_mask(path: Path | None) -> np.ndarray | None:
         return read_mask(path)
 
 
+def _open_slide(path: Path, mpp: float | None, auto: bool) -> Slide:
+    """A slide at ``mpp``, else its metadata's, else (``auto``) the µm/px its tissue gives."""
+    slide = Slide(path, mpp=mpp, require_mpp=not auto)
+    try:
+        if slide.mpp is None:
+            slide.estimate_missing_mpp(_estimator())
+    except BaseException:
+        slide.close()
+        raise
+    return slide
+
+
+def _estimator():
+    from pathoseg.engine.mpp_regressor import MppRegressor  # loads torch: only when estimating
+
+    return MppRegressor()
+
+
 def _check_folder(project: Project, slides: list[Path], images: list[Path], masks: dict[str, Path],
-                  mpp: float | None) -> None:
+                  mpp: float | None, auto: bool) -> dict[Path, float]:
     """What :func:`add_folder` would refuse half-way, refused before anything is imported:
-    a slide that does not open or has no resolution, an image or mask that does not read,
-    a mask of another size, two files with one name, a name already in the project. Images are
-    decoded here and again on import: holding a whole folder in memory costs more than reading twice."""
+    a slide that does not open or has no resolution (none estimated with ``auto``), an image or
+    mask that does not read, a mask of another size, two files with one name, a name already in
+    the project; the slides' µm/px. Images are decoded here and again on import: holding a
+    whole folder in memory costs more than reading twice."""
+    slide_mpps = {}
     for path in slides:
-        with Slide(path, mpp=mpp):
-            pass
+        with _open_slide(path, mpp, auto) as slide:
+            slide_mpps[path] = slide.mpp
     with project.session() as s:
         taken = set(s.scalars(select(Image.name)))
     seen: dict[str, Path] = {}
@@ -322,6 +336,7 @@ def _check_folder(project: Project, slides: list[Path], images: list[Path], mask
         if mask is not None and mask.shape != image.shape[:2]:
             raise PathosegError(f"mask {masks[name].name} is {mask.shape[1]}x{mask.shape[0]}, its image "
                                 f"{image.shape[1]}x{image.shape[0]}; nothing imported", path)
+    return slide_mpps
 
 
 def read_labels(path: Path) -> np.ndarray:
