@@ -12,7 +12,7 @@ to, and how sharply, which shifts with the scale.
 to ``max_windows`` of them, those with the most tissue), and an image's estimate is the median
 of its windows'. An input's size in pixels then says nothing: the first version pooled whole
 images, and since the fitting images were whole GlaS images (775 f pixels wide at factor f) it
-learned to read the scale from the image's size (at a fixed 256x192 pixels, 7.5 % of test crops
+learned to read the scale from the image's size (at a fixed 256x192 pixels, 7.2 % of test crops
 within ±15 %, all of them "confident"; ``docs/benchmarks.md``, "Automatic resolution").
 
 Why learned, and why this: the nucleus-size estimator (:mod:`pathoseg.data.mpp_estimate`)
@@ -31,6 +31,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -106,24 +107,27 @@ def fit_ridge(features: np.ndarray, log_scale: np.ndarray, alpha: float, referen
 
 
 class MppRegressor:
-    """Estimates µm/px per image; build one per command (it loads the encoder once)."""
+    """Estimates µm/px per image; build one per command (it loads the encoder once, at its
+    first estimate, so building one that may not be needed costs nothing)."""
 
     def __init__(self, fit: RidgeFit | None = None, cfg: MppRegressorConfig = MppRegressorConfig()) -> None:
-        from pathoseg.models import ModelConfig, build_model  # torch-heavy; only when estimating
-
         self.fit = fit
         self.cfg = cfg
-        model = build_model(ModelConfig(ENCODER_PRESET))  # ImageNet weights, offline
-        self.encoder = model.net.encoder.eval()
-        self.mean, self.std = model.mean, model.std
+
+    @cached_property
+    def _model(self):
+        from pathoseg.models import ModelConfig, build_model
+
+        return build_model(ModelConfig(ENCODER_PRESET)).eval()  # ImageNet weights, offline
 
     @torch.inference_mode()
     def features(self, windows: np.ndarray) -> np.ndarray:
         """The pooled encoder features (n, D) of RGB uint8 windows (n, side, side, 3) (see the
         module's documentation)."""
         x = torch.from_numpy(np.ascontiguousarray(windows[..., :3], dtype=np.float32)).permute(0, 3, 1, 2) / 255
+        model = self._model
         pooled = []
-        for stage in self.encoder((x - self.mean) / self.std)[1:]:
+        for stage in model.net.encoder((x - model.mean) / model.std)[1:]:
             pooled += [stage.mean((2, 3)), stage.std((2, 3))]
         return np.log(np.abs(torch.cat(pooled, dim=1).numpy().astype(np.float64)) + 1e-3)
 

@@ -134,14 +134,12 @@ def open_slides(paths: Sequence[Path], mpp: float | None, region: str | None,
     with ``estimate`` (``--mpp auto``) a slide without resolution metadata gets the one its
     tissue gives (:meth:`~pathoseg.data.slides.Slide.estimate_missing_mpp`)."""
     opened: list[tuple[Slide, Region]] = []
-    estimator = None
+    estimator = MppRegressor()  # its encoder loads only if a slide needs it
     try:
         for path in paths:
             slide = Slide(path, mpp, require_mpp=not estimate)
             opened.append((slide, slide.region))
-            if slide.mpp is None:
-                estimator = estimator or MppRegressor()
-                slide.estimate_missing_mpp(estimator)
+            slide.estimate_missing_mpp(estimator)
             if region is not None:
                 opened[-1] = (slide, slide.check_region(Region.parse(region, path)))
     except BaseException:

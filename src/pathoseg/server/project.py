@@ -221,7 +221,7 @@ def add_slide(project: Project, path: str | Path, mpp: str | float | None = None
     auto = isinstance(mpp, str) and mpp.strip().lower() == "auto"
     given = check_mpp(mpp, "--mpp", path) if mpp is not None and not auto else None
     target, tiles = _project_mpp_or_glas(project), tiles or TileSpec()
-    with _open_slide(path, given, auto) as slide:
+    with _open_slide(path, given, _estimator() if auto else None) as slide:
         area = slide.check_region(Region.parse(region, path)) if region else slide.region
         found = [(safe_name(f"{Path(path).stem}_x{t.x}_y{t.y}"), t) for t in tissue_tiles(slide, area, target, tiles)]
         with project.session() as s:
@@ -268,8 +268,8 @@ def add_folder(project: Project, folder: str | Path, mpp: str | float | None = N
     given = check_mpp(mpp, "--mpp", folder) if mpp is not None and not auto else None
     images = [] if only_slides else [p for p in images_in(img_dir) if p not in slides]
     model_mpp = project_model_mpp(project) if mpp is not None and images else None
-    slide_mpps = _check_folder(project, slides, images, masks, given, auto)
-    estimator = _estimator() if auto and images else None
+    estimator = _estimator() if auto else None  # one per command: its encoder loads at its first estimate
+    slide_mpps = _check_folder(project, slides, images, masks, given, estimator)
     n = sum(add_slide(project, p, slide_mpps[p], None, tiles) for p in slides)
     for path in images:
         name = safe_name(path.name)
@@ -292,12 +292,13 @@ def _read_import_mask(path: Path | None) -> np.ndarray | None:
         return read_mask(path)
 
 
-def _open_slide(path: Path, mpp: float | None, auto: bool) -> Slide:
-    """A slide at ``mpp``, else its metadata's, else (``auto``) the µm/px its tissue gives."""
-    slide = Slide(path, mpp=mpp, require_mpp=not auto)
+def _open_slide(path: Path, mpp: float | None, estimator=None) -> Slide:
+    """A slide at ``mpp``, else its metadata's, else (with an ``estimator``, ``--mpp auto``)
+    the µm/px its tissue gives."""
+    slide = Slide(path, mpp=mpp, require_mpp=estimator is None)
     try:
-        if slide.mpp is None:
-            slide.estimate_missing_mpp(_estimator())
+        if estimator is not None:
+            slide.estimate_missing_mpp(estimator)
     except BaseException:
         slide.close()
         raise
@@ -311,15 +312,15 @@ def _estimator():
 
 
 def _check_folder(project: Project, slides: list[Path], images: list[Path], masks: dict[str, Path],
-                  mpp: float | None, auto: bool) -> dict[Path, float]:
+                  mpp: float | None, estimator=None) -> dict[Path, float]:
     """What :func:`add_folder` would refuse half-way, refused before anything is imported:
-    a slide that does not open or has no resolution (none estimated with ``auto``), an image or
+    a slide that does not open or has no resolution (none estimated by ``estimator``), an image or
     mask that does not read, a mask of another size, two files with one name, a name already in
     the project; the slides' µm/px. Images are decoded here and again on import: holding a
     whole folder in memory costs more than reading twice."""
     slide_mpps = {}
     for path in slides:
-        with _open_slide(path, mpp, auto) as slide:
+        with _open_slide(path, mpp, estimator) as slide:
             slide_mpps[path] = slide.mpp
     with project.session() as s:
         taken = set(s.scalars(select(Image.name)))
