@@ -1,8 +1,8 @@
 """How well ``--mpp auto`` finds an image's resolution: GlaS test images resampled by known factors.
 
-    python bench/mpp_estimate.py --fit [--features-cache runs/mpp-fit/features.npz]
+    python bench/mpp_estimate.py --fit [--features-cache runs/mpp-fit/v3]
         # the learned estimator's coefficients, from GlaS TRAINING images (writes
-        # src/pathoseg/engine/mpp_regressor.json)
+        # src/pathoseg/engine/mpp_regressor.json; the folder keeps the features)
     python bench/mpp_estimate.py [--data ../shared/data/glas] [--limit N] [--json docs/results/mpp_estimate.json]
         # validates what --mpp auto uses (the learned estimator, --method encoder)
     python bench/mpp_estimate.py --method nuclei --json docs/results/mpp_estimate_nuclei.json
@@ -19,14 +19,17 @@ them), and are also reported apart. ``--crop WxH`` cuts the centre W x H pixels 
 resampled image: then an input's size in pixels says nothing about its scale (a whole GlaS
 image at factor f is 775 f pixels wide, which an estimator could read the answer from).
 
-The fit (``--fit``) sees only the 85 training images, each resized by 30 factors drawn
-log-uniformly from 0.36–3 (seeded; enlarged half with linear, half with cubic interpolation,
-so that the test's cubic is not the only one it knows; one factor per image is 1, the scan
-as it is; ``FIT_MAX_BLUR`` > 0 blurs each by a Gaussian of random sigma up to it, so that
-sharpness alone does not tell the scale: 0, measured in docs/benchmarks.md), 8 of each
-resized image's tissue windows (the estimator's own
-fixed-size windows); the ridge penalty is the largest within one point of the best 5-fold
-cross-validation score over training images (all windows of an image in one fold). The nucleus
+The fit (``--fit``) sees only the 85 training images. For each window size (FIT_RANGES), each
+image is resized by 30 factors drawn log-uniformly from the size's range (seeded; enlarged half
+with linear, half with cubic interpolation, so that the test's cubic is not the only one it
+knows; one factor per image is 1, the scan as it is), and 8 of each resized image's tissue
+windows (the estimator's own fixed-size windows) are kept. The ridge penalty and the weight of
+the never-resampled windows (NATIVE_WEIGHTS: one factor in 30 is native, one in 9 of the test's
+factors is) are chosen by 5-fold cross-validation over training images replaying this
+benchmark on them: the held-out training images resized by FACTORS, an image's estimate the
+median of its windows, the score the share within ±15 % (the best score; on a tie the larger
+penalty). The printed cross-validation of the two sizes together is what to expect here,
+before looking at the test images. The nucleus
 calibration (``--calibrate``) uses the training images at their native 0.62 µm/px and shrunk
 by 0.4–0.8, and prints ``MppEstimateConfig.reference_radius_um`` and ``coarse_bias``.
 """
@@ -34,6 +37,7 @@ by 0.4–0.8, and prints ``MppEstimateConfig.reference_radius_um`` and ``coarse_
 from __future__ import annotations
 
 import argparse
+import itertools
 import math
 import platform
 import statistics
@@ -50,17 +54,19 @@ from tqdm import tqdm
 from pathoseg.data import load_dataset
 from pathoseg.data.mpp_estimate import MppEstimateConfig, estimate_mpp, measure_nuclei
 from pathoseg.data.resolution import GLAS_MPP, resample_image
-from pathoseg.engine.mpp_regressor import COEFFICIENTS, MppRegressor, MppRegressorConfig, RidgeFit, fit_ridge
+from pathoseg.engine.mpp_regressor import COEFFICIENTS, MppRegressor, fit_ridge, save_fits
 from pathoseg.io import write_json
 from pathoseg.pipeline.training import find_glas
 
 FACTORS = (0.4, 0.5, 0.67, 0.8, 1.0, 1.25, 1.5, 2.0, 2.5)
 TOLERANCE = 0.15
-FIT_FACTORS = (0.36, 3.0)  # the fit's range of factors (log-uniform; 0.36: the smallest image keeps 160 px)
+# Window side (px) -> the fit's range of factors (log-uniform; the low ends keep a window in
+# the smallest GlaS training image, 453 px tall).
+FIT_RANGES = {128: (0.27, 3.0), 160: (0.36, 3.0)}
 FIT_PER_IMAGE = 30
 FIT_WINDOWS = 8  # windows per resized image
-FIT_MAX_BLUR = 0.0  # px: largest Gaussian blur of a resized image, drawn at random (0.8 measured: worse overall)
-ALPHAS = (10.0, 100.0, 1000.0, 3000.0, 10000.0)
+ALPHAS = (30.0, 100.0, 300.0, 1000.0, 3000.0)
+NATIVE_WEIGHTS = (1.0, 3.0, 5.0)
 FOLDS = 5
 
 
@@ -133,74 +139,136 @@ def calibrate(data, cfg: MppEstimateConfig, factors: tuple[float, ...] = (0.4, 0
           f"(from {len(xs)} enlarged measurements of images shrunk by {', '.join(map(str, factors))})")
 
 
-def fit_features(data, estimator: MppRegressor, cache: Path | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(features, ln factor, image index) of windows of the training images at random factors:
-    up to FIT_WINDOWS of each resized image's tissue windows, drawn at random; cached (a cache
-    made with another window size or blur is made again)."""
-    side = estimator.cfg.window
-    if cache is not None and cache.is_file():
-        d = np.load(cache)
-        made_with = (float(d["window"]), float(d["max_blur"])) if "max_blur" in d else None
-        if made_with == (side, FIT_MAX_BLUR):
-            return d["X"], d["y"], d["image"]
-    rng = np.random.default_rng(0)
-    images = [s for s in data if s.name.startswith("train_")]  # never the test images
-    rows, ys, idx = [], [], []
-    start = time.perf_counter()
-    for i, sample in enumerate(images):
-        image = sample.load()[0]
-        factors = np.exp(rng.uniform(math.log(FIT_FACTORS[0]), math.log(FIT_FACTORS[1]), FIT_PER_IMAGE))
-        factors[0] = 1.0  # the scan as it is, never interpolated: what a slide's level 0 looks like
-        for f in factors:
-            enlarge = cv2.INTER_CUBIC if rng.random() < 0.5 else cv2.INTER_LINEAR
-            resized = resample_image(image, float(f), enlarge_with=enlarge)
-            if min(resized.shape[:2]) < side:
-                continue
-            # Scanners differ in sharpness, and enlarging blurs: blur at random so that
-            # sharpness alone does not tell the scale.
-            sigma = rng.uniform(0.0, FIT_MAX_BLUR)
-            if sigma > 0.3:
-                resized = cv2.GaussianBlur(resized, (0, 0), sigma)
-            windows = estimator.windows(resized)
-            pick = rng.choice(len(windows), min(FIT_WINDOWS, len(windows)), replace=False)
-            rows.append(estimator.features(windows[np.sort(pick)]))
-            ys += [math.log(f)] * len(pick)
-            idx += [i] * len(pick)
-        print(f"\r{i + 1}/{len(images)} training images, {time.perf_counter() - start:.0f} s", end="", flush=True)
-    print()
-    X, y, index = np.concatenate(rows), np.array(ys), np.array(idx)
-    if cache is not None:
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        np.savez(cache, X=X, y=y, image=index, window=side, max_blur=FIT_MAX_BLUR)
-    return X, y, index
+def _cached(path: Path | None, made_with: dict, make) -> dict:
+    """``make()``'s arrays, kept in ``path`` (made again when made with other settings)."""
+    if path is not None and path.is_file():
+        d = dict(np.load(path))
+        if all(k in d and np.array_equal(d[k], v) for k, v in made_with.items()):
+            return d
+    d = make()
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.savez(path, **d, **made_with)
+    return d
 
 
-def within(fit: RidgeFit, X: np.ndarray, y: np.ndarray) -> np.ndarray:
-    return np.abs(np.exp(fit.log_scale(X) - y) - 1) <= TOLERANCE
+def fit_features(images: list[np.ndarray], estimator: MppRegressor, side: int, cache: Path | None) -> dict:
+    """X (features), y (ln factor), image (index) of windows of the training images at random
+    factors: up to FIT_WINDOWS of each resized image's tissue windows, drawn at random."""
+    lo, hi = FIT_RANGES[side]
+
+    def make() -> dict:
+        rng = np.random.default_rng(0)
+        rows, ys, idx = [], [], []
+        for i, image in enumerate(tqdm(images, desc=f"fitting windows, {side} px", unit="img")):
+            factors = np.exp(rng.uniform(math.log(lo), math.log(hi), FIT_PER_IMAGE))
+            factors[0] = 1.0  # the scan as it is, never interpolated: what a slide's level 0 looks like
+            for f in factors:
+                enlarge = cv2.INTER_CUBIC if rng.random() < 0.5 else cv2.INTER_LINEAR
+                resized = resample_image(image, float(f), enlarge_with=enlarge)
+                if min(resized.shape[:2]) < side:
+                    continue
+                windows = estimator.windows(resized, side)
+                pick = rng.choice(len(windows), min(FIT_WINDOWS, len(windows)), replace=False)
+                rows.append(estimator.features(windows[np.sort(pick)]))
+                ys += [math.log(f)] * len(pick)
+                idx += [i] * len(pick)
+        return {"X": np.concatenate(rows), "y": np.array(ys), "image": np.array(idx)}
+
+    made_with = {"window": side, "range": np.array([lo, hi]), "per_image": FIT_PER_IMAGE, "windows": FIT_WINDOWS}
+    return _cached(cache and cache / f"fit-w{side}.npz", made_with, make)
+
+
+def protocol_features(images: list[np.ndarray], estimator: MppRegressor, side: int, cache: Path | None) -> dict:
+    """This benchmark replayed on the training images (for cross-validation): X, y (ln factor),
+    image (index) and group (one per resized image) of the windows an estimate would use."""
+
+    def make() -> dict:
+        rows, ys, idx, groups = [], [], [], []
+        for i, image in enumerate(tqdm(images, desc=f"training images at the test's factors, {side} px", unit="img")):
+            for j, f in enumerate(FACTORS):
+                windows = estimator.windows(resample(image, f), side)
+                rows.append(estimator.features(windows))
+                ys += [math.log(f)] * len(windows)
+                idx += [i] * len(windows)
+                groups += [i * len(FACTORS) + j] * len(windows)
+        return {"X": np.concatenate(rows), "y": np.array(ys), "image": np.array(idx), "group": np.array(groups)}
+
+    made_with = {"window": side, "factors": np.array(FACTORS), "max_windows": estimator.cfg.max_windows}
+    return _cached(cache and cache / f"protocol-w{side}.npz", made_with, make)
+
+
+def native_weights(y: np.ndarray, weight: float) -> np.ndarray:
+    return np.where(y == 0.0, weight, 1.0)
+
+
+def held_out_estimates(train: dict, protocol: dict, alpha: float, weight: float, side: int) -> np.ndarray:
+    """Per group of ``protocol``: the median ln scale of its windows by a fit on the other folds."""
+    out = np.zeros(int(protocol["group"].max()) + 1)
+    for k in range(FOLDS):
+        rows = train["image"] % FOLDS != k
+        fitted = fit_ridge(train["X"][rows], train["y"][rows], alpha, GLAS_MPP, side,
+                           native_weights(train["y"][rows], weight))
+        held = protocol["image"] % FOLDS == k
+        predicted = fitted.log_scale(protocol["X"][held])
+        for g in np.unique(protocol["group"][held]):
+            out[g] = np.median(predicted[protocol["group"][held] == g])
+    return out
+
+
+def group_truth(protocol: dict) -> np.ndarray:
+    truth = np.zeros(int(protocol["group"].max()) + 1)
+    truth[protocol["group"]] = protocol["y"]
+    return truth
+
+
+def cv_table(name: str, estimates: np.ndarray, truth: np.ndarray) -> float:
+    right = np.abs(np.exp(estimates - truth) - 1) <= TOLERANCE
+    per = " ".join(f"{right[np.isclose(truth, math.log(f))].mean():6.1%}" for f in FACTORS)
+    print(f"{name:<34} {right.mean():6.1%} | {per}")
+    return float(right.mean())
 
 
 def fit(data, cache: Path | None) -> None:
-    """Fit the learned estimator on training images; the penalty by cross-validation."""
-    X, y, image = fit_features(data, MppRegressor(fit=None), cache)
-    fold = image % FOLDS
-    scores = {}
-    for alpha in ALPHAS:
-        hits = [within(fit_ridge(X[fold != k], y[fold != k], alpha, GLAS_MPP), X[fold == k], y[fold == k])
-                for k in range(FOLDS)]
-        scores[alpha] = float(np.mean(np.concatenate(hits)))
-        print(f"alpha {alpha:g}: {scores[alpha]:.1%} of held-out training windows within ±15 %")
-    # The largest penalty within a point of the best score (the one-standard-error habit): the
-    # smallest penalties fit the clean images best and another stain or JPEG worst.
-    alpha = max(a for a, score in scores.items() if score >= max(scores.values()) - 0.01)
-    about = (f"ridge on pooled EfficientNet-Lite0 (ImageNet) features of {len(y)} windows of "
-             f"{MppRegressorConfig().window} px from {int(image.max()) + 1} GlaS training images x {FIT_PER_IMAGE} "
-             f"factors in {FIT_FACTORS[0]}-{FIT_FACTORS[1]}; alpha {alpha:g} by {FOLDS}-fold CV "
-             f"({scores[alpha]:.1%} of windows within 15 %); python bench/mpp_estimate.py --fit")
-    result = fit_ridge(X, y, alpha, GLAS_MPP, about)
-    result.save(COEFFICIENTS)
-    train_z = result.unfamiliarity(X)
-    print(f"alpha {alpha:g} -> {COEFFICIENTS}; fitting images' unfamiliarity: median {np.median(train_z):.2f}, "
-          f"max {train_z.max():.2f}")
+    """Fit the learned estimator on training images; penalty and native weight by image-level
+    cross-validation (see the module's documentation)."""
+    images = [s.load()[0] for s in data if s.name.startswith("train_")]  # never the test images
+    estimator = MppRegressor(fits=())
+    print(f"{'held-out training images':<34} {'all':>6} | " + " ".join(f"{f:>6}" for f in FACTORS))
+    trains, held_out = {}, {}
+    for side in FIT_RANGES:
+        trains[side] = fit_features(images, estimator, side, cache)
+        protocol = protocol_features(images, estimator, side, cache)
+        truth = group_truth(protocol)
+        for alpha in ALPHAS:
+            for weight in NATIVE_WEIGHTS:
+                estimates = held_out_estimates(trains[side], protocol, alpha, weight, side)
+                held_out[side, alpha, weight] = estimates
+                cv_table(f"{side} px, alpha {alpha:g}, native x{weight:g}", estimates, truth)
+    # The sizes are chosen together (what is scored is their mean); on a tie the larger penalties.
+    options = [[(side, a, w) for a in ALPHAS for w in NATIVE_WEIGHTS] for side in FIT_RANGES]
+    scored = {combo: float(np.mean(np.abs(np.exp(np.mean([held_out[k] for k in combo], axis=0) - truth) - 1)
+                                   <= TOLERANCE)) for combo in itertools.product(*options)}
+    best = max(scored.values())
+    combo = max((c for c, score in scored.items() if score >= best - 1e-9),
+                key=lambda c: (sum(math.log(a) for _, a, _ in c), -sum(w for *_, w in c)))
+    together = cv_table("both sizes (what --mpp auto does)", np.mean([held_out[k] for k in combo], axis=0), truth)
+    fits = []
+    for side, alpha, weight in combo:
+        train = trains[side]
+        fits.append(fit_ridge(train["X"], train["y"], alpha, GLAS_MPP, side, native_weights(train["y"], weight),
+                              about=f"{len(train['y'])} windows, factors {FIT_RANGES[side][0]}-"
+                                    f"{FIT_RANGES[side][1]}, alpha {alpha:g}, native x{weight:g}"))
+        print(f"{side} px: alpha {alpha:g}, native windows x{weight:g}")
+    about = (f"ridge regressions on pooled EfficientNet-Lite0 (ImageNet) features of windows of "
+             f"{' and '.join(map(str, FIT_RANGES))} px from {len(images)} GlaS training images x "
+             f"{FIT_PER_IMAGE} factors; {FOLDS}-fold image-level CV of both: {together:.1%} within 15 %; "
+             "python bench/mpp_estimate.py --fit")
+    save_fits(tuple(fits), about)
+    for f in fits:
+        unfamiliarity = np.median(f.unfamiliarity(trains[f.window]["X"]))
+        print(f"{f.window} px: fitting windows' unfamiliarity: median {unfamiliarity:.2f}")
+    print(f"-> {COEFFICIENTS}")
 
 
 def main() -> None:
@@ -264,7 +332,7 @@ def main() -> None:
               "method": args.method, "perturb": args.perturb, "crop": args.crop,
               "command": "python " + " ".join(sys.argv),
               "config": ({f.name: getattr(cfg, f.name) for f in fields(cfg)} if args.method == "nuclei" else
-                         {"coefficients": estimate.fit.about if estimate.fit else None,
+                         {"coefficients": [f.about for f in estimate.fits],
                           **{f.name: getattr(estimate.cfg, f.name) for f in fields(estimate.cfg)}}),
               "machine": f"{platform.processor() or platform.machine()}, shared CPU", "rows": rows}
     print(f"{'factor':>7} {'true µm/px':>10} {'within ±15 %':>13} {'(any conf.)':>12} {'median |err|':>13} "

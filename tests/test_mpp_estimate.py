@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import warnings
 
 import cv2
@@ -18,7 +19,7 @@ from pathoseg.data.mpp_estimate import MppEstimateConfig, MppEstimateWarning, au
 from pathoseg.data.resolution import GLAS_MPP, resample_image
 from pathoseg.data.synthetic import SyntheticConfig, write_synthetic
 from pathoseg.engine.checkpoint import Checkpoint
-from pathoseg.engine.mpp_regressor import MppRegressor, MppRegressorConfig, RidgeFit
+from pathoseg.engine.mpp_regressor import MppRegressor, MppRegressorConfig, RidgeFit, fit_ridge, load_fits
 from pathoseg.errors import PathosegError
 from pathoseg.models import ModelConfig, build_model
 from pathoseg.pipeline.evaluation import data_input_mpp
@@ -99,7 +100,7 @@ def test_the_learned_estimator_is_not_confident_about_what_is_not_tissue(tmp_pat
         est = regressor(image)
         assert not est.confident() and "does not look like" in est.note
     tiny = regressor(np.full((100, 400, 3), 180, np.uint8))
-    assert tiny.mpp is None and not tiny.confident() and "160 px" in tiny.note
+    assert tiny.mpp is None and not tiny.confident() and "128 px" in tiny.note
     with pytest.warns(MppEstimateWarning, match=r"white\.png: .*does not look like.*no resampling"):
         used, _ = auto_mpp(tmp_path / "white.png", np.full((300, 400, 3), 250, np.uint8), 0.62, estimator=regressor)
     assert used == 0.62
@@ -108,22 +109,49 @@ def test_the_learned_estimator_is_not_confident_about_what_is_not_tissue(tmp_pat
 def test_the_estimator_sees_fixed_size_windows_with_the_most_tissue(glas_dir):
     """Whatever the image's size, the regression sees windows of one size (an image's size in
     pixels must not tell its scale), the tissue first, even in a corner."""
-    two = MppRegressor(cfg=MppRegressorConfig(window=160, max_windows=2))
+    two = MppRegressor(cfg=MppRegressorConfig(max_windows=2))
     tissue = read_image(glas_dir / "images" / "testA_6.png")[:256, :256]
     canvas = np.full((600, 700, 3), 250, np.uint8)
     canvas[344:600, 444:700] = tissue  # in the corner: the grid's last row and column are flush with the ends
-    windows = two.windows(canvas)
+    windows = two.windows(canvas, 160)
     assert windows.shape == (2, 160, 160, 3)
     inside = {canvas[440:600, 480:640].tobytes(), canvas[440:600, 540:700].tobytes()}  # all tissue
     assert {w.tobytes() for w in windows} == inside
-    assert MppRegressor().windows(tissue).shape == (4, 160, 160, 3)  # 2 x 2 of a 256-px image, flush
+    assert MppRegressor().windows(tissue, 160).shape == (4, 160, 160, 3)  # 2 x 2 of a 256-px image, flush
+    assert MppRegressor().windows(tissue, 128).shape == (4, 128, 128, 3)
+
+
+def test_a_weighted_ridge_counts_a_window_of_weight_three_as_three_windows():
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(60, 5))
+    y = X @ np.array([0.5, -1.0, 0.0, 2.0, 0.1]) + rng.normal(0, 0.1, 60)
+    weight = np.where(np.arange(60) < 10, 3.0, 1.0)
+    weighted = fit_ridge(X, y, 1.0, GLAS_MPP, 128, weight)
+    # Weights are relative: the penalty stays that of the 60 rows given (80 rows repeated).
+    repeated = fit_ridge(np.concatenate([X[:10], X[:10], X]), np.concatenate([y[:10], y[:10], y]), 80 / 60,
+                         GLAS_MPP, 128)
+    assert np.allclose(weighted.log_scale(X), repeated.log_scale(X))
+    assert np.corrcoef(weighted.log_scale(X), y)[0, 1] > 0.99  # and it fits
+
+
+def test_the_estimate_is_the_mean_of_the_window_sizes_that_fit_in_the_image(regressor):
+    """One regression per window size; an image too small for the larger windows gets the
+    smaller size's estimate alone."""
+    def constant(window: int, log_scale: float) -> RidgeFit:  # features ignored, always familiar
+        d = 1024
+        return RidgeFit(window, np.zeros(d), np.full(d, 1e6), np.zeros(d), log_scale, GLAS_MPP, 1.0, "")
+    two = MppRegressor(fits=(constant(128, math.log(2)), constant(160, 0.0)))
+    two.__dict__["_model"] = regressor._model  # the encoder, loaded once for the module
+    tissue = np.full((200, 200, 3), 150, np.uint8)
+    assert two(tissue).mpp == pytest.approx(GLAS_MPP / math.sqrt(2), rel=1e-3)  # both sizes: the mean of ln
+    assert two(tissue[:140]).mpp == pytest.approx(GLAS_MPP / 2, rel=1e-3)  # only 128-px windows fit
 
 
 def test_unreadable_coefficients_are_one_line_naming_the_file(tmp_path):
     bad = tmp_path / "coefficients.json"
     bad.write_text("{not json")
     with pytest.raises(PathosegError, match=r"coefficients\.json: .*bench/mpp_estimate\.py --fit"):
-        RidgeFit.load(bad)
+        load_fits(bad)
 
 
 @pytest.fixture(scope="module")
