@@ -22,8 +22,10 @@ image at factor f is 775 f pixels wide, which an estimator could read the answer
 The fit (``--fit``) sees only the 85 training images. For each window size (FIT_RANGES), each
 image is resized by 30 factors drawn log-uniformly from the size's range (seeded; enlarged half
 with linear, half with cubic interpolation, so that the test's cubic is not the only one it
-knows; one factor per image is 1, the scan as it is), and 8 of each resized image's tissue
-windows (the estimator's own fixed-size windows) are kept. The ridge penalty and the weight of
+knows; one factor per image is 1, the scan as it is; each resized image through JPEG at
+quality 60-95 and re-stained, H and E x 0.85-1.15, each with probability 1/2: FIT_JPEG,
+FIT_STAIN, milder than --perturb), and 8 of each resized image's tissue windows (the
+estimator's own fixed-size windows) are kept. The ridge penalty and the weight of
 the never-resampled windows (NATIVE_WEIGHTS: one factor in 30 is native, one in 9 of the test's
 factors is) are chosen by 5-fold cross-validation over training images replaying this
 benchmark on them: the held-out training images resized by FACTORS, an image's estimate the
@@ -65,6 +67,11 @@ TOLERANCE = 0.15
 FIT_RANGES = {128: (0.27, 3.0), 160: (0.36, 3.0)}
 FIT_PER_IMAGE = 30
 FIT_WINDOWS = 8  # windows per resized image
+# Another lab's look, drawn for each resized image (milder than the benchmark's --perturb, so
+# that its test is not the fit's own): (probability, lowest, highest) of a JPEG quality and of
+# a factor on the H and E optical densities.
+FIT_JPEG = (0.5, 60, 95)
+FIT_STAIN = (0.5, 0.85, 1.15)
 ALPHAS = (30.0, 100.0, 300.0, 1000.0, 3000.0)
 NATIVE_WEIGHTS = (1.0, 3.0, 5.0)
 FOLDS = 5
@@ -85,10 +92,21 @@ def perturb(image: np.ndarray, kind: str | None, rng: np.random.Generator) -> np
     if kind == "blur":
         return cv2.GaussianBlur(image, (0, 0), rng.uniform(0.3, 1.0)) if rng.random() < 0.75 else image
     if kind == "jpeg":
-        _, buf = cv2.imencode(".jpg", image[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, 50])
-        return cv2.imdecode(buf, cv2.IMREAD_COLOR)[..., ::-1].copy()
+        return jpeg(image, 50)
+    return restain(image, rng.uniform(0.7, 1.3, 2))
+
+
+def jpeg(image: np.ndarray, quality: int) -> np.ndarray:
+    """``image`` through JPEG at ``quality`` (what slide scanners store)."""
+    _, buf = cv2.imencode(".jpg", image[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, quality])
+    return cv2.imdecode(buf, cv2.IMREAD_COLOR)[..., ::-1].copy()
+
+
+def restain(image: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    """``image`` (or a stack of them) with its haematoxylin and eosin optical densities times
+    ``scale`` (colour deconvolution, skimage)."""
     hed = rgb2hed(image)
-    hed[..., :2] *= rng.uniform(0.7, 1.3, 2)
+    hed[..., :2] *= scale
     return (np.clip(hed2rgb(hed), 0, 1) * 255).round().astype(np.uint8)
 
 
@@ -168,14 +186,20 @@ def fit_features(images: list[np.ndarray], estimator: MppRegressor, side: int, c
                 resized = resample_image(image, float(f), enlarge_with=enlarge)
                 if min(resized.shape[:2]) < side:
                     continue
+                if rng.random() < FIT_JPEG[0]:
+                    resized = jpeg(resized, int(rng.integers(FIT_JPEG[1], FIT_JPEG[2] + 1)))
                 windows = estimator.windows(resized, side)
                 pick = rng.choice(len(windows), min(FIT_WINDOWS, len(windows)), replace=False)
-                rows.append(estimator.features(windows[np.sort(pick)]))
+                windows = windows[np.sort(pick)]
+                if rng.random() < FIT_STAIN[0]:
+                    windows = restain(windows, rng.uniform(FIT_STAIN[1], FIT_STAIN[2], 2))
+                rows.append(estimator.features(windows))
                 ys += [math.log(f)] * len(pick)
                 idx += [i] * len(pick)
         return {"X": np.concatenate(rows), "y": np.array(ys), "image": np.array(idx)}
 
-    made_with = {"window": side, "range": np.array([lo, hi]), "per_image": FIT_PER_IMAGE, "windows": FIT_WINDOWS}
+    made_with = {"window": side, "range": np.array([lo, hi]), "per_image": FIT_PER_IMAGE, "windows": FIT_WINDOWS,
+                 "looks": np.array([*FIT_JPEG, *FIT_STAIN])}
     return _cached(cache and cache / f"fit-w{side}.npz", made_with, make)
 
 

@@ -18,10 +18,12 @@ resolution").
 
 **Two window sizes.** There is one regression per window size (128 and 160 px), and the
 estimate is the mean of their ln-scale medians: their errors are partly independent (on the
-training images' cross-validation the pair is right for ~94 % of resampled images, either alone
-for ~92 %), and the 128-px one can be fitted down to 0.27x, where 160-px windows no longer fit
-in a shrunk GlaS image (an estimate near the end of the fitted range is drawn to its middle).
-An image smaller than 160 px a side gets the 128-px estimate alone.
+training images' cross-validation the pair beats either alone), and the 128-px one can be
+fitted down to 0.27x, where 160-px windows no longer fit in a shrunk GlaS image (an estimate
+near the end of the fitted range is drawn to its middle). An image smaller than 160 px a side
+gets the 128-px estimate alone. The fitting images are re-encoded as JPEG and re-stained at
+random (scanners store JPEG; labs stain differently), and the never-resampled scans weigh
+more: a scan as it comes from a scanner is sharper than any resampled image.
 
 Why learned, and why this: the nucleus-size estimator (:mod:`pathoseg.data.mpp_estimate`)
 stops at ~70 % of resampled GlaS test images within ±15 % because nuclei differ in size by
