@@ -1,6 +1,6 @@
 """How well ``--mpp auto`` finds an image's resolution: GlaS test images resampled by known factors.
 
-    python bench/mpp_estimate.py --fit [--features-cache runs/mpp-fit/v3]
+    python bench/mpp_estimate.py --fit [--features-cache runs/mpp-fit/v4]
         # the learned estimator's coefficients, from GlaS TRAINING images (writes
         # src/pathoseg/engine/mpp_regressor.json; the folder keeps the features)
     python bench/mpp_estimate.py [--data ../shared/data/glas] [--limit N] [--json docs/results/mpp_estimate.json]
