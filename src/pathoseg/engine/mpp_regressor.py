@@ -126,13 +126,13 @@ def fit_ridge(features: np.ndarray, log_scale: np.ndarray, alpha: float, referen
     rather than taken from scikit-learn: it is one linear solve, and pathoseg does not
     otherwise depend on scikit-learn."""
     w = np.ones(len(log_scale)) if sample_weight is None else np.asarray(sample_weight, dtype=np.float64)
-    w = w / w.sum()
-    mean = w @ features
-    std = np.sqrt(w @ (features - mean) ** 2) + 1e-9
+    w = w / w.mean()  # relative: they sum to the number of rows
+    mean = np.average(features, axis=0, weights=w)
+    std = np.sqrt(np.average((features - mean) ** 2, axis=0, weights=w)) + 1e-9
     z = (features - mean) / std
-    target = float(w @ log_scale)
-    weights = np.linalg.solve((z * w[:, None]).T @ z * len(w) + alpha * np.eye(z.shape[1]),
-                              (z * w[:, None]).T @ (log_scale - target) * len(w))
+    target = float(np.average(log_scale, weights=w))
+    weighted = z * w[:, None]
+    weights = np.linalg.solve(weighted.T @ z + alpha * np.eye(z.shape[1]), weighted.T @ (log_scale - target))
     return RidgeFit(window, mean, std, weights, target, reference_mpp, alpha, about)
 
 
@@ -171,9 +171,10 @@ class MppRegressor:
     def windows(self, image: np.ndarray, side: int) -> np.ndarray:
         """Up to ``max_windows`` windows (n, side, side, 3) of a grid over the image (the last
         row and column flush with its ends), those with the most tissue first."""
+        return self._windows(image, side, _tissue_integral(image))
+
+    def _windows(self, image: np.ndarray, side: int, integral: np.ndarray) -> np.ndarray:
         h, w = image.shape[:2]
-        tissue = haematoxylin(image)[1].astype(np.float32)
-        integral = np.pad(tissue.cumsum(0).cumsum(1), ((1, 0), (1, 0)))
         starts = [(y, x) for y in _starts(h, side) for x in _starts(w, side)]
         amounts = [integral[y + side, x + side] - integral[y, x + side] - integral[y + side, x] + integral[y, x]
                    for y, x in starts]
@@ -186,8 +187,9 @@ class MppRegressor:
         if not fits:
             return MppEstimate(None, 0.0, 0, method="encoder", note=f"smaller than {self.fits[0].window} px a side")
         log_scales, distances = [], []
+        integral = _tissue_integral(image)  # one tissue mask for every window size
         for fit in fits:
-            features = self.features(self.windows(image, fit.window))
+            features = self.features(self._windows(image, fit.window, integral))
             log_scales.append(float(np.median(fit.log_scale(features))))
             distances.append(float(np.median(fit.unfamiliarity(features))))
         mpp = fits[0].reference_mpp / math.exp(float(np.mean(log_scales)))
@@ -202,6 +204,12 @@ class MppRegressor:
 
     def __call__(self, image: np.ndarray) -> MppEstimate:
         return self.estimate(image)
+
+
+def _tissue_integral(image: np.ndarray) -> np.ndarray:
+    """The summed-area table of the image's tissue mask (a window's tissue in four lookups)."""
+    tissue = haematoxylin(image)[1].astype(np.float32)
+    return np.pad(tissue.cumsum(0).cumsum(1), ((1, 0), (1, 0)))
 
 
 def _starts(length: int, side: int) -> list[int]:
