@@ -246,8 +246,13 @@ def group_truth(protocol: dict) -> np.ndarray:
     return truth
 
 
+def within(estimates: np.ndarray, truth: np.ndarray) -> np.ndarray:
+    """Which ln-scale estimates are within TOLERANCE of the truth."""
+    return np.abs(np.exp(estimates - truth) - 1) <= TOLERANCE
+
+
 def cv_table(name: str, estimates: np.ndarray, truth: np.ndarray) -> float:
-    right = np.abs(np.exp(estimates - truth) - 1) <= TOLERANCE
+    right = within(estimates, truth)
     per = " ".join(f"{right[np.isclose(truth, math.log(f))].mean():6.1%}" for f in FACTORS)
     print(f"{name:<34} {right.mean():6.1%} | {per}")
     return float(right.mean())
@@ -271,8 +276,8 @@ def fit(data, cache: Path | None) -> None:
                 cv_table(f"{side} px, alpha {alpha:g}, native x{weight:g}", estimates, truth)
     # The sizes are chosen together (what is scored is their mean); on a tie the larger penalties.
     options = [[(side, a, w) for a in ALPHAS for w in NATIVE_WEIGHTS] for side in FIT_RANGES]
-    scored = {combo: float(np.mean(np.abs(np.exp(np.mean([held_out[k] for k in combo], axis=0) - truth) - 1)
-                                   <= TOLERANCE)) for combo in itertools.product(*options)}
+    scored = {combo: float(np.mean(within(np.mean([held_out[k] for k in combo], axis=0), truth)))
+              for combo in itertools.product(*options)}
     best = max(scored.values())
     combo = max((c for c, score in scored.items() if score >= best - 1e-9),
                 key=lambda c: (sum(math.log(a) for _, a, _ in c), -sum(w for *_, w in c)))
