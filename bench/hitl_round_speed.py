@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from glas_instances import device_name
-from pathoseg.engine.settings import WarmRound
+from pathoseg.engine.settings import RoundConfig, WarmRound
 from pathoseg.engine.train import TrainConfig
 from pathoseg.hitl.strategies import parse_strategy
 from pathoseg.hitl.study import StudyConfig, StudyRunner
@@ -111,13 +111,13 @@ def main() -> None:
     for spec in args.options.split(","):
         name, steps, lr_scale, freeze = parse_option(spec)
         cfg = StudyConfig(strategies=[parse_strategy(args.strategy)], rounds=args.rounds, seeds=args.seeds,
-                          train=train, warm=WarmRound(steps, lr_scale, freeze))
+                          round=RoundConfig(train=train, warm=WarmRound(steps, lr_scale, freeze)))
         out = args.out / name
         if args.round0_from:
             link_round0(args.round0_from, out, args.seeds)
         print(f"== {name}: {steps} steps at {lr_scale} x lr, {freeze} frozen stages", flush=True)
         records = [r for r in StudyRunner(data, cfg, out).run() if r["round"] > 0]
-        round_s = [r["train_s"] + r.get("predict_s", 0.0) for r in records]
+        round_s = [r["round_s"] + r.get("predict_s", 0.0) for r in records]
         finals = [r["test"][headline_part(r["test"])] for r in records if r["round"] == args.rounds]
         rows.append({"option": name, "round_steps": steps, "round_lr_scale": lr_scale, "freeze_stages": freeze,
                      "round_seconds": round_s, "train_seconds": [r["train_s"] for r in records],

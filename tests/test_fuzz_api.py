@@ -36,12 +36,11 @@ from schemathesis.specs.openapi.checks import (  # noqa: E402
 )
 
 from pathoseg.data.synthetic import SyntheticConfig, synthetic_sample  # noqa: E402
-from pathoseg.engine.settings import WarmRound  # noqa: E402
 from pathoseg.server.app import ServerConfig, create_app  # noqa: E402
-from pathoseg.server.jobs import TrainSettings  # noqa: E402
 from pathoseg.server.project import add_image  # noqa: E402
 from pathoseg.server.routers import ROUTERS  # noqa: E402
 from pathoseg.server.storage import Project, create_user  # noqa: E402
+from tiny import tiny_worker  # noqa: E402
 
 MAX_EXAMPLES = 30  # per operation and generation mode (schema-conforming, schema-breaking)
 ADMIN = "fuzz-admin-q7"  # a name the fuzzer will not hit when it revokes or re-issues tokens
@@ -93,7 +92,7 @@ def fuzz(tmp_path_factory) -> Iterator[Callable[[str], Findings]]:
     token = create_user(project, ADMIN, admin=True)
     create_user(project, "ann")
     project.engine.dispose()
-    settings_ = TrainSettings(steps=1, warm=WarmRound(steps=1), scale=1.0, crop=32, batch_size=2, device="cpu")
+    settings_ = tiny_worker(first_steps=1, warm_steps=1, crop=32, batch_size=2)
     config = ServerConfig(str(folder / "proj"), None, retrain_every=0, train=settings_,
                           login_attempts=10**6)  # ignored_auth sends requests without the token on purpose
     headers = {"Authorization": f"Bearer {token}"}

@@ -6,16 +6,16 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from skimage import measure
 from skimage.draw import disk
 
-from pathoseg.data.cache import IGNORE
-from pathoseg.engine.settings import WarmRound
-from pathoseg.engine.train import TrainConfig
+from pathoseg.engine.rounds import ReviewMaps
 from pathoseg.hitl.annotator import SimulatedAnnotator
-from pathoseg.hitl.selection import mean_entropy, rank
-from pathoseg.hitl.strategies import BUILTIN, make_label, parse_strategy, predicted_glands
+from pathoseg.hitl.selection import rank
+from pathoseg.hitl.strategies import BUILTIN, make_label, parse_strategy
 from pathoseg.hitl.study import StudyConfig, StudyRunner
-from pathoseg.models import ModelConfig
+from pathoseg.metrics.uncertainty import mean_entropy
+from tiny import tiny_round
 
 
 def square(shape, r0, r1, c0, c1):
@@ -37,34 +37,29 @@ GT = discs((80, 120), (40, 30, 16), (40, 66, 16))
 PRED = (GT > 0) | square((80, 120), 34, 46, 40, 58)
 
 
+def _maps(glands: np.ndarray, probs: np.ndarray) -> ReviewMaps:
+    return ReviewMaps(np.round(probs * 255).astype(np.uint8), glands, probs)
+
+
 def test_labels_of_each_strategy():
     probs = np.where(PRED, 0.95, 0.02).astype(np.float32)
-    probs[0, 0] = 0.6  # an unsure pixel
+    maps = _maps(measure.label(PRED).astype(np.int32), probs)  # what the app shows: one merged gland
     annot = SimulatedAnnotator()
-    oracle, cost = make_label(BUILTIN["oracle"], True, None, GT, annot, False)
+    oracle, cost = make_label(BUILTIN["oracle"], True, None, GT, annot)
     assert np.array_equal(oracle, GT) and cost.operations == {"add_polygon": 2}
-    # the model's own glands, through the instance decoder: one merged gland
-    auto, cost = make_label(BUILTIN["auto"], False, probs, GT, annot, False)
-    assert auto.dtype == np.uint16 and np.array_equal(auto > 0, PRED) and auto.max() == 1 and cost.seconds == 0
-    confident, _ = make_label(BUILTIN["auto"], False, probs, GT, annot, True)
-    assert confident[0, 0] == IGNORE and (confident != IGNORE).sum() == confident.size - 1
+    # unreviewed: the model's own glands as the app shows them
+    auto, cost = make_label(BUILTIN["auto"], False, maps, GT, annot)
+    assert auto.dtype == np.uint16 and np.array_equal(auto, maps.glands) and auto.max() == 1 and cost.seconds == 0
     # the pathologist cuts the merged gland in two: the label is the true instance map
-    hitl, cost = make_label(BUILTIN["hitl"], True, probs, GT, annot, False)
+    hitl, cost = make_label(BUILTIN["hitl"], True, maps, GT, annot)
     assert hitl.dtype == np.uint16 and np.array_equal(hitl, GT)
     assert cost.operations == {"split": 1} and cost.images == 1
-    assert 0 < cost.seconds < make_label(BUILTIN["oracle"], True, None, GT, annot, False)[1].seconds
+    assert 0 < cost.seconds < make_label(BUILTIN["oracle"], True, None, GT, annot)[1].seconds
     # fixing none of the errors keeps the prediction
-    kept, cost = make_label(parse_strategy("mix:1:0"), True, probs, GT, annot, False)
+    kept, cost = make_label(parse_strategy("mix:1:0"), True, maps, GT, annot)
     assert np.array_equal(kept, auto) and cost.fixed == 0 and cost.errors == 1
     assert parse_strategy("mix:0.3:0.5").review_fraction == 0.3
     assert parse_strategy("hitl", 0.5, 0.8).fix_fraction == 0.8
-
-
-def test_predicted_glands_scale_the_decoder_sizes():
-    probs = np.zeros((60, 60), np.float32)
-    probs[10:20, 10:20] = 0.9  # 100 px: under the decoder's 200-px floor at native scale
-    assert predicted_glands(probs, scale=1.0).max() == 0
-    assert predicted_glands(probs, scale=0.5).max() == 1  # 100 px at half scale: 400 native px
 
 
 def test_uncertainty_ranking():
@@ -75,9 +70,8 @@ def test_uncertainty_ranking():
 
 @pytest.mark.slow
 def test_resume_after_interrupted_round_gives_the_same_record(synth_dir, tmp_path):
-    train = TrainConfig(model=ModelConfig("lite0"), batch_size=4, crop=64, scale=1.0, progress=False)
-    cfg = StudyConfig(strategies=[BUILTIN["hitl"], BUILTIN["auto"]], rounds=2, train=train, initial_fraction=0.3,
-                      initial_steps=4, warm=WarmRound(steps=3), test_limit=2, device="cpu")
+    cfg = StudyConfig(strategies=[BUILTIN["hitl"], BUILTIN["auto"]], rounds=2, round=tiny_round(4, 3),
+                      initial_fraction=0.3, test_limit=2, device="cpu")
     full = StudyRunner(synth_dir, cfg, tmp_path / "a").run()
     # interrupt: copy the finished study, then drop the last round as if killed before it ended
     shutil.copytree(tmp_path / "a", tmp_path / "b")
@@ -87,7 +81,7 @@ def test_resume_after_interrupted_round_gives_the_same_record(synth_dir, tmp_pat
     resumed = StudyRunner(synth_dir, cfg, tmp_path / "b").run()
 
     def strip(records):
-        return [{k: v for k, v in r.items() if k not in ("train_s", "predict_s", "test_s")} for r in records]
+        return [{k: v for k, v in r.items() if not k.endswith("_s")} for r in records]
 
     assert json.dumps(strip(full), sort_keys=True) == json.dumps(strip(resumed), sort_keys=True)
     assert len(full) == 1 + 2 * 2
@@ -102,10 +96,8 @@ def test_resume_after_interrupted_round_gives_the_same_record(synth_dir, tmp_pat
 def test_frozen_stages_stay_as_round_zero_left_them(synth_dir, tmp_path):
     from pathoseg.engine.checkpoint import load_model
 
-    train = TrainConfig(model=ModelConfig("lite0"), batch_size=4, crop=64, scale=1.0, progress=False)
-    cfg = StudyConfig(strategies=[BUILTIN["oracle"]], rounds=1, train=train, initial_fraction=0.3,
-                      initial_steps=2, warm=WarmRound(3, 1.0, freeze_stages=2), test_limit=1,
-                      device="cpu")
+    cfg = StudyConfig(strategies=[BUILTIN["oracle"]], rounds=1, initial_fraction=0.3, test_limit=1, device="cpu",
+                      round=tiny_round(2, 3, lr_scale=1.0, freeze_stages=2))
     records = StudyRunner(synth_dir, cfg, tmp_path).run()
     before, _ = load_model(tmp_path / "seed0" / "round0" / "model.pt", "cpu")
     after, _ = load_model(tmp_path / "seed0" / "oracle" / "round1" / "model.pt", "cpu")
@@ -117,7 +109,7 @@ def test_frozen_stages_stay_as_round_zero_left_them(synth_dir, tmp_path):
     assert not torch.equal(old[stage3], new[stage3])  # the third stage on trains
     assert not torch.equal(old["net.segmentation_head.0.weight"], new["net.segmentation_head.0.weight"])
     assert all(p.requires_grad for p in after.parameters())
-    assert records[-1]["predict_s"] >= 0
+    assert records[-1]["predict_s"] > 0  # uncertainty selection: the pool was predicted
 
 
 def _record(seed, strategy, r, iou, hours):
@@ -144,5 +136,7 @@ def test_headline_is_the_least_effort_within_the_margin_of_the_oracle_and_json_h
     oracle = out["strategies"]["oracle"]
     assert oracle["effort_hours"] == [[0.0, 2.0, 4.0]] * 2  # cumulative, round 0 first, one row per seed
     assert oracle["test_iou"][1] == pytest.approx([0.80, 0.825, 0.85])
-    assert set(oracle) == {"test_iou", "object_f1", "label_iou", "effort_hours", "train_seconds"}
+    assert set(oracle) == {"test_iou", "object_f1", "label_iou", "effort_hours", "train_seconds", "round_seconds",
+                           "activated"}
+    assert out["median_warm_round_seconds"] == 10.0
     assert headline(series(records, ["auto", "oracle"], rounds=2))["strategy"] is None  # auto ends 0.03 short

@@ -21,6 +21,7 @@ from pathoseg.engine.predict import PredictConfig, predict_logits, predict_maps
 from pathoseg.errors import PathosegError
 from pathoseg.models import ModelConfig, build_model
 from test_bad_input import run_cli as run_error  # the one-line-error check, shared
+from tiny import tiny_worker
 
 
 def decisive_model(images: list[np.ndarray]) -> torch.nn.Module:
@@ -180,7 +181,6 @@ def test_export_writes_metadata_and_refuses_to_overwrite_the_checkpoint(exported
 
 
 def test_the_app_worker_predicts_with_the_onnx_backend_as_with_torch(exported, tmp_path):
-    from pathoseg.server.config import TrainSettings
     from pathoseg.server.jobs import Worker, enqueue
     from pathoseg.server.project import add_image, register_model
     from pathoseg.server.storage import Project
@@ -190,7 +190,7 @@ def test_the_app_worker_predicts_with_the_onnx_backend_as_with_torch(exported, t
         project = Project(tmp_path / backend, None, create=True)
         add_image(project, "img0", read_image(exported["images"][0]), None)
         version = register_model(project, exported["ckpt"])
-        worker = Worker(project, TrainSettings(device="cpu", predict_backend=backend))
+        worker = Worker(project, tiny_worker(predict_backend=backend))
         assert worker.run_once(enqueue(project, "predict")) is not None
         written[backend] = read_mask(project.instances_path(version, "img0"))
         assert (list(project.model_path(version).parent.glob("*.onnx")) != []) == (backend == "onnx")

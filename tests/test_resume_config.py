@@ -11,12 +11,10 @@ import pytest
 
 from pathoseg.cli import main
 from pathoseg.data.synthetic import SyntheticConfig, write_synthetic
-from pathoseg.engine.settings import WarmRound
 from pathoseg.engine.train import TrainConfig
 from pathoseg.errors import PathosegError
 from pathoseg.hitl.strategies import BUILTIN
 from pathoseg.hitl.study import StudyConfig, StudyRunner
-from pathoseg.models import ModelConfig
 from pathoseg.pipeline import compare
 from pathoseg.runconfig import (
     check_fingerprint,
@@ -26,6 +24,7 @@ from pathoseg.runconfig import (
     stored_settings,
     write_fingerprint,
 )
+from tiny import tiny_round
 
 # -- the helper ------------------------------------------------------------------------------
 
@@ -170,10 +169,8 @@ def test_compare_run_settings_follow_the_split(synth_dir):
 
 
 def _study(**changes) -> StudyConfig:
-    train = TrainConfig(model=ModelConfig("lite0", weights="none"), batch_size=4, crop=64, scale=1.0,
-                        progress=False)
-    cfg = StudyConfig(strategies=[BUILTIN["auto"]], rounds=1, train=train, initial_fraction=0.3, initial_steps=2,
-                      warm=WarmRound(steps=2), test_limit=1, device="cpu")
+    cfg = StudyConfig(strategies=[BUILTIN["auto"]], rounds=1, round=tiny_round(2, 2, weights="none"),
+                      initial_fraction=0.3, test_limit=1, device="cpu")
     return replace(cfg, **changes)
 
 
@@ -186,7 +183,7 @@ def test_hitl_round_settings_leave_out_what_does_not_change_a_round(synth_dir, t
     assert runner.round_settings() == StudyRunner(synth_dir, _study(rounds=5), tmp_path).round_settings()
     assert first_difference(runner.round_settings(auto),
                             StudyRunner(synth_dir, _study(rounds=5), tmp_path).round_settings(auto))[0] == "rounds"
-    assert "epochs" not in runner.round_settings()["train"]  # each round sets its own
+    assert "epochs" not in runner.round_settings()["round"]["train"]  # each round sets its own
 
 
 def test_hitl_resume_checks_each_round_and_fresh_starts_over(synth_dir, tmp_path):
@@ -201,9 +198,10 @@ def test_hitl_resume_checks_each_round_and_fresh_starts_over(synth_dir, tmp_path
 
     more_rounds = StudyRunner(synth_dir, _study(rounds=3), tmp_path)
     with pytest.raises(PathosegError, match=r"round 1 of auto, seed 0, was made with rounds=1, now rounds=3"):
-        more_rounds.resume_round({}, 0, auto, 1)
-    with pytest.raises(PathosegError, match=r"round 0 of seed 0 was made with initial_steps=2, now initial_steps=9"):
-        StudyRunner(synth_dir, _study(initial_steps=9), tmp_path).round0(None, 0, None)
+        more_rounds.resume_round(None, {}, 0, auto, 1)
+    with pytest.raises(PathosegError, match=r"round 0 of seed 0 was made with round\.first_steps=2, now "
+                       r"round\.first_steps=9"):
+        StudyRunner(synth_dir, _study(round=tiny_round(9, 2, weights="none")), tmp_path).round0(None, 0, None)
     other = write_synthetic(tmp_path / "other", n=10, seed=8, cfg=SyntheticConfig(size=(96, 128)))
     with pytest.raises(PathosegError, match=r"split\.images="):  # another data set: other images
         StudyRunner(other, _study(), tmp_path).round0(None, 0, None)
@@ -222,7 +220,7 @@ def test_hitl_study_resumes_with_the_same_settings_only(synth_dir, tmp_path):
     resumed = StudyRunner(synth_dir, _study(), tmp_path).run()  # resumed: nothing redone
     assert json.dumps(resumed, sort_keys=True) == json.dumps(first, sort_keys=True)
     assert record.stat().st_mtime_ns == stamp_before
-    with pytest.raises(PathosegError, match="round_steps=2, now round_steps=3"):
-        StudyRunner(synth_dir, _study(warm=WarmRound(steps=3)), tmp_path).run()
-    again = StudyRunner(synth_dir, _study(warm=WarmRound(steps=3)), tmp_path, fresh=True).run()
+    with pytest.raises(PathosegError, match=r"round\.warm\.steps=2, now round\.warm\.steps=3"):
+        StudyRunner(synth_dir, _study(round=tiny_round(2, 3, weights="none")), tmp_path).run()
+    again = StudyRunner(synth_dir, _study(round=tiny_round(2, 3, weights="none")), tmp_path, fresh=True).run()
     assert len(again) == 2 and record.stat().st_mtime_ns != stamp_before

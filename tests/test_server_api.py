@@ -13,13 +13,14 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
+from pathoseg.data.cache import to_target
 from pathoseg.data.synthetic import SyntheticConfig, synthetic_sample
-from pathoseg.engine.settings import WarmRound
 from pathoseg.server.app import ServerConfig, create_app
-from pathoseg.server.jobs import TrainSettings
 from pathoseg.server.project import add_image, save_mask
 from pathoseg.server.storage import Image as ImageRow
 from pathoseg.server.storage import Project, create_user
+from pathoseg.server.validation import labelled_images
+from tiny import tiny_worker
 
 CFG = SyntheticConfig(size=(96, 128))
 
@@ -37,7 +38,7 @@ def setup(tmp_path, db_url):  # on SQLite and on PostgreSQL
         image, labels = synthetic_sample(40 + i, CFG)
         add_image(project, f"img{i}", image, labels if i < 4 else None)
     tokens = {"ana": create_user(project, "ana", admin=True), "ben": create_user(project, "ben")}
-    settings = TrainSettings(steps=4, warm=WarmRound(steps=4), scale=1.0, crop=64, batch_size=4, device="cpu")
+    settings = tiny_worker()
     app = create_app(ServerConfig(str(tmp_path / "proj"), db_url, retrain_every=0, train=settings))
     with TestClient(app) as client:
         yield client, tokens, project, app
@@ -337,14 +338,14 @@ def test_training_uses_the_saved_gland_ids(setup):
     h = auth(tokens["ana"])
     target = client.get("/api/images?order=name", headers=h).json()[5]
     client.put(f"/api/images/{target['id']}/mask", headers=h, json=labels_body(touching_glands(), 0))
-    labelled = {name: target for name, _, _, target in app.state.worker._labelled()}
+    labelled = {i.name: to_target(i.load()[1]) for i in labelled_images(app.state.project)}
     assert len(np.unique(labelled["img5"])) == 3  # background and two glands, not one component
     assert np.array_equal(labelled["img0"], synthetic_sample(40, CFG)[1])  # imported: its own ids
 
 
 @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
 def test_binary_masks_of_older_projects_still_work(setup):
-    client, tokens, project, app = setup
+    client, tokens, project, _ = setup
     h = auth(tokens["ana"])
     # an older project stored every mask as 0/255
     _, labels = synthetic_sample(41, CFG)
@@ -352,7 +353,7 @@ def test_binary_masks_of_older_projects_still_work(setup):
     img1 = client.get("/api/images?order=name", headers=h).json()[1]["id"]
     shown = get_png(client, f"/api/images/{img1}/mask.png", h)
     assert shown.max() == labels.max() and np.array_equal(shown > 0, labels > 0)  # its components
-    target = {name: t for name, _, _, t in app.state.worker._labelled()}["img1"]
+    target = {i.name: to_target(i.load()[1]) for i in labelled_images(project)}["img1"]
     assert target.max() == labels.max() and np.array_equal(target > 0, labels > 0)
     files = zipfile.ZipFile(io.BytesIO(client.get("/api/export", headers=h).content))
     exported = np.array(Image.open(files.open("instances/img1.png")))

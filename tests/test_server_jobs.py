@@ -27,12 +27,11 @@ from sqlalchemy import select, text, update
 
 from pathoseg.cli import build_parser, main, server_config
 from pathoseg.data.synthetic import SyntheticConfig, synthetic_sample
+from pathoseg.engine import rounds
 from pathoseg.engine.checkpoint import Checkpoint, load_checkpoint
-from pathoseg.engine.settings import WarmRound
 from pathoseg.models import ModelConfig, build_model
-from pathoseg.server import jobs
+from pathoseg.server import validation
 from pathoseg.server.app import ServerConfig, create_app
-from pathoseg.server.config import TrainSettings
 from pathoseg.server.jobs import (
     MAX_ATTEMPTS,
     Worker,
@@ -43,9 +42,10 @@ from pathoseg.server.jobs import (
 from pathoseg.server.project import add_image, as_labels, read_labels, register_model, save_mask
 from pathoseg.server.storage import STAGED, Job, Mask, ModelVersion, Project, create_user, db_now
 from pathoseg.server.storage import Image as ImageRow
+from tiny import tiny_worker
 
 CFG = SyntheticConfig(size=(64, 64))
-TINY = TrainSettings(steps=2, warm=WarmRound(steps=2), scale=1.0, crop=64, batch_size=2, device="cpu")
+TINY = tiny_worker(first_steps=2, warm_steps=2, batch_size=2)
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -192,7 +192,7 @@ def test_heartbeats_keep_a_long_job_alive(project, checkpoint, monkeypatch):
         time.sleep(3.0)  # longer than the timeout, without a single progress report
         seen["reaped"] = reap_dead_jobs(project, 2.0)
 
-    monkeypatch.setattr(jobs, "fit", fake_fit(slow))
+    monkeypatch.setattr(rounds, "fit", fake_fit(slow))
     job_id = enqueue(project, "train")
     Worker(project, TINY, timeout=2.0).run_once()
     assert seen["reaped"] == [] and job(project, job_id).status == "done"
@@ -202,12 +202,12 @@ def test_heartbeats_keep_a_long_job_alive(project, checkpoint, monkeypatch):
 def test_a_stopping_worker_hands_its_job_back(project, checkpoint, monkeypatch):
     register_model(project, checkpoint)
     worker = Worker(project, TINY)
-    monkeypatch.setattr(jobs, "fit", fake_fit(lambda: worker.stop(timeout=0)))
+    monkeypatch.setattr(rounds, "fit", fake_fit(lambda: worker.stop(timeout=0)))
     job_id = enqueue(project, "train")
     worker.run_once()
     row = job(project, job_id)
     assert (row.status, row.attempts, row.worker) == ("queued", 0, None) and "handed back" in row.message
-    monkeypatch.setattr(jobs, "fit", fake_fit())
+    monkeypatch.setattr(rounds, "fit", fake_fit())
     Worker(project, TINY).run_once()
     assert job(project, job_id).status == "done" and job(project, job_id).attempts == 1
 
@@ -217,7 +217,7 @@ def test_a_retrain_does_not_override_a_rollback_made_while_it_ran(project, check
     register_model(project, checkpoint)
     register_model(project, checkpoint)
     assert models(project) == {1: False, 2: True}
-    monkeypatch.setattr(jobs, "fit", fake_fit(lambda: project.activate_model(1)))  # an admin rolls back
+    monkeypatch.setattr(rounds, "fit", fake_fit(lambda: project.activate_model(1)))  # an admin rolls back
     job_id = enqueue(project, "train")
     Worker(project, TINY).run_once()
     row = job(project, job_id)
@@ -226,17 +226,17 @@ def test_a_retrain_does_not_override_a_rollback_made_while_it_ran(project, check
     assert models(project) == {1: True, 2: False, 3: False}  # the rollback stands
     assert project.model_path(3).is_file() and not project.prediction_path(3, "img0").exists()
     # without a rollback meanwhile, the new version becomes active and predicts
-    monkeypatch.setattr(jobs, "fit", fake_fit())
+    monkeypatch.setattr(rounds, "fit", fake_fit())
     job_id = enqueue(project, "train")
     Worker(project, TINY).run_once()
     assert job(project, job_id).message.startswith("model v4") and "active" in job(project, job_id).message
     assert models(project) == {1: False, 2: False, 3: False, 4: True}
     assert all(project.prediction_path(4, f"img{i}").is_file() for i in range(4))
-    assert load_checkpoint(project.model_path(4)).metrics["val_iou"] >= 0
+    assert load_checkpoint(project.model_path(4)).trained_on == [[f"img{i}", 1] for i in range(3)]
 
 
 def test_a_first_model_is_not_activated_over_one_imported_meanwhile(project, checkpoint, monkeypatch):
-    monkeypatch.setattr(jobs, "fit", fake_fit(lambda: register_model(project, checkpoint)))
+    monkeypatch.setattr(rounds, "fit", fake_fit(lambda: register_model(project, checkpoint)))
     job_id = enqueue(project, "train")
     Worker(project, TINY).run_once()
     assert models(project) == {1: True, 2: False} and "v1 was made active" in job(project, job_id).message
@@ -251,7 +251,7 @@ def test_a_retry_after_the_model_was_stored_does_not_train_again(project, checkp
     def no_training(*args, **kwargs):
         raise AssertionError("trained again")
 
-    monkeypatch.setattr(jobs, "fit", no_training)
+    monkeypatch.setattr(rounds, "fit", no_training)
     job_id = Worker(project, TINY).run_once()
     row = job(project, job_id)
     assert row.status == "done" and row.attempts == 2 and "attempt 2 of 2" in row.message
@@ -262,16 +262,15 @@ def test_a_retry_after_the_model_was_stored_does_not_train_again(project, checkp
 def test_later_retrains_are_warm_with_frozen_stages_and_reread_only_new_masks(project, checkpoint, monkeypatch):
     register_model(project, checkpoint)  # v1 active: the next retrain is warm-started from it
     reads, seen = [], []
-    monkeypatch.setattr(jobs, "read_labels", lambda path: reads.append(path) or read_labels(path))
-    real_fit = jobs.fit
+    monkeypatch.setattr(validation, "read_labels", lambda path: reads.append(path) or read_labels(path))
+    real_fit = rounds.fit
 
     def fit(model, train, val, cfg, device, **kwargs):
         seen.append((cfg.lr, cfg.epochs, [n for n, p in model.named_parameters() if not p.requires_grad]))
         return real_fit(model, train, val, cfg, device, **kwargs)
 
-    monkeypatch.setattr(jobs, "fit", fit)
-    settings = TrainSettings(steps=50, warm=WarmRound(steps=3, lr_scale=0.25, freeze_stages=2), scale=1.0, crop=64,
-                             batch_size=3, device="cpu")
+    monkeypatch.setattr(rounds, "fit", fit)
+    settings = tiny_worker(first_steps=50, warm_steps=3, lr_scale=0.25, freeze_stages=2, batch_size=3)
     worker = Worker(project, settings)
     worker.submit("train")
     worker.run_once()
@@ -300,7 +299,7 @@ def test_saves_made_during_a_retrain_count_toward_the_next(tmp_path, db_url, che
     save_mask(project, 4, labels, 0, "ana")  # a correction of img3 before the retrain
     assert corrections_since_last_model(project) == 1
     # a save while the retrain runs: after it read its data, before its model exists
-    monkeypatch.setattr(jobs, "fit", fake_fit(lambda: save_mask(project, 1, labels, 1, "ben")))
+    monkeypatch.setattr(rounds, "fit", fake_fit(lambda: save_mask(project, 1, labels, 1, "ben")))
     Worker(project, TINY).run_once(enqueue(project, "train"))
     with project.session() as s:
         trained = s.scalars(select(ModelVersion).where(ModelVersion.version == 2)).one().trained_on
@@ -459,7 +458,7 @@ def test_worker_command_and_serve_options(project, checkpoint, capsys):
     assert "waiting for jobs" in capsys.readouterr().out
     assert job(project, job_id).status == "done"
     cfg = server_config(build_parser().parse_args(["serve", *args, "--no-worker", "--job-timeout", "7"]))
-    assert cfg.worker is False and cfg.job_timeout == 7 and cfg.train.steps == 2
+    assert cfg.worker is False and cfg.job_timeout == 7 and cfg.train.round.first_steps == 2
     assert server_config(build_parser().parse_args(["serve", "--project", "x"])).worker is True
 
 
@@ -618,7 +617,7 @@ def test_kill_9_during_a_retrain_retries_it_in_the_restarted_worker(tmp_path):
         assert row.status == "done" and row.attempts == 2, row.message
         assert "attempt 2 of 2" in row.message and row.model_version == 1
         assert models(project) == {1: True}
-        assert load_checkpoint(project.model_path(1)).metrics["val_iou"] >= 0
+        assert load_checkpoint(project.model_path(1)).trained_on == [[f"img{i}", 1] for i in range(3)]
         assert all(project.prediction_path(1, f"img{i}").is_file() for i in range(4))
         assert not list((project.root / "models").glob(".*"))  # no staged file left
         worker.send_signal(signal.SIGTERM)  # a clean stop

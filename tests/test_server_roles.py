@@ -21,7 +21,6 @@ from pathoseg.data.synthetic import SyntheticConfig, synthetic_sample
 from pathoseg.engine.settings import WarmRound
 from pathoseg.errors import PathosegError
 from pathoseg.server.app import ServerConfig, create_app
-from pathoseg.server.jobs import TrainSettings
 from pathoseg.server.limits import LoginThrottle
 from pathoseg.server.project import add_image
 from pathoseg.server.storage import (
@@ -38,9 +37,10 @@ from pathoseg.server.storage import (
     reissue_token,
     revoke_token,
 )
+from tiny import tiny_worker
 
 CFG = SyntheticConfig(size=(96, 128))
-SETTINGS = TrainSettings(steps=4, warm=WarmRound(steps=4), scale=1.0, crop=64, batch_size=4, device="cpu")
+SETTINGS = tiny_worker()
 
 
 def auth(token: str, scheme: str = "Bearer") -> dict:
@@ -367,8 +367,10 @@ def test_serve_exposes_its_training_settings_and_limits():
                                       "--login-window", "120", "--preset", "lite1", "--warm-steps", "20",
                                       "--freeze-stages", "2"])
     cfg = server_config(args)
-    assert cfg.train == TrainSettings(steps=30, warm=WarmRound(20, 0.5, 2), scale=0.25, crop=128, batch_size=2,
-                                      preset="lite1", device="cpu")
+    r = cfg.train.round
+    assert (r.first_steps, r.warm, r.train.scale, r.train.crop, r.train.batch_size, r.train.model.preset) == \
+        (30, WarmRound(20, 0.5, 2), 0.25, 128, 2, "lite1")
+    assert cfg.train.device == "cpu" and r.gate.holdout == 0.2
     assert (cfg.retrain_every, cfg.max_body_bytes, cfg.token_days) == (0, 8 * 2**20, 30)
     assert (cfg.login_attempts, cfg.login_window) == (4, 120)
     defaults = server_config(build_parser().parse_args(["serve", "--project", "lab"]))

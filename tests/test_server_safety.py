@@ -21,18 +21,17 @@ from sqlalchemy.exc import IntegrityError
 
 from pathoseg.cli import build_parser
 from pathoseg.data.synthetic import SyntheticConfig, synthetic_sample
-from pathoseg.engine.settings import WarmRound
 from pathoseg.errors import PathosegError
 from pathoseg.server.app import ServerConfig, create_app
-from pathoseg.server.jobs import TrainSettings
 from pathoseg.server.project import ConflictError, add_image, save_mask
 from pathoseg.server.routers import masks as masks_router
 from pathoseg.server.storage import Image as ImageRow
 from pathoseg.server.storage import Mask, Project, create_user
+from tiny import tiny_worker
 
 CFG = SyntheticConfig(size=(96, 128))
 SHAPE = (96, 128)
-SETTINGS = TrainSettings(steps=4, warm=WarmRound(steps=4), scale=1.0, crop=64, batch_size=4, device="cpu")
+SETTINGS = tiny_worker()
 
 
 def png_bytes(array: np.ndarray, mode: str | None = None) -> bytes:

@@ -354,11 +354,9 @@ def cmd_compare(args: argparse.Namespace) -> None:
 
 
 def cmd_hitl(args: argparse.Namespace) -> None:
-    from pathoseg.engine.settings import TrainConfig
     from pathoseg.hitl.outputs import write_study_outputs
     from pathoseg.hitl.strategies import parse_strategy
-    from pathoseg.hitl.study import StudyConfig, StudyRunner
-    from pathoseg.models import ModelConfig
+    from pathoseg.hitl.study import StudyRunner
     from pathoseg.pipeline.training import find_glas
 
     data = find_glas(args.data)
@@ -366,21 +364,41 @@ def cmd_hitl(args: argparse.Namespace) -> None:
         raise PathosegError("no data: pass --data DIR (GlaS or images/ + masks/)")
     strategies = [parse_strategy(s.strip(), args.review_fraction, args.fix_fraction)
                   for s in args.strategies.split(",") if s.strip()]
-    train = replace(TrainConfig(), model=ModelConfig(args.model), scale=args.scale, crop=args.crop)
-    cfg = StudyConfig(strategies=strategies, rounds=args.rounds, seeds=args.seeds, selection=args.selection,
-                      retrain=args.retrain, train=train, initial_fraction=args.initial_fraction,
-                      confident_only=args.confident_only, device=args.device)
-    warm = {"steps": args.round_steps, "lr_scale": args.round_lr_scale, "freeze_stages": args.freeze_stages}
-    cfg = replace(cfg, warm=replace(cfg.warm, **{k: v for k, v in warm.items() if v is not None}))
-    if args.quick:
-        cfg = replace(cfg, initial_steps=60, warm=replace(cfg.warm, steps=30), test_limit=20,
-                      train=replace(train, scale=min(args.scale, 0.35), crop=min(args.crop, 160)))
-    records = StudyRunner(data, cfg, Path(args.out), fresh=args.fresh).run()
+    cfg = study_config(args, strategies)
+    runner = StudyRunner(data, cfg, Path(args.out), fresh=args.fresh)
+    if args.via_app:
+        from pathoseg.hitl.app_loop import AppStudyRunner
+
+        if args.fresh:
+            runner.start_over()
+        records = AppStudyRunner(runner, Path(args.out)).run()
+    else:
+        records = runner.run()
     command = shlex.join(["pathoseg", *sys.argv[1:]])
     tables = write_study_outputs(records, cfg, Path(args.out), command, Path(args.json) if args.json else None)
     for title, table in tables.items():
         print(f"\n{title}\n{table}")
     print(f"record: {args.out}/hitl.json; report: {args.out}/report.html")
+
+
+def study_config(args: argparse.Namespace, strategies: list):
+    """The study's settings from ``pathoseg hitl``'s options (``--quick``: short rounds, 20 test
+    images, a small working scale); its round is the app's (:class:`RoundConfig`)."""
+    from pathoseg.engine.settings import RoundConfig, TrainConfig, WarmRound
+    from pathoseg.hitl.study import StudyConfig
+    from pathoseg.models import ModelConfig
+
+    train = replace(TrainConfig(), model=ModelConfig(args.model), scale=args.scale, crop=args.crop)
+    warm = WarmRound(**{k: v for k, v in {"steps": args.round_steps, "lr_scale": args.round_lr_scale,
+                                            "freeze_stages": args.freeze_stages}.items() if v is not None})
+    rounds = RoundConfig(train=train, warm=warm, retrain=args.retrain)
+    cfg = StudyConfig(strategies=strategies, rounds=args.rounds, seeds=args.seeds, selection=args.selection,
+                      round=rounds, initial_fraction=args.initial_fraction, device=args.device)
+    if args.quick:
+        quick = RoundConfig(train=replace(train, scale=min(args.scale, 0.35), crop=min(args.crop, 160)),
+                            first_steps=60, warm=replace(warm, steps=30), retrain=args.retrain)
+        cfg = replace(cfg, round=quick, test_limit=20)
+    return cfg
 
 
 def _refresh_predictions(project) -> None:
@@ -414,7 +432,8 @@ def cmd_project_add(args: argparse.Namespace) -> None:
 
     project = Project(args.project, args.db)
     tiles = TileSpec(args.tile, args.max_tiles, args.min_tissue)
-    print(f"imported {add_folder(project, args.source, args.mpp, args.region, tiles)} images from {args.source}")
+    n = add_folder(project, args.source, args.mpp, args.region, tiles, args.model_mpp)
+    print(f"imported {n} images from {args.source}")
     _refresh_predictions(project)
 
 
@@ -456,19 +475,24 @@ def server_config(args: argparse.Namespace):
     """The app's settings from ``pathoseg serve``'s options."""
     from pathoseg.server.config import ServerConfig
 
-    return ServerConfig(args.project, args.db, retrain_every=args.retrain_every, train=_train_settings(args),
+    return ServerConfig(args.project, args.db, retrain_every=args.retrain_every, train=_worker_settings(args),
                         max_body_bytes=round(args.max_body_mb * 2**20), token_days=args.token_days,
                         login_attempts=args.login_attempts, login_window=args.login_window,
                         worker=not args.no_worker, job_timeout=args.job_timeout)
 
 
-def _train_settings(args: argparse.Namespace):
-    from pathoseg.engine.settings import WarmRound
-    from pathoseg.server.config import TrainSettings
+def _worker_settings(args: argparse.Namespace):
+    """The worker's settings: the one retrain round from the options, with the device and backend."""
+    from pathoseg.engine.settings import GateConfig, RoundConfig, TrainConfig, WarmRound
+    from pathoseg.models import ModelConfig
+    from pathoseg.server.config import WorkerSettings
 
-    warm = WarmRound(args.warm_steps, args.warm_lr_scale, args.freeze_stages)
-    return TrainSettings(steps=args.steps, warm=warm, scale=args.scale, crop=args.crop, batch_size=args.batch_size,
-                         preset=args.preset, device=args.device, predict_backend=args.predict_backend)
+    train = replace(TrainConfig(), model=ModelConfig(args.preset), batch_size=args.batch_size, crop=args.crop,
+                    scale=args.scale, progress=False)
+    rounds = RoundConfig(train=train, first_steps=args.steps,
+                         warm=WarmRound(args.warm_steps, args.warm_lr_scale, args.freeze_stages),
+                         gate=replace(GateConfig(), holdout=args.holdout), seed=args.seed)
+    return WorkerSettings(round=rounds, device=args.device, predict_backend=args.predict_backend)
 
 
 def cmd_serve(args: argparse.Namespace) -> None:
@@ -481,8 +505,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
     t = cfg.train
     print(f"pathoseg serving {args.project} at http://{args.host}:{args.port}/ (API docs at /docs); retraining "
           f"{'every ' + str(cfg.retrain_every) + ' corrections' if cfg.retrain_every else 'on request'}"
-          + (f": {t.steps} steps (then {t.warm.steps} warm-started) of {t.batch_size} crops of {t.crop} px at "
-             f"scale {t.scale} on {t.device or 'auto'}"
+          + (f": {t.round.describe()} on {t.device or 'auto'}"
              if cfg.worker else " by separate `pathoseg worker` processes (--no-worker)"), flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
 
@@ -492,11 +515,10 @@ def cmd_worker(args: argparse.Namespace) -> None:
     from pathoseg.server.storage import Project
 
     project = Project(args.project, args.db)
-    t = _train_settings(args)
+    t = _worker_settings(args)
     worker = Worker(project, t, timeout=args.job_timeout, poll=args.poll)
-    print(f"pathoseg worker {worker.id} on {args.project}: retraining with {t.steps} steps (then {t.warm.steps} "
-          f"warm-started) of {t.batch_size} crops "
-          f"of {t.crop} px at scale {t.scale} on {t.device or 'auto'}; waiting for jobs", flush=True)
+    print(f"pathoseg worker {worker.id} on {args.project}: retraining with {t.round.describe()} on "
+          f"{t.device or 'auto'}; waiting for jobs", flush=True)
     try:
         if args.once:
             worker.run_forever(idle_exit=True)
@@ -555,6 +577,8 @@ def _add_project_parser(sub) -> None:
                    help="µm/px of the images, or auto (estimated per image from its content): resample them and "
                    "their masks to the project model's resolution (default: imported as they are); for a slide "
                    "without resolution metadata, its µm/px, or auto: estimated from its tissue")
+    q.add_argument("--model-mpp", type=_positive(float), metavar="UM_PER_PX",
+                   help="the active model's native µm/px, for a checkpoint from before it was recorded")
     q.add_argument("--region", metavar="X,Y,W,H", help="a slide: take tiles from this rectangle (level-0 pixels)")
     q.add_argument("--tile", type=_positive(int), default=TileSpec.side, help="slides: tile side in pixels "
                    f"at the model's resolution (default {TileSpec.side})")
@@ -592,28 +616,35 @@ def _add_project_parser(sub) -> None:
 
 
 def _add_training_args(p: argparse.ArgumentParser, title: str) -> None:
-    from pathoseg.server.config import DEAD_AFTER, TrainSettings
+    from pathoseg.server.config import DEAD_AFTER, WorkerSettings
 
-    t = TrainSettings()
-    g = p.add_argument_group(title)
-    g.add_argument("--steps", type=_positive(int), default=t.steps,
-                   help=f"optimiser steps for the first model (default {t.steps})")
-    g.add_argument("--warm-steps", type=_positive(int), default=t.warm.steps,
-                   help=f"optimiser steps per later retrain, from the active model (default {t.warm.steps})")
-    g.add_argument("--warm-lr-scale", type=_positive(float), default=t.warm.lr_scale,
-                   help=f"later retrains' learning rate as a fraction of the first's (default {t.warm.lr_scale})")
-    g.add_argument("--freeze-stages", type=int, default=t.warm.freeze_stages,
-                   help=f"later retrains keep the encoder's stem + N early stages (default {t.warm.freeze_stages})")
+    w = WorkerSettings()
+    r, t = w.round, w.round.train
+    g = p.add_argument_group(title + "; the HITL study's round, pathoseg.engine.rounds")
+    g.add_argument("--steps", type=_positive(int), default=r.first_steps,
+                   help=f"optimiser steps for the project's first model (default {r.first_steps})")
+    g.add_argument("--warm-steps", type=_positive(int), default=r.warm.steps,
+                   help=f"optimiser steps per later retrain, from the active model (default {r.warm.steps})")
+    g.add_argument("--warm-lr-scale", type=_positive(float), default=r.warm.lr_scale,
+                   help=f"later retrains' learning rate as a fraction of the first's (default {r.warm.lr_scale})")
+    g.add_argument("--freeze-stages", type=int, default=r.warm.freeze_stages,
+                   help=f"later retrains keep the encoder's stem + N early stages (default {r.warm.freeze_stages})")
     g.add_argument("--batch-size", type=_positive(int), default=t.batch_size, help=f"default {t.batch_size}")
     g.add_argument("--crop", type=_positive(int), default=t.crop,
                    help=f"training crop side at working scale (default {t.crop})")
     g.add_argument("--scale", type=_positive(float), default=t.scale,
-                   help=f"working resolution as a fraction of native (default {t.scale})")
-    g.add_argument("--preset", default=t.preset,
-                   help=f"model of the first version when none exists (default {t.preset})")
+                   help=f"the first model's working resolution as a fraction of native (default {t.scale}, as "
+                   "pathoseg train); a retrained model keeps its base's")
+    g.add_argument("--preset", default=t.model.preset,
+                   help=f"model of the first version when none exists (default {t.model.preset})")
+    g.add_argument("--holdout", type=float, default=r.gate.holdout,
+                   help=f"share of the labelled images (per grade) held out to validate and gate each retrain "
+                   f"(default {r.gate.holdout}; 0: no validation set, no gate)")
+    g.add_argument("--seed", type=int, default=r.seed,
+                   help=f"round r trains with seed 1000 x SEED + r, as the HITL study's seed SEED (default {r.seed})")
     g.add_argument("--device", help="cpu, cuda, mps (default: the best available)")
-    g.add_argument("--predict-backend", choices=("torch", "onnx"), default=t.predict_backend,
-                   help=f"the prediction passes: torch or onnx (ONNX Runtime fp32; default {t.predict_backend})")
+    g.add_argument("--predict-backend", choices=("torch", "onnx"), default=w.predict_backend,
+                   help=f"the prediction passes: torch or onnx (ONNX Runtime fp32; default {w.predict_backend})")
     g.add_argument("--job-timeout", type=_positive(float), default=DEAD_AFTER, metavar="SECONDS",
                    help=f"a running job whose worker sent no heartbeat for this long is retried once "
                    f"(default {DEAD_AFTER:.0f})")
@@ -794,11 +825,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--round-steps", type=int, help="optimiser steps per warm-started round (default: StudyConfig's)")
     p.add_argument("--round-lr-scale", type=float, help="warm rounds' lr as a fraction of the training lr")
     p.add_argument("--freeze-stages", type=int, help="warm rounds keep the encoder's stem + N early stages fixed")
-    p.add_argument("--confident-only", action="store_true", help="pseudo-labels ignore unsure pixels")
     p.add_argument("--model", default="lite0")
     p.add_argument("--scale", type=float, default=0.5)
     p.add_argument("--crop", type=int, default=224)
     p.add_argument("--quick", action="store_true", help="about 10 minutes: short rounds, 20 test images")
+    p.add_argument("--via-app", action="store_true",
+                   help="run every round through a real `pathoseg serve` and `pathoseg worker` on a temporary "
+                   "project (labels saved and retrains started through the HTTP API); same protocol and records")
     p.add_argument("--out", default=str(DEFAULT_RUNS / "hitl"))
     p.add_argument("--json", help="also write the results (per strategy, seed and round) here")
     p.add_argument("--device")

@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 
+from pathoseg.data.resolution import checkpoint_mpp
 from pathoseg.engine.instances import InstanceConfig
 from pathoseg.errors import PathosegError
 from pathoseg.io import atomic_path
@@ -33,6 +34,9 @@ class Checkpoint:
     # µm/px of the training data at native resolution; None (checkpoints from before it): see
     # pathoseg.data.resolution.checkpoint_mpp (GlaS 0.62 when the training data was GlaS, else unknown)
     mpp: float | None = None
+    # [[image name, mask version], ...] of the labels a retrained model learned from (the app
+    # and the study); None for a model trained by `pathoseg train` (its ``split`` says)
+    trained_on: list[list] | None = None
 
     def instance_config(self, **overrides: Any) -> InstanceConfig:
         """The decoder settings for this model: defaults, then what training learned, then
@@ -45,6 +49,16 @@ class Checkpoint:
         """A checkpoint of ``model``'s current weights (copied to the CPU)."""
         state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
         return cls(model.config, state, scale=scale, **fields)
+
+    def derive(self, model: GlandSegmenter, **fields: Any) -> Checkpoint:
+        """A checkpoint of ``model``, retrained from this one: it keeps this one's working scale,
+        µm/px, head and learned decoder settings (the model carries its own configuration, so
+        no caller assembles them); ``fields`` add what is new (training config, provenance)."""
+        if model.config.head != self.model_config.head or model.config.preset != self.model_config.preset:
+            raise ValueError(f"a model derived from a {self.model_config.preset}/{self.model_config.head} "
+                             f"checkpoint cannot be a {model.config.preset}/{model.config.head}")
+        carried = {"instances": dict(self.instances), "mpp": checkpoint_mpp(self)}
+        return Checkpoint.of(model, self.scale, **{**carried, **fields})
 
     def save(self, path: str | Path) -> Path:
         payload = {"format": FORMAT, **self.__dict__, "model_config": self.model_config.to_dict()}

@@ -41,3 +41,51 @@ class WarmRound:
     steps: int = 80
     lr_scale: float = 0.5
     freeze_stages: int = 0
+
+
+@dataclass(frozen=True)
+class GateConfig:
+    """The project's validation set and the gate before a retrained model becomes active.
+
+    Every labelled image, in the order it was first labelled, joins the validation set when the
+    set holds fewer than ``floor(n x holdout)`` of the ``n`` labelled images of its grade seen so
+    far (grade unknown: one group); so every fifth image of each grade is held out, the set grows
+    with the labels, and an image once held out is never trained on. A candidate becomes active
+    only when its pooled IoU and object F1 on that set are not worse than the active model's by
+    more than the tolerances (one validation image in five is little data: a smaller tolerance
+    would refuse candidates for noise)."""
+
+    holdout: float = 0.2
+    iou_tolerance: float = 0.01
+    f1_tolerance: float = 0.02
+
+
+@dataclass(frozen=True)
+class RoundConfig:
+    """The one retrain round, for ``pathoseg hitl`` and the app's worker alike
+    (:mod:`pathoseg.engine.rounds`). ``train`` is the one training configuration: its model and
+    scale make a project's first model (a model derived from a base keeps the base's); its
+    batch, crop, learning rate and augmentation train every round. The first model trains
+    ``first_steps`` optimiser steps from ImageNet; later rounds warm-start from the active model
+    as ``warm`` says (``retrain="scratch"``: from ImageNet each time, ``first_steps`` steps).
+    Round ``r`` of seed ``s`` trains with seed ``1000 s + r``."""
+
+    train: TrainConfig = field(default_factory=TrainConfig)
+    first_steps: int = 200
+    warm: WarmRound = field(default_factory=WarmRound)
+    retrain: str = "warm"
+    gate: GateConfig = field(default_factory=GateConfig)
+    seed: int = 0
+
+    def describe(self) -> str:
+        t = self.train
+        return (f"{self.first_steps} steps for a first model (scale {t.scale}), then {self.warm.steps} "
+                f"warm-started, of {t.batch_size} crops of {t.crop} px; {self.gate.holdout:.0%} of the labels "
+                "held out to gate each retrain")
+
+    def __post_init__(self) -> None:
+        if self.retrain not in RETRAIN_MODES:
+            raise ValueError(f"retrain must be one of {', '.join(RETRAIN_MODES)}, not {self.retrain!r}")
+
+
+RETRAIN_MODES = ("warm", "scratch")

@@ -23,7 +23,7 @@ def series(records: list[dict], strategies: list[str], rounds: int) -> dict[str,
     seeds = sorted({r["seed"] for r in records})
     out: dict[str, dict[str, np.ndarray]] = {}
     for s in strategies:
-        keys = ("iou", "f1", "label_iou", "seconds", "cum_hours", "train_s")
+        keys = ("iou", "f1", "label_iou", "seconds", "cum_hours", "train_s", "round_s", "activated")
         q = {k: np.full((len(seeds), rounds + 1), np.nan) for k in keys}
         for i, seed in enumerate(seeds):
             for r in records:
@@ -36,6 +36,9 @@ def series(records: list[dict], strategies: list[str], rounds: int) -> dict[str,
                 q["label_iou"][i, j] = r["label_iou"]
                 q["seconds"][i, j] = r["effort"]["seconds"] if j > 0 else 0.0
                 q["train_s"][i, j] = r["train_s"]
+                # a round as a user waits for it: training plus the gate (older records: training)
+                q["round_s"][i, j] = r.get("round_s", r["train_s"])
+                q["activated"][i, j] = float(r.get("activated", True))
             q["cum_hours"][i] = np.nancumsum(q["seconds"][i]) / 3600
         out[s] = q
     return out
@@ -116,8 +119,18 @@ def results_json(data: dict[str, dict[str, np.ndarray]], seeds: list[int], comma
     return {"command": command, "seeds": seeds,
             "strategies": {s: {"test_iou": rows(q["iou"]), "object_f1": rows(q["f1"]),
                                "label_iou": rows(q["label_iou"]), "effort_hours": rows(q["cum_hours"]),
-                               "train_seconds": rows(q["train_s"])} for s, q in data.items()},
+                               "train_seconds": rows(q["train_s"]), "round_seconds": rows(q["round_s"]),
+                               "activated": rows(q["activated"])} for s, q in data.items()},
+            "median_warm_round_seconds": median_warm_round(data),
             "headline": headline(data)}
+
+
+def median_warm_round(data: dict[str, dict[str, np.ndarray]]) -> float | None:
+    """The median seconds of a warm round (rounds 1 on: training plus the gate) over every
+    strategy and seed."""
+    values = np.concatenate([q["round_s"][:, 1:].ravel() for q in data.values()]) if data else np.array([])
+    values = values[~np.isnan(values)]
+    return float(np.median(values)) if values.size else None
 
 
 def write_study_outputs(records: list[dict], cfg: StudyConfig, out: Path, command: str = "",
@@ -129,7 +142,8 @@ def write_study_outputs(records: list[dict], cfg: StudyConfig, out: Path, comman
         "test object F1": table_rows(data, "f1"),
         "label quality (IoU of training labels vs ground truth)": table_rows(data, "label_iou"),
         "cumulative human effort (hours)": table_rows(data, "cum_hours", digits=2),
-        "training seconds per round": table_rows(data, "train_s", digits=0),
+        "seconds per round (training + gate)": table_rows(data, "round_s", digits=0),
+        "candidates activated by the gate (share of seeds)": table_rows(data, "activated", digits=2),
     }
     write_json(out / "hitl.json", {"config": asdict(cfg), "records": records})
     results = results_json(data, sorted({r["seed"] for r in records}), command)

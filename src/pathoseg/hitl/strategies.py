@@ -6,8 +6,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from pathoseg.data.targets import IGNORE
-from pathoseg.engine.instances import InstanceConfig, to_instances
+from pathoseg.engine.rounds import ReviewMaps
 from pathoseg.errors import PathosegError
 from pathoseg.hitl.annotator import Effort, SimulatedAnnotator
 
@@ -62,36 +61,17 @@ def parse_strategy(spec: str, review_fraction: float | None = None, fix_fraction
     raise PathosegError(f"unknown strategy {spec!r}; choose from {', '.join(BUILTIN)} or mix:REVIEW:FIX")
 
 
-def predicted_glands(probs: np.ndarray, scale: float = 1.0, cfg: InstanceConfig | None = None) -> np.ndarray:
-    """The model's glands (uint16 instance map) from a gland probability map at working
-    ``scale``, through the one instance decoder; its size settings (native pixels) are
-    scaled to the working scale."""
-    area = scale**2
-    cfg = cfg or InstanceConfig()
-    cfg = replace(cfg, min_size=round(cfg.min_size * area), min_marker=round(cfg.min_marker * area),
-                  max_hole=round(cfg.max_hole * area), min_distance=max(1, round(cfg.min_distance * scale)))
-    return to_instances(probs, cfg).astype(np.uint16)
-
-
-def pseudo_label(probs: np.ndarray, confident_only: bool, low: float = 0.1, high: float = 0.9,
-                 scale: float = 1.0) -> np.ndarray:
-    """The model's prediction as a target; unsure pixels IGNOREd when ``confident_only``."""
-    target = predicted_glands(probs, scale)
-    if confident_only:
-        target[(probs > low) & (probs < high)] = IGNORE
-    return target
-
-
-def make_label(strategy: Strategy, reviewed: bool, probs: np.ndarray | None, gt: np.ndarray,
-               annotator: SimulatedAnnotator, confident_only: bool) -> tuple[np.ndarray, Effort]:
-    """The training target (uint16 instance map) for one image under ``strategy`` and what
-    it cost the human. ``probs``: the model's gland probability at working scale; ``gt``:
-    the true instance map."""
+def make_label(strategy: Strategy, reviewed: bool, maps: ReviewMaps | None, gt: np.ndarray,
+               annotator: SimulatedAnnotator) -> tuple[np.ndarray, Effort]:
+    """The saved mask (uint16 instance map, native resolution) for one image under
+    ``strategy`` and what it cost the human. ``maps``: what the app shows for the image (the
+    model's glands and gland probability); ``gt``: the true instance map. Unreviewed images
+    keep the model's glands as they are (pseudo-labels: the app's "accept all")."""
     if strategy.oracle:  # the true instance ids
         return gt.astype(np.uint16), annotator.draw_from_scratch(gt)
-    if probs is None:
+    if maps is None:
         raise ValueError("model-based strategies need the model's prediction")
     if not reviewed:
-        return pseudo_label(probs, confident_only, scale=annotator.scale), Effort()
+        return maps.glands.astype(np.uint16), Effort()
     fixer = replace(annotator, fix_fraction=strategy.fix_fraction)
-    return fixer.correct(predicted_glands(probs, annotator.scale), gt, probs)
+    return fixer.correct(maps.glands, gt, maps.probs.astype(np.float32) / 255)

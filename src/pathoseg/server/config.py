@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from pathoseg.engine.settings import WarmRound
+from pathoseg.engine.settings import RoundConfig
 from pathoseg.server.project import MAX_UPLOAD_BYTES
 from pathoseg.server.storage import DEFAULT_TOKEN_DAYS
 
@@ -16,20 +16,14 @@ MAX_BODY_BYTES = MAX_UPLOAD_BYTES * 4 // 3 + 2**20
 
 
 @dataclass(frozen=True)
-class TrainSettings:
-    """How the background worker retrains: the first model ``steps`` optimiser steps of
-    ``batch_size`` crops from ImageNet; every later one warm-started from the active model as
-    ``warm`` says (the HITL study's rounds train the same way)."""
+class WorkerSettings:
+    """What the app's worker adds to the one retrain round (``round``, the code and defaults
+    the HITL study measures; :mod:`pathoseg.engine.rounds`): the device it trains and predicts
+    on, and the backend of its prediction passes (torch, or onnx: ONNX Runtime fp32, an export
+    cached beside each model version)."""
 
-    steps: int = 120
-    warm: WarmRound = field(default_factory=WarmRound)
-    scale: float = 0.5
-    crop: int = 224
-    batch_size: int = 8
-    preset: str = "lite0"  # the first model's, when the project has none yet
+    round: RoundConfig = field(default_factory=RoundConfig)
     device: str | None = None
-    # The prediction passes after a retrain: torch, or onnx (ONNX Runtime fp32, an export cached
-    # beside each model version); torch until the saving is measured on the app's own load.
     predict_backend: str = "torch"
 
 
@@ -38,7 +32,7 @@ class ServerConfig:
     project: str
     db_url: str | None = None
     retrain_every: int = 5  # start a retrain automatically after this many new corrections (0: never)
-    train: TrainSettings = field(default_factory=TrainSettings)
+    train: WorkerSettings = field(default_factory=WorkerSettings)
     max_body_bytes: int = MAX_BODY_BYTES  # larger request bodies get 413 before auth or parsing
     token_days: int = DEFAULT_TOKEN_DAYS  # lifetime of tokens issued through the API
     login_attempts: int = 10  # wrong tokens from one address within login_window seconds, then 429

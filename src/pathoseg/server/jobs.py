@@ -25,6 +25,11 @@ The rules:
   image trained it (``trained_on``). A correction counts toward the next automatic retrain
   until the active model trained on it (or on a later version of the same image), so saves
   made while a retrain runs count toward the next one.
+- A retrain is the one round the HITL study measures (:func:`pathoseg.engine.rounds.run_round`):
+  it holds out the project's validation set, trains a candidate derived from the active model
+  and scores both on that set. The candidate is activated only when the gate lets it (not
+  worse, within the tolerances of :class:`pathoseg.engine.settings.GateConfig`); otherwise it is
+  stored inactive and the job's message and the model menu say why, with both scores.
 - A finished retrain activates its model only when the active version is still the one that
   was active when the job started. When an admin activated another version meanwhile (a
   rollback), the new version is stored inactive, the job's message says so, and it can be
@@ -46,27 +51,33 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 
-import numpy as np
 from sqlalchemy import exists, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import aliased
 
-from pathoseg.data.cache import ScaledPair, resize_image, resize_target, to_target
 from pathoseg.data.images import read_image, write_label_png
+from pathoseg.data.resolution import checkpoint_mpp
 from pathoseg.engine.backends import BackendConfig, load_backend
-from pathoseg.engine.checkpoint import Checkpoint, load_model
+from pathoseg.engine.checkpoint import load_checkpoint
 from pathoseg.engine.device import choose_device
-from pathoseg.engine.instances import decode_instances
-from pathoseg.engine.predict import PredictConfig, predict_maps
-from pathoseg.engine.train import TrainConfig, fit, validate
-from pathoseg.hitl.selection import mean_entropy
-from pathoseg.models import ModelConfig, build_model, freeze_encoder_stages
-from pathoseg.server.config import DEAD_AFTER, TrainSettings
-from pathoseg.server.project import read_labels, store_model
-from pathoseg.server.storage import Image, Job, Mask, Project, aware, db_now, now
+from pathoseg.engine.rounds import ScaledCache, review_maps, run_round, validation_digest
+from pathoseg.metrics.uncertainty import mean_entropy
+from pathoseg.server.config import DEAD_AFTER, WorkerSettings
+from pathoseg.server.project import project_mpp, store_model
+from pathoseg.server.storage import Image, Job, Mask, ModelVersion, Project, aware, db_now, now
+from pathoseg.server.validation import labelled_images, score_stale_versions, store_scores
 
-__all__ = ["DEAD_AFTER", "KINDS", "MAX_ATTEMPTS", "TrainSettings", "Worker", "corrections_since_last_model",
-           "enqueue", "reap_dead_jobs", "wait_for"]
+__all__ = [
+    "DEAD_AFTER",
+    "KINDS",
+    "MAX_ATTEMPTS",
+    "Worker",
+    "WorkerSettings",
+    "corrections_since_last_model",
+    "enqueue",
+    "reap_dead_jobs",
+    "wait_for",
+]
 
 KINDS = ("train", "predict")
 MAX_ATTEMPTS = 2  # a job whose worker dies this many times fails for good
@@ -195,10 +206,10 @@ class Worker:
     """Runs the queue's jobs, one at a time: in a thread of the server (``start``/``stop``),
     in the foreground (``run_forever``, for ``pathoseg worker``), or one by one (``run_once``)."""
 
-    def __init__(self, project: Project, settings: TrainSettings | None = None, *, timeout: float = DEAD_AFTER,
+    def __init__(self, project: Project, settings: WorkerSettings | None = None, *, timeout: float = DEAD_AFTER,
                  poll: float = 1.0, name: str | None = None) -> None:
         self.project = project
-        self.settings = settings or TrainSettings()
+        self.settings = settings or WorkerSettings()
         self.timeout = timeout
         self.heartbeat = min(15.0, timeout / 4)
         self.poll = poll
@@ -206,9 +217,7 @@ class Worker:
         self._stopping = threading.Event()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
-        # (image, mask version, scale) -> (image, target) at working scale: a retrain re-reads
-        # only the masks saved since the last one
-        self._resized: dict[tuple[str, int, float], tuple[np.ndarray, np.ndarray]] = {}
+        self._cache = ScaledCache()  # a retrain re-reads only the masks saved since the last one
 
     # -- the queue side, for the CLI and tests ---------------------------------------------
     def submit(self, kind: str) -> int:
@@ -236,8 +245,6 @@ class Worker:
         self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout)
-
-    shutdown = stop
 
     @property
     def running(self) -> bool:
@@ -395,66 +402,35 @@ class Worker:
                 s.commit()
 
     # -- job bodies ------------------------------------------------------------------------
-    def _labelled(self) -> list[tuple[str, int, np.ndarray, np.ndarray]]:
-        """(name, mask version, image, training target) of every image with a saved mask: the
-        data snapshot of a retrain. The target keeps the saved gland ids (older binary masks:
-        their components)."""
-        s = self.settings
-        out = []
-        with self.project.session() as session:
-            rows = [(i.name, i.mask_version)
-                    for i in session.scalars(select(Image).where(Image.mask_version > 0).order_by(Image.name))]
-        for name, version in rows:
-            path = self.project.mask_path(name, version)
-            if not path.is_file():  # committed a moment ago, not renamed into place yet
-                self.project.settle_staged_files()
-            key = (name, version, s.scale)
-            if key not in self._resized:  # images never change and a mask version is final
-                labels = read_labels(path)
-                rgb = read_image(self.project.image_path(name))
-                self._resized[key] = (resize_image(rgb, s.scale), resize_target(to_target(labels), s.scale))
-            out.append((name, version, *self._resized[key]))
-        current = {(name, version, s.scale) for name, version in rows}
-        for key in [k for k in self._resized if k not in current]:  # superseded mask versions
-            del self._resized[key]
-        return out
-
     def _train(self, claim: Claim) -> str:
+        """The one retrain round (:func:`pathoseg.engine.rounds.run_round`) on every saved mask;
+        the candidate becomes active only when the gate lets it and no admin activated another
+        version meanwhile."""
         if claim.model_version is not None:  # an earlier attempt stored its model, then died predicting
-            return self._after_training(claim, claim.model_version, None, activated=None)
+            return self._after_training(claim, claim.model_version, None)
         s = self.settings
         device = choose_device(s.device)
         with self.project.session() as session:
             active = self.project.active_model(session)
-        base = active.version if active is not None else None  # the rollback rule compares with this
+            models_before = session.scalar(select(func.count(ModelVersion.id))) or 0
+        base_version = active.version if active is not None else None  # the rollback rule compares with this
         self._progress(claim, 0.0, "reading the saved masks")
-        labelled = self._labelled()
+        labelled = labelled_images(self.project)
         if not labelled:
             raise ValueError("no corrected or imported masks to train on yet")
-        pairs = [ScaledPair(n, img, tgt) for n, _, img, tgt in labelled]
-        # Every fifth labelled image validates (when there are enough); else train on all.
-        val = pairs[::5] if len(pairs) >= 5 else []
-        train = [p for p in pairs if p not in val] if val else pairs
-        if active is not None:
-            model, ckpt = load_model(self._model_file(active.version), device)
-            config = ckpt.model_config
-        else:
-            config = ModelConfig(s.preset)
-            model = build_model(config)
-        steps, lr = (s.warm.steps, TrainConfig.lr * s.warm.lr_scale) if active else (s.steps, TrainConfig.lr)
-        if active:
-            freeze_encoder_stages(model, s.warm.freeze_stages)
-        epochs = max(1, -(-steps * s.batch_size // max(1, len(train))))
-        cfg = TrainConfig(model=config, epochs=epochs, batch_size=s.batch_size, crop=s.crop, scale=s.scale,
-                          lr=lr, progress=False)
+        base = load_checkpoint(self._model_file(base_version)) if base_version is not None else None
+        notes = []
+        if base is not None and base.mpp is None and base.trained_on is None and checkpoint_mpp(base) is None:
+            notes.append(f"model v{base_version} does not record the µm/px it was trained at, so its retrains "
+                         "keep it unknown")
 
-        def progress(record, *_):
-            self._progress(claim, 0.9 * record.epoch / epochs, f"epoch {record.epoch}/{epochs}")
+        def progress(done: float, message: str) -> None:
+            self._progress(claim, 0.8 * done, message)
 
-        fit(model, train, [], cfg, device, on_epoch=progress)
-        self._progress(claim, 0.9, "validating")
-        val_iou = validate(model, val or train, device)
-        checkpoint = Checkpoint.of(model, s.scale, train_config=cfg.to_dict(), metrics={"val_iou": val_iou})
+        outcome = run_round(base, labelled, s.round, device, models_before, self._cache, progress,
+                            mpp=None if base is not None else project_mpp(self.project))
+        digest = validation_digest([i for i in labelled if i.name in set(outcome.validation)])
+        self._progress(claim, 0.85, "storing the model")
 
         def still_mine(session, version):
             owned = session.execute(update(Job).where(*self._owned(claim))
@@ -463,24 +439,36 @@ class Worker:
             if not owned:
                 raise JobLost
 
-        version, activated = store_model(self.project, checkpoint, val_iou=val_iou,
-                                         trained_on=[[n, v] for n, v, _, _ in labelled], only_if_active=base,
-                                         in_transaction=still_mine)
-        return self._after_training(claim, version, val_iou, activated)
+        scores = {**outcome.candidate_scores, "digest": digest} if outcome.candidate_scores else None
+        version, activated = store_model(self.project, outcome.candidate, val_iou=None,
+                                         trained_on=outcome.candidate.trained_on,
+                                         only_if_active=base_version if outcome.activate else "never",
+                                         in_transaction=still_mine, scores=scores, note=outcome.reason)
+        if outcome.base_scores is not None and base_version is not None:
+            store_scores(self.project, base_version, outcome.base_scores, digest)
+        message = self._after_training(claim, version, outcome.reason if outcome.activate else None,
+                                       refused=None if outcome.activate else outcome.reason)
+        if outcome.activate and activated:
+            validation = [i for i in labelled if i.name in set(outcome.validation)]
+            score_stale_versions(self.project, validation, digest, device)
+        return "; ".join([message, *notes])
 
-    def _after_training(self, claim: Claim, version: int, val_iou: float | None, activated: bool | None) -> str:
+    def _after_training(self, claim: Claim, version: int, why: str | None, refused: str | None = None) -> str:
         with self.project.session() as session:
             active = self.project.active_model(session)
-        iou = f": validation IoU {val_iou:.3f}" if val_iou is not None else ""
+        if refused is not None:
+            return (f"model v{version} stored but not activated: {refused} (an admin can still activate it "
+                    "from the model menu)")
         if active is None or active.version != version:
             other = f"v{active.version}" if active is not None else "no version"
-            if activated is None:  # a retry after the model was stored
+            if why is None:  # a retry after the model was stored
                 return f"model v{version} was stored by an earlier attempt; not active ({other} is)"
-            return (f"model v{version}{iou}, stored but not activated: {other} was made active while it trained "
+            return (f"model v{version} stored but not activated: {other} was made active while it trained "
                     "(activate it from the model menu to use it)")
-        self._progress(claim, 0.9, f"model v{version}{iou}; predicting")
+        self._progress(claim, 0.9, f"model v{version} active; predicting")
         self._predict_all(claim, version)
-        return f"model v{version}{iou}; active, predictions refreshed"
+        return f"model v{version} active ({why}); predictions refreshed" if why else \
+            f"model v{version} active; predictions refreshed"
 
     def _predict_job(self, claim: Claim) -> str:
         with self.project.session() as session:
@@ -497,19 +485,19 @@ class Worker:
         return path
 
     def _predict_all(self, claim: Claim, version: int) -> None:
+        """The model's review maps (:func:`pathoseg.engine.rounds.review_maps`, the same the
+        HITL study plans from) for every image."""
         with self.project.session() as session:
             names = [i.name for i in session.scalars(select(Image).order_by(Image.id))]
         device = choose_device(self.settings.device)
         model, ckpt = load_backend(self._model_file(version), BackendConfig(self.settings.predict_backend), device)
         for k, name in enumerate(names):
-            maps = predict_maps(model, read_image(self.project.image_path(name)), PredictConfig(scale=ckpt.scale),
-                                device)
-            probs = maps["gland"]
-            write_label_png(self.project.prediction_path(version, name), np.round(probs * 255).astype(np.uint8))
-            write_label_png(self.project.instances_path(version, name), decode_instances(maps, ckpt.instance_config()))
+            maps = review_maps(model, ckpt, read_image(self.project.image_path(name)), device)
+            write_label_png(self.project.prediction_path(version, name), maps.probs)
+            write_label_png(self.project.instances_path(version, name), maps.glands)
             with self.project.session() as session:
                 image = session.scalars(select(Image).where(Image.name == name)).one()
-                image.uncertainty = mean_entropy(probs)
+                image.uncertainty = mean_entropy(maps.gland_probs)
                 if image.status == "new":
                     image.status = "predicted"
                 session.commit()

@@ -26,6 +26,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from pathoseg.data.folder import images_in
+from pathoseg.data.glas import read_grades
 from pathoseg.data.images import (
     BinaryMaskWarning,
     is_image_file,
@@ -162,7 +163,7 @@ def _discard(session: Session, staged: list[tuple[Path, Path]]) -> None:
 
 
 def add_image(project: Project, name: str, rgb: np.ndarray, mask: np.ndarray | None = None,
-              user: str | None = None) -> Image:
+              user: str | None = None, grade: str | None = None) -> Image:
     """Import an image (and its mask as version 1); files are staged, the rows committed, then
     the files renamed into place, so a failed or racing import leaves no file behind."""
     if mask is not None and mask.shape != rgb.shape[:2]:
@@ -175,7 +176,7 @@ def add_image(project: Project, name: str, rgb: np.ndarray, mask: np.ndarray | N
             final = project.image_path(name)
             staged.append((project.staged_path(final), final))
             _write_png(staged[-1][0], np.asarray(rgb, dtype=np.uint8))
-            row = Image(name=name, width=rgb.shape[1], height=rgb.shape[0], updated_by=user)
+            row = Image(name=name, width=rgb.shape[1], height=rgb.shape[0], updated_by=user, grade=grade)
             s.add(row)
             s.flush()
             if mask is not None:
@@ -195,8 +196,9 @@ def add_image(project: Project, name: str, rgb: np.ndarray, mask: np.ndarray | N
         return row
 
 
-def project_model_mpp(project: Project) -> float:
-    """The µm/px the project's active model was trained at; a one-line error without one."""
+def project_model_mpp(project: Project, model_mpp: float | None = None) -> float:
+    """The µm/px the project's active model was trained at (``model_mpp``: what the user says
+    it is, for checkpoints from before it was recorded); a one-line error without one."""
     from pathoseg.engine.checkpoint import load_checkpoint
 
     with project.session() as s:
@@ -206,21 +208,21 @@ def project_model_mpp(project: Project) -> float:
         raise PathosegError("--mpp resamples images to the model's resolution, and the project has no model "
                             "yet (pathoseg project init --model)", project.root)
     mpp = checkpoint_mpp(load_checkpoint(project.model_path(version)))
-    if mpp is None:
-        raise PathosegError(f"model v{version} does not record the µm/px it was trained at; import the images "
-                            "without --mpp", project.model_path(version))
-    return mpp
+    if mpp is None and model_mpp is None:
+        raise PathosegError(f"model v{version} does not record the µm/px it was trained at; say it with "
+                            "--model-mpp, or import the images without --mpp", project.model_path(version))
+    return mpp if mpp is not None else model_mpp
 
 
 def add_slide(project: Project, path: str | Path, mpp: str | float | None = None, region: str | None = None,
-              tiles: TileSpec | None = None) -> int:
+              tiles: TileSpec | None = None, model_mpp: float | None = None) -> int:
     """Import tissue tiles of a whole-slide image as images to correct, read at the active
     model's resolution (GlaS's 0.62 µm/px when the project has no model yet, or one that does
     not record it). Tiles are named ``<slide>_x<X>_y<Y>`` (level-0 pixels), so the same tile
     imported again replaces nothing and is refused as a duplicate."""
     auto = isinstance(mpp, str) and mpp.strip().lower() == "auto"
     given = check_mpp(mpp, "--mpp", path) if mpp is not None and not auto else None
-    target, tiles = _project_mpp_or_glas(project), tiles or TileSpec()
+    target, tiles = project_mpp(project, model_mpp), tiles or TileSpec()
     with _open_slide(path, given, _estimator() if auto else None) as slide:
         area = slide.check_region(Region.parse(region, path)) if region else slide.region
         found = [(safe_name(f"{Path(path).stem}_x{t.x}_y{t.y}"), t) for t in tissue_tiles(slide, area, target, tiles)]
@@ -234,28 +236,33 @@ def add_slide(project: Project, path: str | Path, mpp: str | float | None = None
     return len(found)
 
 
-def _project_mpp_or_glas(project: Project) -> float:
+def project_mpp(project: Project, model_mpp: float | None = None) -> float:
+    """The µm/px the project shows, predicts and retrains at: its active model's, else
+    ``model_mpp`` (``--model-mpp``), else (no model yet, or one that does not record it)
+    GlaS's, which a project's first model records."""
     with project.session() as s:
         has_model = project.active_model(s) is not None
     if has_model:
         try:
-            return project_model_mpp(project)
+            return project_model_mpp(project, model_mpp)
         except PathosegError:  # a model that does not record its resolution: GlaS's, like training
             pass
-    return GLAS_MPP
+    return model_mpp or GLAS_MPP
 
 
 def add_folder(project: Project, folder: str | Path, mpp: str | float | None = None, region: str | None = None,
-               tiles: TileSpec | None = None) -> int:
+               tiles: TileSpec | None = None, model_mpp: float | None = None) -> int:
     """Import every image of ``folder`` (or of ``folder/images`` with ``folder/masks``), and
     tissue tiles of every whole-slide image there (or of ``folder`` itself when it is a slide;
     see :func:`add_slide`). With ``mpp`` (the images' µm/px, or ``"auto"``: estimated per image,
     :mod:`pathoseg.engine.mpp_regressor`), images and masks are resampled to the active model's resolution first,
-    so that the app shows, predicts and retrains at one resolution. Every file is checked
-    before the first is imported, so a bad one leaves the project as it was."""
+    so that the app shows, predicts and retrains at one resolution (``model_mpp``: the active
+    model's µm/px when its checkpoint does not record it). A GlaS folder's grades (Grade.csv)
+    come along: the validation set is drawn per grade. Every file is checked before the first
+    is imported, so a bad one leaves the project as it was."""
     folder = Path(folder)
     if folder.is_file() and is_slide(folder):
-        return add_slide(project, folder, mpp, region, tiles)
+        return add_slide(project, folder, mpp, region, tiles, model_mpp)
     if region is not None:
         raise PathosegError("--region applies to a whole-slide image; give one slide", folder)
     slides = sorted(p for p in folder.iterdir() if is_slide(p)) if folder.is_dir() else []
@@ -267,19 +274,20 @@ def add_folder(project: Project, folder: str | Path, mpp: str | float | None = N
     auto = isinstance(mpp, str) and mpp.strip().lower() == "auto"
     given = check_mpp(mpp, "--mpp", folder) if mpp is not None and not auto else None
     images = [] if only_slides else [p for p in images_in(img_dir) if p not in slides]
-    model_mpp = project_model_mpp(project) if mpp is not None and images else None
+    target_mpp = project_model_mpp(project, model_mpp) if mpp is not None and images else None
+    grades = read_grades(folder / "Grade.csv") if (folder / "Grade.csv").is_file() else {}
     estimator = _estimator() if auto else None  # one per command: its encoder loads at its first estimate
     slide_mpps = _check_folder(project, slides, images, masks, given, estimator)
-    n = sum(add_slide(project, p, slide_mpps[p], None, tiles) for p in slides)
+    n = sum(add_slide(project, p, slide_mpps[p], None, tiles, model_mpp) for p in slides)
     for path in images:
         name = safe_name(path.name)
         image, mask = read_image(path), _read_import_mask(masks.get(name))
-        if model_mpp is not None:
-            image_mpp = auto_mpp(path, image, model_mpp, estimator=estimator)[0] if auto else given
-            factor = image_mpp / model_mpp
+        if target_mpp is not None:
+            image_mpp = auto_mpp(path, image, target_mpp, estimator=estimator)[0] if auto else given
+            factor = image_mpp / target_mpp
             image = resample_image(image, factor)
             mask = resample_labels(mask, factor) if mask is not None else None
-        add_image(project, name, image, mask)
+        add_image(project, name, image, mask, grade=grades.get(path.stem))
         n += 1
     return n
 
@@ -547,12 +555,14 @@ def export(project: Project, out: str | Path) -> Path:
     return out
 
 
-def store_model(project: Project, checkpoint, *, val_iou: float | None, trained_on: list,
+def store_model(project: Project, checkpoint, *, val_iou: float | None, trained_on: list | None,
                 only_if_active: int | str | None = "always",
-                in_transaction: Callable[[Session, int], None] | None = None) -> tuple[int, bool]:
+                in_transaction: Callable[[Session, int], None] | None = None, scores: dict | None = None,
+                note: str | None = None) -> tuple[int, bool]:
     """Store ``checkpoint`` as the next model version; returns (version, activated).
 
-    ``only_if_active``: ``"always"`` activates it; a version number (or None: no model)
+    ``only_if_active``: ``"always"`` activates it, ``"never"`` stores it inactive (the gate
+    refused it); a version number (or None: no model)
     activates it only when that version is the active one at this moment (a compare-and-set
     in the same transaction), else it is stored inactive. ``in_transaction(session, version)``
     runs before the commit (a job checks that it still owns itself). The file is staged, the
@@ -577,9 +587,12 @@ def store_model(project: Project, checkpoint, *, val_iou: float | None, trained_
                     if in_transaction is not None:
                         in_transaction(s, version)
                     lock_models(s)
-                    s.add(ModelVersion(version=version, val_iou=val_iou, active=False, trained_on=trained_on))
+                    s.add(ModelVersion(version=version, val_iou=val_iou, active=False, trained_on=trained_on or [],
+                                       scores=scores, note=note))
                     s.flush()
-                    if only_if_active == "always":
+                    if only_if_active == "never":
+                        activate = False
+                    elif only_if_active == "always":
                         s.execute(update(ModelVersion).where(ModelVersion.active).values(active=False))
                         activate = True
                     elif only_if_active is None:
@@ -609,5 +622,5 @@ def register_model(project: Project, checkpoint: str | Path) -> int:
 
     ckpt = load_checkpoint(checkpoint)  # refuses foreign files with a one-line error
     version, _ = store_model(project, ckpt, val_iou=ckpt.metrics.get("best_val_iou"),
-                             trained_on=[["(imported checkpoint)", 0]])
+                             trained_on=[["(imported checkpoint)", 0]], note=f"imported from {Path(checkpoint).name}")
     return version

@@ -121,11 +121,21 @@ class JobOut(BaseModel):
                    finished_at=aware(j.finished_at), model_version=j.model_version)
 
 
+class ScoresOut(BaseModel):
+    iou: float  # pooled pixel IoU
+    f1: float  # GlaS object F1
+    images: int  # validation images
+
+
 class ModelOut(BaseModel):
     version: int
-    val_iou: float | None
     active: bool
     trained_on: list
+    created_at: datetime | None = None
+    note: str | None = None  # why it is (not) active after its retrain, or where it was imported from
+    # its scores on the project's current validation set; None when not scored on that set (only
+    # scores on one set are ever shown side by side)
+    scores: ScoresOut | None = None
 
 
 Days = Annotated[int, Field(ge=1, le=MAX_TOKEN_DAYS, description="how long the token works, in days")]

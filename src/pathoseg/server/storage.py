@@ -103,6 +103,7 @@ class Image(Base):
     mask_version: Mapped[int] = mapped_column(Integer, default=0)  # 0 = no saved mask yet
     updated_by: Mapped[str | None] = mapped_column(String(64), nullable=True)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now)
+    grade: Mapped[str | None] = mapped_column(String(32), nullable=True)  # e.g. GlaS benign / malignant
     masks: Mapped[list[Mask]] = relationship(back_populates="image", order_by="Mask.version")
 
 
@@ -137,6 +138,10 @@ class ModelVersion(Base):
     trained_on: Mapped[list] = mapped_column(JSON, default=list)  # [[image name, mask version], ...]
     active: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now)
+    # its pooled IoU and object F1 on the project's validation set, and which set that was:
+    # {"digest": ..., "iou": ..., "f1": ..., "images": n} (pathoseg.server.validation)
+    scores: Mapped[dict | None] = mapped_column(JSON, nullable=True)
+    note: Mapped[str | None] = mapped_column(String(500), nullable=True)  # why it is (not) active after training
 
 
 class Job(Base):
@@ -179,8 +184,7 @@ class Project:
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
         self._unique_mask_versions()
         self._user_roles_and_expiry()
-        self._operation_log_column()
-        self._job_queue_columns()
+        self._added_columns()
         self._one_queued_job_per_kind()
         self._one_active_model()
         self.settle_staged_files()
@@ -195,38 +199,24 @@ class Project:
                           "pathoseg; new saves are still checked, but remove the duplicates to get the "
                           "database's own guard", stacklevel=3)
 
-    def _operation_log_column(self) -> None:
-        """Databases from before the editor's operation log get its (empty) column."""
-        def present() -> bool:
-            return "operation_log" in {c["name"] for c in inspect(self.engine).get_columns("masks")}
+    def _added_columns(self) -> None:
+        """Databases from before a column get it (empty, or its server default): the editor's
+        operation log, the job queue's columns, image grades, model scores and notes."""
+        for table in (Mask.__table__, Job.__table__, Image.__table__, ModelVersion.__table__):
+            def missing(table=table) -> list[str]:
+                have = {c["name"] for c in inspect(self.engine).get_columns(table.name)}
+                return [c.name for c in table.columns if c.name not in have]
 
-        if present():
-            return
-        kind = Mask.__table__.c.operation_log.type.compile(dialect=self.engine.dialect)
-        try:
-            with self.engine.begin() as c:
-                c.execute(text(f"ALTER TABLE masks ADD COLUMN operation_log {kind}"))
-        except DBAPIError:
-            if not present():  # not another process opening the project at the same moment
-                raise
-
-    def _job_queue_columns(self) -> None:
-        """Databases from before the job queue get its columns (attempts, worker, started_at,
-        heartbeat_at, model_version)."""
-        def missing() -> list[str]:
-            have = {c["name"] for c in inspect(self.engine).get_columns("jobs")}
-            return [c.name for c in Job.__table__.columns if c.name not in have]
-
-        for name in missing():
-            column = Job.__table__.c[name]
-            kind = column.type.compile(dialect=self.engine.dialect)
-            extra = f" NOT NULL DEFAULT {column.server_default.arg}" if column.server_default is not None else ""
-            try:
-                with self.engine.begin() as c:
-                    c.execute(text(f"ALTER TABLE jobs ADD COLUMN {name} {kind}{extra}"))
-            except DBAPIError:
-                if name in missing():  # not another process adding it at the same moment
-                    raise
+            for name in missing():
+                column = table.c[name]
+                kind = column.type.compile(dialect=self.engine.dialect)
+                extra = f" NOT NULL DEFAULT {column.server_default.arg}" if column.server_default is not None else ""
+                try:
+                    with self.engine.begin() as c:
+                        c.execute(text(f"ALTER TABLE {table.name} ADD COLUMN {name} {kind}{extra}"))
+                except DBAPIError:
+                    if name in missing():  # not another process adding it at the same moment
+                        raise
 
     def _one_queued_job_per_kind(self) -> None:
         """Older databases get the index that keeps one queued job per kind; queued duplicates

@@ -5,19 +5,29 @@ from __future__ import annotations
 from fastapi import APIRouter, HTTPException
 from sqlalchemy import select
 
-from pathoseg.server.deps import ADMIN_ONLY, NOT_FOUND, Admin, Annotator, Id, ProjectDep, WorkerDep
+from pathoseg.server.deps import ADMIN_ONLY, NOT_FOUND, Admin, Annotator, ConfigDep, Id, ProjectDep, WorkerDep
 from pathoseg.server.routers.jobs import job_out, queue
-from pathoseg.server.schemas import JobOut, ModelOut
-from pathoseg.server.storage import ModelVersion
+from pathoseg.server.schemas import JobOut, ModelOut, ScoresOut
+from pathoseg.server.storage import ModelVersion, aware
+from pathoseg.server.validation import current_validation
 
 router = APIRouter(prefix="/api/models", tags=["models"])
 
 
 @router.get("", response_model=list[ModelOut])
-def models(u: Annotator, project: ProjectDep) -> list[ModelOut]:
+def models(u: Annotator, project: ProjectDep, cfg: ConfigDep) -> list[ModelOut]:
+    """Every version, with its scores on the project's current validation set (versions not
+    scored on that set have none: numbers from different sets are never shown side by side)."""
+    _, digest = current_validation(project, cfg.train.round.gate)
     with project.session() as s:
         rows = list(s.scalars(select(ModelVersion).order_by(ModelVersion.version)))
-    return [ModelOut(version=m.version, val_iou=m.val_iou, active=m.active, trained_on=m.trained_on) for m in rows]
+
+    def scores(m: ModelVersion) -> ScoresOut | None:
+        found = m.scores or {}
+        return ScoresOut(**{k: found[k] for k in ("iou", "f1", "images")}) if found.get("digest") == digest else None
+
+    return [ModelOut(version=m.version, active=m.active, trained_on=m.trained_on, created_at=aware(m.created_at),
+                     note=m.note, scores=scores(m)) for m in rows]
 
 
 @router.post("/{version}/activate", response_model=JobOut, status_code=202, responses={**NOT_FOUND, **ADMIN_ONLY})

@@ -778,7 +778,11 @@ async function refreshModels() {
   for (const m of models) {
     const o = document.createElement("option");
     o.value = m.version;
-    o.textContent = `model v${m.version} (val IoU ${m.val_iou == null ? "?" : m.val_iou.toFixed(3)})`;
+    // Scores come only from the project's current validation set, so versions compare.
+    const sc = m.scores ? `IoU ${m.scores.iou.toFixed(3)}, F1 ${m.scores.f1.toFixed(3)} on ${m.scores.images} val`
+      : "not scored on the current validation set";
+    o.textContent = `model v${m.version}${m.active ? " (active)" : ""}: ${sc}`;
+    o.title = m.note || "";
     o.selected = m.active;
     sel.appendChild(o);
   }

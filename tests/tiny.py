@@ -1,0 +1,23 @@
+"""Tiny training settings for the tests (a few optimiser steps on small crops, on the CPU)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from pathoseg.engine.settings import GateConfig, RoundConfig, TrainConfig, WarmRound
+from pathoseg.models import ModelConfig
+from pathoseg.server.config import WorkerSettings
+
+
+def tiny_round(first_steps: int = 4, warm_steps: int = 4, crop: int = 64, batch_size: int = 4, scale: float = 1.0,
+               holdout: float = 0.0, weights: str = "default", **warm) -> RoundConfig:
+    """The one retrain round, tiny. ``holdout`` 0 by default: no validation set, no gate (a
+    few steps make models whose validation scores are noise; the gate has tests of its own)."""
+    train = TrainConfig(model=ModelConfig(weights=weights), batch_size=batch_size, crop=crop, scale=scale,
+                        progress=False)
+    return RoundConfig(train=train, first_steps=first_steps, warm=WarmRound(warm_steps, **warm),
+                       gate=replace(GateConfig(), holdout=holdout))
+
+
+def tiny_worker(*, device: str = "cpu", predict_backend: str = "torch", **round_args) -> WorkerSettings:
+    return WorkerSettings(round=tiny_round(**round_args), device=device, predict_backend=predict_backend)
