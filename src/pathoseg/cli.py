@@ -488,7 +488,7 @@ def _worker_settings(args: argparse.Namespace):
     from pathoseg.server.config import WorkerSettings
 
     train = replace(TrainConfig(), model=ModelConfig(args.preset), batch_size=args.batch_size, crop=args.crop,
-                    scale=args.scale, progress=False)
+                    scale=args.scale)
     rounds = RoundConfig(train=train, first_steps=args.steps,
                          warm=WarmRound(args.warm_steps, args.warm_lr_scale, args.freeze_stages),
                          gate=replace(GateConfig(), holdout=args.holdout), seed=args.seed)

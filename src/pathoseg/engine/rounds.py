@@ -115,16 +115,24 @@ def review_maps(model: GlandSegmenter, ckpt: Checkpoint, image: np.ndarray, devi
     return ReviewMaps(np.round(probs * 255).astype(np.uint8), decode_instances(maps, ckpt.instance_config()), probs)
 
 
-def score(model: GlandSegmenter, ckpt: Checkpoint, images: Sequence[LabelledImage],
-          device: torch.device | str) -> dict[str, float]:
+Tallies = dict[tuple[str, int], tuple[PixelCounts, ObjectTally]]  # (image, mask version) -> one model's sums
+
+
+def score(model: GlandSegmenter, ckpt: Checkpoint, images: Sequence[LabelledImage], device: torch.device | str,
+          tallies: Tallies | None = None) -> dict[str, float]:
     """Pooled pixel IoU and GlaS object F1 of the model's glands against ``images``' labels,
-    at native resolution (so models of different working scales compare)."""
+    at native resolution (so models of different working scales compare). ``tallies``: this
+    model's per-image sums from earlier calls (the metrics are additive), filled in as it goes,
+    so a growing validation set costs only its new images."""
+    tallies = {} if tallies is None else tallies
     counts, tally = PixelCounts(0, 0, 0), ObjectTally()
     for item in images:
-        image, labels = item.load()
-        glands = review_maps(model, ckpt, image, device).glands
-        counts = counts + pixel_counts(labels, glands)
-        tally = tally + object_tally(labels, glands)
+        key = (item.name, item.version)
+        if key not in tallies:
+            image, labels = item.load()
+            glands = review_maps(model, ckpt, image, device).glands
+            tallies[key] = (pixel_counts(labels, glands), object_tally(labels, glands))
+        counts, tally = counts + tallies[key][0], tally + tallies[key][1]
     return {"iou": counts.iou, "f1": object_metrics([tally])["f1"], "images": len(images)}
 
 
@@ -138,6 +146,7 @@ class RoundOutcome:
     base_scores: dict | None = None
     train_s: float = 0.0
     gate_s: float = 0.0
+    candidate_tallies: Tallies = field(default_factory=dict)  # pass them as base_tallies once it is active
 
 
 Progress = Callable[[float, str], None]  # (fraction done, message)
@@ -190,18 +199,19 @@ def train_candidate(base: Checkpoint | None, train: Sequence[LabelledImage], cfg
 
 
 def gate(candidate: tuple[GlandSegmenter, Checkpoint], base: tuple[GlandSegmenter, Checkpoint] | None,
-         validation: Sequence[LabelledImage], cfg: RoundConfig, device: torch.device,
-         n_labelled: int) -> tuple[bool, str, dict | None, dict | None]:
+         validation: Sequence[LabelledImage], cfg: RoundConfig, device: torch.device, n_labelled: int,
+         candidate_tallies: Tallies | None = None, base_tallies: Tallies | None = None,
+         ) -> tuple[bool, str, dict | None, dict | None]:
     """(activate, reason, candidate's scores, base's scores) on the validation set."""
     if not validation:
         first = math.ceil(1 / cfg.gate.holdout - 1e-9) if cfg.gate.holdout > 0 else None
         why = (f"{n_labelled} labelled image{'s' if n_labelled != 1 else ''}: too few to hold one out "
                f"(the first is held out at {first})" if first else "the validation hold-out is off")
         return True, f"no gate applied: {why}", None, None
-    mine = score(*candidate, validation, device)
+    mine = score(*candidate, validation, device, candidate_tallies)
     if base is None:
         return True, "the project's first model", mine, None
-    theirs = score(*base, validation, device)
+    theirs = score(*base, validation, device, base_tallies)
     t = cfg.gate
     worse = [f"{what} {mine[key]:.3f} < {theirs[key]:.3f} - {tol:g}"
              for what, key, tol in (("IoU", "iou", t.iou_tolerance), ("object F1", "f1", t.f1_tolerance))
@@ -215,10 +225,11 @@ def gate(candidate: tuple[GlandSegmenter, Checkpoint], base: tuple[GlandSegmente
 
 def run_round(base: Checkpoint | None, labelled: Sequence[LabelledImage], cfg: RoundConfig, device: torch.device,
               models_before: int, cache: ScaledCache | None = None, progress: Progress | None = None,
-              mpp: float | None = None) -> RoundOutcome:
+              mpp: float | None = None, base_tallies: Tallies | None = None) -> RoundOutcome:
     """One round: hold out, train a candidate, gate it against ``base``. ``labelled`` in the
     order the images were first labelled; ``models_before``: how many models the project had
-    (it seeds the round)."""
+    (it seeds the round); ``base_tallies``: the base's validation sums from earlier rounds
+    (:func:`score`)."""
     if not labelled:
         raise ValueError("no corrected or imported masks to train on yet")
     held = holdout(labelled, cfg.gate.holdout)
@@ -230,8 +241,9 @@ def run_round(base: Checkpoint | None, labelled: Sequence[LabelledImage], cfg: R
         progress(1.0, f"scoring on {len(validation)} validation images")
     start = time.perf_counter()
     base_pair = (base.build(device), base) if base is not None and validation else None
+    tallies: Tallies = {}
     activate, reason, mine, theirs = gate((ckpt.build(device), ckpt), base_pair, validation, cfg, device,
-                                          len(labelled))
+                                          len(labelled), tallies, base_tallies)
     gate_s = time.perf_counter() - start
     ckpt.metrics = {**ckpt.metrics, "train_s": train_s, "gate_s": gate_s}  # what the round cost, with the model
-    return RoundOutcome(ckpt, activate, reason, sorted(held), mine, theirs, train_s, gate_s)
+    return RoundOutcome(ckpt, activate, reason, sorted(held), mine, theirs, train_s, gate_s, tallies)

@@ -10,7 +10,8 @@ study's own (the active model's file, read from the project folder). Same protoc
 records as :class:`pathoseg.hitl.study.StudyRunner`, so the two compare one to one.
 
 Layout of ``out``: ``seed<k>/<strategy>/{project/, server.log, worker.log,
-round<r>/{plan.json, record.json}}``. A round with a ``record.json`` is done; a round
+round<r>/{plan.json, record.json}}``, and ``seed<k>/round0/``: the first strategy's folder
+right after round 0, which the others copy. A round with a ``record.json`` is done; a round
 interrupted midway resumes from its ``plan.json`` and the project's state.
 """
 
@@ -221,7 +222,13 @@ class AppStudyRunner:
                 "job_message": job["message"] if job else None}
 
     def run_strategy(self, pool: Pool, strategy: Strategy, seed: int, test_split, bar: tqdm) -> list[dict]:
+        """The strategy's rounds in a project of its own. Round 0 is the same for every strategy
+        of a seed: the first one's project right after it is kept (``seed<k>/round0/``) and the
+        others start from a copy, as a lab copies a project, instead of training it again."""
         folder = self.out / f"seed{seed}" / strategy.name
+        shared = self.out / f"seed{seed}" / "round0"
+        if not (folder / "project").exists() and (shared / "round0" / "record.json").is_file():
+            shutil.copytree(shared, folder)
         folder.mkdir(parents=True, exist_ok=True)
         session = AppSession(self.runner, pool, folder, seed)
         records = []
@@ -232,6 +239,10 @@ class AppStudyRunner:
                     record = json.loads((rdir / "record.json").read_text())
                 else:
                     record = self._round(session, pool, strategy, seed, r, rdir, test_split)
+                if r == 0 and not shared.exists():
+                    shutil.copytree(folder, shared.with_suffix(".tmp"), dirs_exist_ok=True,
+                                    ignore=shutil.ignore_patterns("*.log", "pool"))
+                    shared.with_suffix(".tmp").rename(shared)
                 records.append(record)
                 bar.update(1)
         finally:

@@ -38,7 +38,15 @@ from pathoseg.data.targets import gland_pixels
 from pathoseg.engine.checkpoint import Checkpoint, load_checkpoint
 from pathoseg.engine.device import choose_device
 from pathoseg.engine.predict import PredictConfig
-from pathoseg.engine.rounds import LabelledImage, ReviewMaps, RoundOutcome, ScaledCache, review_maps, run_round
+from pathoseg.engine.rounds import (
+    LabelledImage,
+    ReviewMaps,
+    RoundOutcome,
+    ScaledCache,
+    Tallies,
+    review_maps,
+    run_round,
+)
 from pathoseg.engine.settings import RoundConfig
 from pathoseg.hitl.annotator import DEFAULT_TOLERANCE_UM, CostModel, Effort, SimulatedAnnotator
 from pathoseg.hitl.selection import rank
@@ -132,11 +140,15 @@ class StudyRunner:
         self.mpp = cfg.um_per_px or self.plan.data.mpp or GLAS_MPP
         self.annotator = SimulatedAnnotator(tolerance_um=cfg.tolerance_um, cost=cfg.cost, um_per_px=self.mpp)
         self.cache = ScaledCache()
+        self.tallies: dict[int, Tallies] = {}  # id(active checkpoint) -> its validation sums
 
     # -- the round, testing -----------------------------------------------------------------
     def _retrain(self, base: Checkpoint | None, labelled: list[LabelledImage], seed: int, r: int) -> RoundOutcome:
-        return run_round(base, labelled, replace(self.cfg.round, seed=seed), self.device, r, self.cache,
-                         mpp=self.mpp)
+        outcome = run_round(base, labelled, replace(self.cfg.round, seed=seed), self.device, r, self.cache,
+                            mpp=self.mpp, base_tallies=self.tallies.get(id(base)))
+        if outcome.activate:  # the active model's validation sums, for the next round's gate
+            self.tallies = {id(outcome.candidate): outcome.candidate_tallies}
+        return outcome
 
     def score_test(self, ckpt: Checkpoint, split: Split) -> dict:
         segment = model_segmenter(ckpt.build(self.device), PredictConfig(scale=ckpt.scale), ckpt.instance_config(),
@@ -248,7 +260,8 @@ class StudyRunner:
             records.append(rec0)
             bar.update(1)
             for strategy in self.cfg.strategies:
-                self.cache = ScaledCache()  # strategies label the same images differently (all "version 1")
+                # strategies label the same images differently (all "version 1")
+                self.cache, self.tallies = ScaledCache(), {}
                 active, test = ckpt0, rec0["test"]
                 labels = {n: pool.pixels[n][1] for n in pool.initial}
                 for r in range(1, self.cfg.rounds + 1):

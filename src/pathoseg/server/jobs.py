@@ -60,7 +60,7 @@ from pathoseg.data.resolution import checkpoint_mpp
 from pathoseg.engine.backends import BackendConfig, load_backend
 from pathoseg.engine.checkpoint import load_checkpoint
 from pathoseg.engine.device import choose_device
-from pathoseg.engine.rounds import ScaledCache, review_maps, run_round, validation_digest
+from pathoseg.engine.rounds import ScaledCache, Tallies, review_maps, run_round, validation_digest
 from pathoseg.metrics.uncertainty import mean_entropy
 from pathoseg.server.config import DEAD_AFTER, WorkerSettings
 from pathoseg.server.project import project_mpp, store_model
@@ -218,6 +218,8 @@ class Worker:
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
         self._cache = ScaledCache()  # a retrain re-reads only the masks saved since the last one
+        # the active version's validation sums per image: the gate scores it on new images only
+        self._tallies: dict[int, Tallies] = {}
 
     # -- the queue side, for the CLI and tests ---------------------------------------------
     def submit(self, kind: str) -> int:
@@ -428,7 +430,8 @@ class Worker:
             self._progress(claim, 0.8 * done, message)
 
         outcome = run_round(base, labelled, s.round, device, models_before, self._cache, progress,
-                            mpp=None if base is not None else project_mpp(self.project))
+                            mpp=None if base is not None else project_mpp(self.project),
+                            base_tallies=self._tallies.get(base_version))
         digest = validation_digest([i for i in labelled if i.name in set(outcome.validation)])
         self._progress(claim, 0.85, "storing the model")
 
@@ -446,6 +449,8 @@ class Worker:
                                          in_transaction=still_mine, scores=scores, note=outcome.reason)
         if outcome.base_scores is not None and base_version is not None:
             store_scores(self.project, base_version, outcome.base_scores, digest)
+        if activated:
+            self._tallies = {version: outcome.candidate_tallies}
         message = self._after_training(claim, version, outcome.reason if outcome.activate else None,
                                        refused=None if outcome.activate else outcome.reason)
         if outcome.activate and activated:
