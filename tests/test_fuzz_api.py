@@ -51,9 +51,6 @@ KNOWN_VALUES = {"image_id": [1, 2, 3], "job_id": [1, 2], "version": [1], "name":
 
 # Found by this test and fixed since (PNG answers documented as image/png; 400 for bodies
 # that cannot be parsed documented): nothing is expected to fail now.
-KNOWN_NONCONFORMING: dict[str, str] = {}
-
-
 def _operations() -> list[str]:
     """Every API operation, as schemathesis labels them, read from the routers' schema."""
     app = FastAPI()
@@ -158,9 +155,7 @@ def test_no_server_errors(fuzz, label):
     assert not found.server_errors, f"{label}: server errors\n{Findings.show(found.server_errors)}"
 
 
-@pytest.mark.parametrize("label", [
-    pytest.param(label, marks=pytest.mark.xfail(strict=False, reason=KNOWN_NONCONFORMING[label]))
-    if label in KNOWN_NONCONFORMING else label for label in OPERATIONS])
+@pytest.mark.parametrize("label", OPERATIONS)
 def test_answers_conform_to_the_schema(fuzz, label):
     found = fuzz(label)
     assert not found.nonconforming, f"{label}: answers off the schema\n{Findings.show(found.nonconforming)}"

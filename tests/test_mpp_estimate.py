@@ -14,9 +14,10 @@ from PIL import Image
 
 from pathoseg.cli import main
 from pathoseg.data import load_dataset
+from pathoseg.data.glas import GLAS_MPP
 from pathoseg.data.images import read_image, write_rgb_png
 from pathoseg.data.mpp_estimate import MppEstimateConfig, MppEstimateWarning, auto_mpp, estimate_mpp
-from pathoseg.data.resolution import GLAS_MPP, resample_image
+from pathoseg.data.resolution import resample_image
 from pathoseg.data.synthetic import SyntheticConfig, write_synthetic
 from pathoseg.engine.checkpoint import Checkpoint
 from pathoseg.engine.mpp_regressor import MppRegressor, MppRegressorConfig, RidgeFit, fit_ridge, load_fits

@@ -118,7 +118,7 @@ def test_a_retrain_with_too_few_labels_says_no_gate_was_applied(tmp_path):
     worker.run_once()
     message = _job(project, job_id).message
     assert _models(project) == {1: True}
-    assert "no gate applied: 3 labelled images: too few to hold one out (the first is held out at 5)" in message
+    assert "no gate applied: 3 reviewed images: too few to hold one out (the first is held out at 5)" in message
 
 
 def test_a_checkpoint_without_its_resolution_says_so_and_takes_model_mpp(tmp_path):
@@ -150,6 +150,10 @@ def test_the_hold_out_is_every_fifth_image_per_grade_and_never_changes():
     grown = names + [item(f"b{i}", "benign") for i in range(7, 10)]
     assert holdout(grown, 0.2) == {"b4", "b9", "m4"}  # earlier choices stay
     assert holdout(names[:4], 0.2) == set() and holdout(names, 0.0) == set()
+    # pseudo-labels (saved unreviewed) never validate, and do not count toward the fifth
+    unseen = [LabelledImage.of(f"p{i}", 1, names[0].load()[0], names[0].load()[1], "benign", reviewed=False)
+              for i in range(5)]
+    assert holdout(unseen + names, 0.2) == {"b4", "m4"}
 
 
 @pytest.mark.slow
@@ -157,7 +161,7 @@ def test_the_study_through_the_app_labels_and_trains_as_the_study_in_process(tmp
     from pathoseg.hitl.app_loop import AppStudyRunner
 
     data = write_synthetic(tmp_path / "data", n=16, seed=0, cfg=SyntheticConfig(size=(96, 128)))
-    cfg = StudyConfig(strategies=[BUILTIN["hitl"]], rounds=1, round=tiny_round(4, 3, holdout=0.2),
+    cfg = StudyConfig(strategies=[BUILTIN["hitl50"]], rounds=1, round=tiny_round(4, 3, holdout=0.2),
                       initial_fraction=0.4, test_limit=2, device="cpu")
     here = StudyRunner(data, cfg, tmp_path / "here").run()
     there = AppStudyRunner(StudyRunner(data, cfg, tmp_path / "app"), tmp_path / "app").run()
@@ -165,12 +169,13 @@ def test_the_study_through_the_app_labels_and_trains_as_the_study_in_process(tmp
     assert [r["reviewed"] for r in here] == [r["reviewed"] for r in there]
     assert [r["test"] for r in here] == [r["test"] for r in there]
     assert [r["gate"] for r in here] == [r["gate"] for r in there]
+    assert [r["validation"] for r in here] == [r["validation"] for r in there]
     assert here[1]["effort"]["seconds"] == pytest.approx(there[1]["effort"]["seconds"])
     assert here[1]["effort"]["seconds"] > 0
     # round 1's corrected instance maps: saved through the API = labelled in process
-    project = tmp_path / "app" / "seed0" / "hitl" / "project"
+    project = tmp_path / "app" / "seed0" / "hitl50" / "project"
     for name in here[1]["selected"]:
         saved = np.array(Image.open(project / "masks" / name / "v1.png"))
-        mine = read_target(tmp_path / "here" / "seed0" / "hitl" / "round1" / "labels" / f"{name}.png")
+        mine = read_target(tmp_path / "here" / "seed0" / "hitl50" / "round1" / "labels" / f"{name}.png")
         assert np.array_equal(saved, mine), name
     assert all("predictions refreshed" in r["job_message"] for r in there)

@@ -11,14 +11,13 @@ from PIL import Image
 
 from pathoseg.cli import main
 from pathoseg.data import load_dataset
+from pathoseg.data.glas import GLAS_MPP
 from pathoseg.data.images import write_rgb_png
 from pathoseg.data.resolution import (
-    GLAS_MPP,
     check_mpp,
     checkpoint_mpp,
     dataset_mpp,
     resize_factor,
-    scale_instance_config,
     um2_to_px,
 )
 from pathoseg.data.synthetic import SyntheticConfig, synthetic_sample, write_synthetic
@@ -88,7 +87,7 @@ def test_resize_factor_and_decoder_sizes_follow_the_resolution():
     assert pcfg.scale == pytest.approx(0.5)  # halved to the model's 0.62 µm/px
     assert icfg.min_size == 800 and icfg.min_marker == 120 and icfg.max_hole == 8000 and icfg.min_distance == 40
     assert resolution_configs(PredictConfig(scale=0.5), InstanceConfig(), None, 0.62)[0].scale == 0.5
-    small = scale_instance_config(InstanceConfig(min_marker=30, min_size=0), 0.1)
+    small = InstanceConfig(min_marker=30, min_size=0).scaled(0.1)
     assert small.min_marker == 1 and small.min_size == 0  # a floor stays a floor; none stays none
     assert um2_to_px(400, 0.62) == 1041
     assert min_size_from_area(InstanceConfig(), 400, 0.62, "m.pt").min_size == 1041

@@ -186,7 +186,7 @@ def _ray_config(args: argparse.Namespace, backend):
 
 
 def cmd_predict(args: argparse.Namespace) -> None:
-    from pathoseg.data.resolution import check_mpp
+    from pathoseg.data.resolution import AUTO, parse_mpp
     from pathoseg.engine.backends import load_backend
     from pathoseg.engine.device import choose_device
     from pathoseg.pipeline.prediction import (
@@ -210,8 +210,8 @@ def cmd_predict(args: argparse.Namespace) -> None:
     model, ckpt = load_backend(args.checkpoint, backend, device)
     images, slides = collect_inputs(args.inputs)  # every check before anything is written
     first = (images or slides)[0]
-    auto_mpp = args.mpp is not None and args.mpp.strip().lower() == "auto"
-    mpp = check_mpp(args.mpp, "--mpp", first) if args.mpp is not None and not auto_mpp else None
+    parsed = parse_mpp(args.mpp, "--mpp", first)
+    auto_mpp, mpp = parsed == AUTO, parsed if parsed != AUTO else None
     if args.min_size is not None and args.min_area is not None:
         raise PathosegError("pass --min-size (pixels) or --min-area (µm²), not both")
     if args.region is not None and not slides:

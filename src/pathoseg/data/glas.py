@@ -11,13 +11,22 @@ import io
 import re
 from pathlib import Path
 
-from pathoseg.data.resolution import GLAS_MPP
 from pathoseg.data.samples import Sample, SampleSet
 from pathoseg.errors import PathosegError
 
+GLAS_MPP = 0.62  # GlaS at native resolution (20x, Zeiss MIRAX MIDI), per the challenge paper
 RELEASE_FOLDER = "Warwick QU Dataset (Released 2016_07_08)"
 _NAME = re.compile(r"^(train|testA|testB)_(\d+)$")
 GRADES = ("benign", "malignant")
+
+
+def split_is_glas(split: dict | None) -> bool:
+    """True when a checkpoint's split names GlaS images only (train_N, testA_N, testB_N)."""
+    if not split:
+        return False
+    names = [*split.get("train", []), *split.get("val", [])]
+    names += [n for part in (split.get("test") or {}).values() for n in part]
+    return bool(names) and all(_NAME.match(str(n)) for n in names)
 
 
 def read_grades(path: Path) -> dict[str, str]:

@@ -7,34 +7,27 @@ Inputs at another resolution are resampled to it before prediction:
     resize factor = input µm/px / model µm/px × model working scale
 
 :class:`~pathoseg.engine.instances.InstanceConfig` keeps its sizes in native pixels of the
-model's training resolution; :func:`scale_instance_config` converts them where the maps are
-at another resolution, and :func:`um2_to_px` turns a gland area in µm² into those pixels.
+model's training resolution and scales itself (``InstanceConfig.scaled``) where the maps are
+at another resolution; :func:`um2_to_px` turns a gland area in µm² into those pixels. GlaS's
+own facts (its 0.62 µm/px, its image names) live in :mod:`pathoseg.data.glas`.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import re
-from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import cv2
 import numpy as np
 
+from pathoseg.data.glas import GLAS_MPP, find_release_root, split_is_glas
 from pathoseg.errors import PathosegError
 
-if TYPE_CHECKING:
-    from pathoseg.engine.instances import InstanceConfig
-
-GLAS_MPP = 0.62  # GlaS at native resolution (20x, Zeiss MIRAX MIDI), per the challenge paper
 MPP_RANGE = (0.1, 10.0)  # from 100x oil immersion to a 1x overview; anything else is a unit mistake
 MPP_SIDECARS = ("mpp.txt", "dataset.json")
-_GLAS_NAME = re.compile(r"^(train|testA|testB)_\d+$")
-
-AREA_FIELDS = ("min_size", "min_marker", "max_hole")  # InstanceConfig fields in px²
-LENGTH_FIELDS = ("min_distance",)  # InstanceConfig fields in px
+AUTO = "auto"  # "--mpp auto": estimate the resolution from the tissue
 
 
 def check_mpp(value: Any, what: str = "µm/px", path: str | Path | None = None) -> float:
@@ -47,6 +40,16 @@ def check_mpp(value: Any, what: str = "µm/px", path: str | Path | None = None) 
     if not math.isfinite(mpp) or not lo <= mpp <= hi:
         raise PathosegError(f"{what} {value} is outside {lo:g}–{hi:g} µm/px", path)
     return mpp
+
+
+def parse_mpp(value: Any, what: str = "--mpp", path: str | Path | None = None) -> float | str | None:
+    """A "µm/px or auto" setting: None (not given), :data:`AUTO`, or a checked µm/px. Parsed
+    where the input it describes is known, so an error names the file."""
+    if value is None:
+        return None
+    if isinstance(value, str) and value.strip().lower() == AUTO:
+        return AUTO
+    return check_mpp(value, what, path)
 
 
 def read_mpp_sidecar(root: str | Path) -> float | None:
@@ -71,8 +74,6 @@ def read_mpp_sidecar(root: str | Path) -> float | None:
 
 def dataset_mpp(root: str | Path) -> float | None:
     """A data set folder's µm/px: its sidecar file, else 0.62 for GlaS, else None (unknown)."""
-    from pathoseg.data.glas import find_release_root
-
     root = Path(root)
     if not root.is_dir():
         return None
@@ -80,15 +81,6 @@ def dataset_mpp(root: str | Path) -> float | None:
     if declared is not None:
         return declared
     return GLAS_MPP if find_release_root(root) is not None else None
-
-
-def split_is_glas(split: dict | None) -> bool:
-    """True when a checkpoint's split names GlaS images only (train_N, testA_N, testB_N)."""
-    if not split:
-        return False
-    names = [*split.get("train", []), *split.get("val", [])]
-    names += [n for part in (split.get("test") or {}).values() for n in part]
-    return bool(names) and all(_GLAS_NAME.match(str(n)) for n in names)
 
 
 def checkpoint_mpp(ckpt: Any) -> float | None:
@@ -109,35 +101,14 @@ def checkpoint_mpp(ckpt: Any) -> float | None:
     return GLAS_MPP if split_is_glas(split) else None
 
 
-def working_mpp(model_mpp: float, scale: float) -> float:
-    """The µm/px the network sees: native µm/px over the working scale."""
-    return model_mpp / scale
-
-
 def resize_factor(input_mpp: float, model_mpp: float, scale: float) -> float:
     """Input pixels to working pixels: input µm/px / model µm/px × working scale."""
     return input_mpp / model_mpp * scale
 
 
-def scale_instance_config(cfg: InstanceConfig, factor: float) -> InstanceConfig:
-    """``cfg`` (sizes in pixels of one resolution) for maps whose pixels are ``factor`` times
-    as many per unit length: areas scale by factor², lengths by factor."""
-    if factor == 1:
-        return cfg
-    areas = {f: max(0, round(getattr(cfg, f) * factor**2)) for f in AREA_FIELDS}
-    lengths = {f: max(1, round(getattr(cfg, f) * factor)) for f in LENGTH_FIELDS}
-    # A floor that was set must stay a floor: a 30 px marker is not 0 px at a quarter scale.
-    areas = {f: (max(1, v) if getattr(cfg, f) else 0) for f, v in areas.items()}
-    return replace(cfg, **areas, **lengths)
-
-
 def um2_to_px(area_um2: float, mpp: float) -> int:
     """An area in µm² as pixels at ``mpp`` µm/px."""
     return max(0, round(area_um2 / mpp**2))
-
-
-def um_to_px(length_um: float, mpp: float) -> int:
-    return max(0, round(length_um / mpp))
 
 
 def _resampled_size(shape: tuple[int, ...], factor: float) -> tuple[int, int]:

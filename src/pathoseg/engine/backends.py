@@ -44,7 +44,6 @@ EXPECTED = (f"a pathoseg ONNX file ({ONNX_FORMAT}, written by 'pathoseg export')
 # optimiser and the scheduler stay out (the graph holds the weights).
 _CARRIED = ("scale", "train_config", "split", "epoch", "metrics", "history", "instances", "mpp")
 BACKENDS = ("torch", "onnx")
-PRECISIONS = ("fp32", "int8")
 GRAPH_OPTIMIZATIONS = ("basic", "extended", "all")
 
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from scipy import ndimage as ndi
@@ -48,6 +48,21 @@ class InstanceConfig:
     min_marker: int = 30  # px; smaller interiors are not glands of their own (~12 µm²)
     max_hole: int = 2000  # px; holes up to this size are filled (lumens are part of the gland)
     min_distance: int = 20  # px; watershed method: minimum distance between gland centres
+
+    def scaled(self, factor: float) -> InstanceConfig:
+        """These settings (sizes in pixels of one resolution) for maps whose pixels are
+        ``factor`` times as many per unit length: areas scale by factor², lengths by factor."""
+        if factor == 1:
+            return self
+        areas = {f: max(0, round(getattr(self, f) * factor**2)) for f in AREA_FIELDS}
+        lengths = {f: max(1, round(getattr(self, f) * factor)) for f in LENGTH_FIELDS}
+        # A floor that was set must stay a floor: a 30 px marker is not 0 px at a quarter scale.
+        areas = {f: (max(1, v) if getattr(self, f) else 0) for f, v in areas.items()}
+        return replace(self, **areas, **lengths)
+
+
+AREA_FIELDS = ("min_size", "min_marker", "max_hole")  # InstanceConfig fields in px²
+LENGTH_FIELDS = ("min_distance",)  # InstanceConfig fields in px
 
 
 def learned_min_size(labels: Iterable[np.ndarray], scale: float, percentile: float = 2.0,

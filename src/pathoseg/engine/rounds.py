@@ -43,21 +43,28 @@ class LabelledImage:
     version: int  # the mask version (the study: the round it was labelled in)
     load: Callable[[], Pixels] = field(repr=False, compare=False)
     grade: str | None = None
+    # a person drew or checked these labels (an import, or a save that logged time or edits);
+    # False: the model's own glands saved as they were (pseudo-labels), never validation
+    reviewed: bool = True
 
     @classmethod
-    def of(cls, name: str, version: int, image: np.ndarray, labels: np.ndarray, grade: str | None = None
-           ) -> LabelledImage:
-        return cls(name, version, lambda: (image, labels), grade)
+    def of(cls, name: str, version: int, image: np.ndarray, labels: np.ndarray, grade: str | None = None,
+           reviewed: bool = True) -> LabelledImage:
+        return cls(name, version, lambda: (image, labels), grade, reviewed)
 
 
 def holdout(labelled: Sequence[LabelledImage], fraction: float) -> set[str]:
-    """The validation set: walking the images in labelling order, an image is held out when
-    its grade's group holds fewer than ``floor(n x fraction)`` of the ``n`` seen so far
-    (:class:`pathoseg.engine.settings.GateConfig`). Earlier decisions never change."""
+    """The validation set: walking the reviewed images in labelling order, an image is held
+    out when its grade's group holds fewer than ``floor(n x fraction)`` of the ``n`` reviewed
+    images seen so far (:class:`pathoseg.engine.settings.GateConfig`). Earlier decisions never
+    change. Unreviewed labels (the model's own glands, saved as they were) always train: a
+    model scored against its own predictions would always look best."""
     seen: dict[str | None, int] = {}
     held: dict[str | None, int] = {}
     out = set()
     for item in labelled:
+        if not item.reviewed:
+            continue
         group = item.grade
         seen[group] = seen.get(group, 0) + 1
         if held.get(group, 0) < math.floor(seen[group] * fraction + 1e-9):
@@ -205,7 +212,7 @@ def gate(candidate: tuple[GlandSegmenter, Checkpoint], base: tuple[GlandSegmente
     """(activate, reason, candidate's scores, base's scores) on the validation set."""
     if not validation:
         first = math.ceil(1 / cfg.gate.holdout - 1e-9) if cfg.gate.holdout > 0 else None
-        why = (f"{n_labelled} labelled image{'s' if n_labelled != 1 else ''}: too few to hold one out "
+        why = (f"{n_labelled} reviewed image{'s' if n_labelled != 1 else ''}: too few to hold one out "
                f"(the first is held out at {first})" if first else "the validation hold-out is off")
         return True, f"no gate applied: {why}", None, None
     mine = score(*candidate, validation, device, candidate_tallies)
@@ -243,7 +250,8 @@ def run_round(base: Checkpoint | None, labelled: Sequence[LabelledImage], cfg: R
     base_pair = (base.build(device), base) if base is not None and validation else None
     tallies: Tallies = {}
     activate, reason, mine, theirs = gate((ckpt.build(device), ckpt), base_pair, validation, cfg, device,
-                                          len(labelled), tallies, base_tallies)
+                                          sum(i.reviewed for i in labelled), tallies, base_tallies)
     gate_s = time.perf_counter() - start
     ckpt.metrics = {**ckpt.metrics, "train_s": train_s, "gate_s": gate_s}  # what the round cost, with the model
+    ckpt.train_config = {**ckpt.train_config, "validation": sorted(held)}  # what it was not trained on
     return RoundOutcome(ckpt, activate, reason, sorted(held), mine, theirs, train_s, gate_s, tallies)

@@ -47,10 +47,12 @@ class WarmRound:
 class GateConfig:
     """The project's validation set and the gate before a retrained model becomes active.
 
-    Every labelled image, in the order it was first labelled, joins the validation set when the
-    set holds fewer than ``floor(n x holdout)`` of the ``n`` labelled images of its grade seen so
-    far (grade unknown: one group); so every fifth image of each grade is held out, the set grows
-    with the labels, and an image once held out is never trained on. A candidate becomes active
+    Every reviewed image (a person drew or checked its labels), in the order it was first
+    labelled, joins the validation set when the set holds fewer than ``floor(n x holdout)`` of
+    the ``n`` reviewed images of its grade seen so far (grade unknown: one group); so every
+    fifth reviewed image of each grade is held out, the set grows with the labels, and an image
+    once held out is never trained on. Pseudo-labels (the model's glands saved unchanged) never
+    validate: the model that made them would always look best on them. A candidate becomes active
     only when its pooled IoU and object F1 on that set are not worse than the active model's by
     more than the tolerances (one validation image in five is little data: a smaller tolerance
     would refuse candidates for noise)."""

@@ -807,7 +807,6 @@ def predict_slide(model, slide, region, out: Path, model_mpp: float, scale: floa
     from scipy import ndimage as ndi
 
     from pathoseg.data.images import write_rgb_png
-    from pathoseg.data.resolution import scale_instance_config
     from pathoseg.data.slides import tissue_mask
     from pathoseg.viz.overlay import outline_instances
 
@@ -820,7 +819,7 @@ def predict_slide(model, slide, region, out: Path, model_mpp: float, scale: floa
     height, width = max(1, round(region.h / ds)), max(1, round(region.w / ds))
     grid = Grid(height, width, cfg.tile, cfg.overlap)
     place = Placement(region.x, region.y, region.w / width, region.h / height, slide.mpp)
-    icfg_work = scale_instance_config(icfg, scale)  # model-native pixels -> working pixels
+    icfg_work = icfg.scaled(scale)  # model-native pixels -> working pixels
 
     paths = slide_outputs(out, slide.path.stem)
     stat = slide.path.stat()

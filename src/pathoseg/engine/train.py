@@ -114,9 +114,6 @@ def write_history(path: Path, history: Sequence[dict]) -> None:
         writer.writerows(history)
 
 
-EpochCallback = Callable[[EpochRecord, GlandSegmenter], None]
-
-
 @dataclass
 class FitState:
     """What a resumed run needs: where it stopped and the optimiser's memory."""

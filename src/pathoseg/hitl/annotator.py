@@ -24,9 +24,9 @@ import numpy as np
 from scipy import ndimage as ndi
 from skimage import measure, segmentation
 
+from pathoseg.data.glas import GLAS_MPP
 from pathoseg.data.targets import IGNORE
 
-UM_PER_PX_GLAS = 0.62  # GlaS at native resolution (20x objective)
 DEFAULT_TOLERANCE_UM = 5.0  # boundary deviation accepted as drawn (estimate; docs/hitl.md)
 OPERATIONS = ("accept", "accept_all", "delete", "add_click", "add_polygon", "split", "merge", "redraw_boundary")
 
@@ -149,7 +149,7 @@ class SimulatedAnnotator:
     tolerance_um: float = DEFAULT_TOLERANCE_UM
     cost: CostModel = CostModel()
     scale: float = 1.0
-    um_per_px: float = UM_PER_PX_GLAS
+    um_per_px: float = GLAS_MPP
     recover_threshold: float = 0.3
     recover_iou: float = 0.8
 

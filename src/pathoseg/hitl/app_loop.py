@@ -218,7 +218,8 @@ class AppStudyRunner:
         test, _ = self._test(session, test_split)
         return {"test": test, "train_s": ckpt.metrics.get("train_s"), "gate_s": ckpt.metrics.get("gate_s"),
                 "round_s": ckpt.metrics.get("train_s", 0.0) + ckpt.metrics.get("gate_s", 0.0),
-                "activated": made["active"], "gate": made["note"], "app_round_s": wall if job else None,
+                "activated": made["active"], "gate": made["note"], "validation": ckpt.train_config.get("validation"),
+                "app_round_s": wall if job else None,
                 "job_message": job["message"] if job else None}
 
     def run_strategy(self, pool: Pool, strategy: Strategy, seed: int, test_split, bar: tqdm) -> list[dict]:

@@ -31,8 +31,8 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from pathoseg.data.glas import GLAS_MPP
 from pathoseg.data.images import read_target, write_label_png
-from pathoseg.data.resolution import GLAS_MPP
 from pathoseg.data.splits import Split, stratified_pick
 from pathoseg.data.targets import gland_pixels
 from pathoseg.engine.checkpoint import Checkpoint, load_checkpoint
@@ -78,6 +78,15 @@ class StudyConfig:
         return self.round.retrain
 
 
+@dataclass(frozen=True)
+class Label:
+    """A saved mask: the instance map, and whether a person drew or checked it (the app tells
+    by the seconds or edits logged with the save; pseudo-labels log none)."""
+
+    labels: np.ndarray
+    reviewed: bool
+
+
 @dataclass
 class Pool:
     """Everything a seed's study needs about its images, held once in memory at native size."""
@@ -88,9 +97,10 @@ class Pool:
     initial: list[str]
     pool: list[str]
 
-    def labelled(self, name: str, labels: np.ndarray) -> LabelledImage:
-        """``name`` labelled with ``labels``, as the app holds a first saved mask (version 1)."""
-        return LabelledImage.of(name, 1, self.pixels[name][0], labels, self.grades[name])
+    def labelled(self, name: str, labels: np.ndarray, reviewed: bool = True) -> LabelledImage:
+        """``name`` labelled with ``labels``, as the app holds a first saved mask (version 1);
+        ``reviewed``: a person drew or checked them (else: pseudo-labels)."""
+        return LabelledImage.of(name, 1, self.pixels[name][0], labels, self.grades[name], reviewed)
 
 
 def subset_test(split: Split, limit: int | None) -> Split:
@@ -203,10 +213,10 @@ class StudyRunner:
         write_json(rdir / "record.json", record)
         return outcome.candidate, record
 
-    def run_round(self, active: Checkpoint, test: dict, labels: dict[str, np.ndarray], pool: Pool,
+    def run_round(self, active: Checkpoint, test: dict, labels: dict[str, Label], pool: Pool,
                   strategy: Strategy, seed: int, r: int, test_split: Split) -> tuple[Checkpoint, dict]:
-        """Round ``r``: ``labels`` (name -> native instance map, in labelling order) grow by the
-        round's images; returns the active model after the gate and the round's record."""
+        """Round ``r``: ``labels`` (name -> saved mask, in labelling order) grow by the round's
+        images; returns the active model after the gate and the round's record."""
         rdir = self.out / f"seed{seed}" / strategy.name / f"round{r}"
         remaining = [n for n in pool.pool if n not in labels]
         need_maps = not strategy.oracle or self.cfg.selection == "uncertainty"
@@ -217,33 +227,36 @@ class StudyRunner:
         batch, reviewed = plan_batch(remaining, maps, strategy, self.cfg.selection,
                                      round_size(pool, self.cfg.rounds, r, len(remaining)), round_rng(seed, strategy, r))
         effort = Effort()
-        for name in sorted(batch):  # saved in name order, as bench/app_loop.py saves them
+        for name in sorted(batch):  # saved in name order, as the app loop (hitl/app_loop.py) saves them
             target, cost = make_label(strategy, name in reviewed, maps.get(name), pool.pixels[name][1],
                                       self.annotator)
-            labels[name] = target
+            labels[name] = Label(target, strategy.oracle or name in reviewed)
             effort = effort + cost
             write_label_png(rdir / "labels" / f"{name}.png", target)
-        outcome = self._retrain(active, [pool.labelled(n, t) for n, t in labels.items()], seed, r)
+        saved = [pool.labelled(n, t.labels, t.reviewed) for n, t in labels.items()]
+        outcome = self._retrain(active, saved, seed, r)
         outcome.candidate.save(rdir / "model.pt")
         start = time.perf_counter()
         if outcome.activate:
             active, test = outcome.candidate, self.score_test(outcome.candidate, test_split)
         test_s = time.perf_counter() - start
+        quality = label_quality({n: t.labels for n, t in labels.items()}, pool)
         record = {"seed": seed, "round": r, "strategy": strategy.name, "test": test, "test_s": test_s,
-                  "label_iou": label_quality(labels, pool), "effort": asdict(effort), "predict_s": predict_s,
-                  **_round_fields(outcome), "selected": batch, "reviewed": sorted(reviewed)}
+                  "label_iou": quality, "effort": asdict(effort), "predict_s": predict_s, **_round_fields(outcome),
+                  "selected": batch, "reviewed": sorted(reviewed)}
         write_fingerprint(rdir, self.round_settings(strategy))
         write_json(rdir / "record.json", record)
         return active, record
 
-    def resume_round(self, active: Checkpoint, labels: dict[str, np.ndarray], seed: int, strategy: Strategy,
+    def resume_round(self, active: Checkpoint, labels: dict[str, Label], seed: int, strategy: Strategy,
                      r: int) -> tuple[Checkpoint, dict] | None:
         rdir = self.out / f"seed{seed}" / strategy.name / f"round{r}"
         if not self._finished(rdir, strategy, f"round {r} of {strategy.name}, seed {seed},"):
             return None
         record = json.loads((rdir / "record.json").read_text())
         for name in sorted(record["selected"]):
-            labels[name] = read_target(rdir / "labels" / f"{name}.png")
+            labels[name] = Label(read_target(rdir / "labels" / f"{name}.png"),
+                                 strategy.oracle or name in record["reviewed"])
         return (load_checkpoint(rdir / "model.pt") if record["activated"] else active), record
 
     def run(self) -> list[dict]:
@@ -263,7 +276,7 @@ class StudyRunner:
                 # strategies label the same images differently (all "version 1")
                 self.cache, self.tallies = ScaledCache(), {}
                 active, test = ckpt0, rec0["test"]
-                labels = {n: pool.pixels[n][1] for n in pool.initial}
+                labels = {n: Label(pool.pixels[n][1], True) for n in pool.initial}
                 for r in range(1, self.cfg.rounds + 1):
                     bar.set_postfix(seed=seed, strategy=strategy.name, round=r)
                     resumed = self.resume_round(active, labels, seed, strategy, r)
@@ -283,7 +296,7 @@ def _round_fields(outcome: RoundOutcome) -> dict:
 
 
 def label_quality(labels: dict[str, np.ndarray], pool: Pool) -> float:
-    """Pooled IoU of the training labels against ground truth (IGNORE counts as background)."""
+    """Pooled IoU of the saved masks against ground truth (IGNORE counts as background)."""
     total = None
     for name, target in labels.items():
         c = pixel_counts(gland_pixels(pool.pixels[name][1]), gland_pixels(target))

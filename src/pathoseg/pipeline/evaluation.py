@@ -16,7 +16,7 @@ from tqdm import tqdm
 
 from pathoseg.data.images import BinaryMaskWarning, read_mask
 from pathoseg.data.mpp_estimate import auto_mpp
-from pathoseg.data.resolution import check_mpp
+from pathoseg.data.resolution import AUTO, parse_mpp
 from pathoseg.data.samples import Sample, SampleSet
 from pathoseg.data.splits import Split
 from pathoseg.engine.instances import InstanceConfig
@@ -133,11 +133,12 @@ def data_input_mpp(data: SampleSet, given: str | None, model_mpp: float | None,
     """What ``evaluate`` resamples from: ``--mpp`` (a number, or ``auto``: estimated per image
     from its content), else the data set's own µm/px (GlaS 0.62, ``mpp.txt``/``dataset.json``);
     None (images taken to be at the model's resolution) when that is unknown."""
-    if given is not None and given.strip().lower() == "auto":
+    parsed = parse_mpp(given, "--mpp", data.root)
+    if parsed == AUTO:
         known = need_model_mpp(model_mpp, checkpoint, "for --mpp auto")
         estimator = MppRegressor()
         return lambda sample, image: auto_mpp(sample.image_path, image, known, estimator=estimator)[0]
-    data_mpp = check_mpp(given, "--mpp", data.root) if given is not None else data.mpp
+    data_mpp = parsed if given is not None else data.mpp
     if data_mpp is None or (model_mpp is None and given is None):
         return None
     known = need_model_mpp(model_mpp, checkpoint, "for --mpp")

@@ -13,7 +13,7 @@ from tqdm import tqdm
 
 from pathoseg.data.images import is_image_file, read_image, write_label_png, write_rgb_png
 from pathoseg.data.mpp_estimate import MppEstimate, MppEstimateConfig, auto_mpp
-from pathoseg.data.resolution import check_mpp, checkpoint_mpp, resize_factor, scale_instance_config, um2_to_px
+from pathoseg.data.resolution import check_mpp, checkpoint_mpp, resize_factor, um2_to_px
 from pathoseg.data.slides import SLIDE_SUFFIXES, Region, Slide, is_slide
 from pathoseg.engine.instances import InstanceConfig
 from pathoseg.engine.mpp_regressor import MppRegressor
@@ -80,7 +80,7 @@ def resolution_configs(pcfg: PredictConfig, icfg: InstanceConfig, input_mpp: flo
     if input_mpp is None or model_mpp is None:
         return pcfg, icfg
     factor = resize_factor(input_mpp, model_mpp, pcfg.scale)
-    return replace(pcfg, scale=factor), scale_instance_config(icfg, model_mpp / input_mpp)
+    return replace(pcfg, scale=factor), icfg.scaled(model_mpp / input_mpp)
 
 
 def min_size_from_area(icfg: InstanceConfig, area_um2: float | None, model_mpp: float | None,

@@ -26,7 +26,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from pathoseg.data.folder import images_in
-from pathoseg.data.glas import read_grades
+from pathoseg.data.glas import GLAS_MPP, read_grades
 from pathoseg.data.images import (
     BinaryMaskWarning,
     is_image_file,
@@ -38,7 +38,7 @@ from pathoseg.data.images import (
     write_label_png,
 )
 from pathoseg.data.mpp_estimate import auto_mpp
-from pathoseg.data.resolution import GLAS_MPP, check_mpp, checkpoint_mpp, resample_image, resample_labels
+from pathoseg.data.resolution import AUTO, checkpoint_mpp, parse_mpp, resample_image, resample_labels
 from pathoseg.data.slides import Region, Slide, TileSpec, is_slide, tissue_tiles
 from pathoseg.data.targets import IGNORE
 from pathoseg.errors import PathosegError
@@ -220,8 +220,8 @@ def add_slide(project: Project, path: str | Path, mpp: str | float | None = None
     model's resolution (GlaS's 0.62 µm/px when the project has no model yet, or one that does
     not record it). Tiles are named ``<slide>_x<X>_y<Y>`` (level-0 pixels), so the same tile
     imported again replaces nothing and is refused as a duplicate."""
-    auto = isinstance(mpp, str) and mpp.strip().lower() == "auto"
-    given = check_mpp(mpp, "--mpp", path) if mpp is not None and not auto else None
+    parsed = parse_mpp(mpp, "--mpp", path)
+    auto, given = parsed == AUTO, parsed if parsed != AUTO else None
     target, tiles = project_mpp(project, model_mpp), tiles or TileSpec()
     with _open_slide(path, given, _estimator() if auto else None) as slide:
         area = slide.check_region(Region.parse(region, path)) if region else slide.region
@@ -271,8 +271,8 @@ def add_folder(project: Project, folder: str | Path, mpp: str | float | None = N
     img_dir = folder / "images" if (folder / "images").is_dir() else folder
     masks = {p.stem.removesuffix("_anno").removesuffix("_mask"): p
              for p in (folder / "masks").iterdir()} if (folder / "masks").is_dir() else {}
-    auto = isinstance(mpp, str) and mpp.strip().lower() == "auto"
-    given = check_mpp(mpp, "--mpp", folder) if mpp is not None and not auto else None
+    parsed = parse_mpp(mpp, "--mpp", folder)
+    auto, given = parsed == AUTO, parsed if parsed != AUTO else None
     images = [] if only_slides else [p for p in images_in(img_dir) if p not in slides]
     target_mpp = project_model_mpp(project, model_mpp) if mpp is not None and images else None
     grades = read_grades(folder / "Grade.csv") if (folder / "Grade.csv").is_file() else {}

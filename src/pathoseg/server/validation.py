@@ -22,16 +22,23 @@ def _pixels(project: Project, name: str, version: int) -> Pixels:
     return read_image(project.image_path(name)), read_labels(path)
 
 
+def reviewed(mask: Mask) -> bool:
+    """Whether a person drew or checked a saved mask: an import, or a save that logged time or
+    edits (a mask saved with neither is the model's glands accepted unseen: a pseudo-label)."""
+    return mask.source == "import" or (mask.seconds or 0) > 0 or any((mask.operations or {}).values())
+
+
 def labelled_images(project: Project) -> list[LabelledImage]:
     """Every image with a saved mask, in the order it was first labelled (its first mask's
     row id), at its current mask version; pixels are read when a round needs them."""
     with project.session() as s:
         first = select(Mask.image_id, func.min(Mask.id).label("first")).group_by(Mask.image_id).subquery()
-        rows = s.execute(select(Image.name, Image.mask_version, Image.grade)
+        rows = s.execute(select(Image.name, Image.mask_version, Image.grade, Mask)
                          .join(first, first.c.image_id == Image.id)
+                         .join(Mask, (Mask.image_id == Image.id) & (Mask.version == Image.mask_version))
                          .where(Image.mask_version > 0).order_by(first.c.first, Image.name)).all()
-    return [LabelledImage(name, version, partial(_pixels, project, name, version), grade)
-            for name, version, grade in rows]
+    return [LabelledImage(name, version, partial(_pixels, project, name, version), grade, reviewed(mask))
+            for name, version, grade, mask in rows]
 
 
 def current_validation(project: Project, gate: GateConfig) -> tuple[list[LabelledImage], str]:
