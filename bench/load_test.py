@@ -45,7 +45,7 @@ import numpy as np
 from PIL import Image
 
 from pathoseg.data.synthetic import SyntheticConfig, synthetic_sample
-from pathoseg.server.project import add_image
+from pathoseg.server.services.images import add_image
 from pathoseg.server.storage import Project, create_user
 
 ENDPOINTS = ("list", "info", "image", "mask", "save")

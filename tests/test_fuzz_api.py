@@ -37,8 +37,8 @@ from schemathesis.specs.openapi.checks import (  # noqa: E402
 
 from pathoseg.data.synthetic import SyntheticConfig, synthetic_sample  # noqa: E402
 from pathoseg.server.app import ServerConfig, create_app  # noqa: E402
-from pathoseg.server.project import add_image  # noqa: E402
 from pathoseg.server.routers import ROUTERS  # noqa: E402
+from pathoseg.server.services.images import add_image  # noqa: E402
 from pathoseg.server.storage import Project, create_user  # noqa: E402
 from tiny import tiny_worker  # noqa: E402
 

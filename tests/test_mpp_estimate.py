@@ -210,7 +210,7 @@ def test_a_slide_without_resolution_metadata_is_estimated_with_mpp_auto(tmp_path
 
     # project add: the same slide's tissue tiles, at the resolution estimated for it
     from pathoseg.data.slides import TileSpec
-    from pathoseg.server.project import add_folder
+    from pathoseg.server.services.imports import add_folder
     from pathoseg.server.storage import Project
 
     project = Project(tmp_path / "lab", create=True)
@@ -259,7 +259,8 @@ def test_evaluate_resamples_a_data_set_declared_at_another_resolution(tmp_path):
 
 
 def test_project_add_with_mpp_stores_images_and_masks_at_the_models_resolution(tmp_path, checkpoint):
-    from pathoseg.server.project import add_folder, register_model
+    from pathoseg.server.services.imports import add_folder
+    from pathoseg.server.services.models import register_model
     from pathoseg.server.storage import Project
 
     source = write_synthetic(tmp_path / "scans", n=2, cfg=SyntheticConfig(size=(64, 96)))

@@ -21,8 +21,10 @@ from pathoseg.hitl.strategies import BUILTIN
 from pathoseg.hitl.study import StudyConfig, StudyRunner
 from pathoseg.models import ModelConfig, build_model
 from pathoseg.server.app import ServerConfig, create_app
-from pathoseg.server.jobs import Worker
-from pathoseg.server.project import add_folder, add_image, register_model
+from pathoseg.server.services.images import add_image
+from pathoseg.server.services.imports import add_folder
+from pathoseg.server.services.models import register_model
+from pathoseg.server.services.worker import Worker
 from pathoseg.server.storage import Job, ModelVersion, Project, create_user
 from tiny import tiny_round, tiny_worker
 

@@ -181,8 +181,10 @@ def test_export_writes_metadata_and_refuses_to_overwrite_the_checkpoint(exported
 
 
 def test_the_app_worker_predicts_with_the_onnx_backend_as_with_torch(exported, tmp_path):
-    from pathoseg.server.jobs import Worker, enqueue
-    from pathoseg.server.project import add_image, register_model
+    from pathoseg.server.services.images import add_image
+    from pathoseg.server.services.models import register_model
+    from pathoseg.server.services.queue import enqueue
+    from pathoseg.server.services.worker import Worker
     from pathoseg.server.storage import Project
 
     written = {}

@@ -16,10 +16,11 @@ from PIL import Image
 from pathoseg.data.cache import to_target
 from pathoseg.data.synthetic import SyntheticConfig, synthetic_sample
 from pathoseg.server.app import ServerConfig, create_app
-from pathoseg.server.project import add_image, save_mask
+from pathoseg.server.services.images import add_image
+from pathoseg.server.services.masks import save_mask
+from pathoseg.server.services.validation import labelled_images
 from pathoseg.server.storage import Image as ImageRow
 from pathoseg.server.storage import Project, create_user
-from pathoseg.server.validation import labelled_images
 from tiny import tiny_worker
 
 CFG = SyntheticConfig(size=(96, 128))

@@ -19,7 +19,7 @@ from scipy import ndimage as ndi
 from pathoseg.data.images import read_mask
 from pathoseg.data.synthetic import SyntheticConfig, synthetic_sample
 from pathoseg.server.app import ServerConfig, create_app
-from pathoseg.server.project import add_image
+from pathoseg.server.services.images import add_image
 from pathoseg.server.storage import Project, create_user
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

@@ -26,9 +26,11 @@ from skimage import segmentation
 
 from pathoseg.data.images import write_label_png
 from pathoseg.data.synthetic import SyntheticConfig, synthetic_sample
-from pathoseg.hitl.annotator import OPERATIONS, SimulatedAnnotator
-from pathoseg.server.project import OPERATION_TYPES, add_image
+from pathoseg.hitl.annotator import SimulatedAnnotator
+from pathoseg.operations import GLAND_OPERATIONS
+from pathoseg.server.services.images import add_image
 from pathoseg.server.storage import ModelVersion, Project, create_user
+from pathoseg.server.vocabulary import OPERATION_TYPES
 from test_server_browser import CHROMIUM, DOC_SHOTS, app_in_thread, logged_in_page
 
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (make test installs it)")
@@ -267,7 +269,7 @@ def test_the_simulated_pathologists_plan_replayed_in_the_editor(editor, name, tm
 
 
 def test_the_editor_logs_the_simulators_vocabulary():
-    assert set(OPERATIONS) <= set(OPERATION_TYPES)
+    assert set(GLAND_OPERATIONS) <= set(OPERATION_TYPES)
 
 
 # -- one test per tool ------------------------------------------------------------------------

@@ -30,16 +30,14 @@ from pathoseg.data.synthetic import SyntheticConfig, synthetic_sample
 from pathoseg.engine import rounds
 from pathoseg.engine.checkpoint import Checkpoint, load_checkpoint
 from pathoseg.models import ModelConfig, build_model
-from pathoseg.server import validation
 from pathoseg.server.app import ServerConfig, create_app
-from pathoseg.server.jobs import (
-    MAX_ATTEMPTS,
-    Worker,
-    corrections_since_last_model,
-    enqueue,
-    reap_dead_jobs,
-)
-from pathoseg.server.project import add_image, as_labels, read_labels, register_model, save_mask
+from pathoseg.server.services import validation
+from pathoseg.server.services.files import as_labels, read_labels
+from pathoseg.server.services.images import add_image
+from pathoseg.server.services.masks import save_mask
+from pathoseg.server.services.models import register_model
+from pathoseg.server.services.queue import MAX_ATTEMPTS, corrections_since_last_model, enqueue, reap_dead_jobs
+from pathoseg.server.services.worker import Worker
 from pathoseg.server.storage import STAGED, Job, Mask, ModelVersion, Project, create_user, db_now
 from pathoseg.server.storage import Image as ImageRow
 from tiny import tiny_worker

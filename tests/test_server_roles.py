@@ -22,7 +22,7 @@ from pathoseg.engine.settings import WarmRound
 from pathoseg.errors import PathosegError
 from pathoseg.server.app import ServerConfig, create_app
 from pathoseg.server.limits import LoginThrottle
-from pathoseg.server.project import add_image
+from pathoseg.server.services.images import add_image
 from pathoseg.server.storage import (
     DEFAULT_TOKEN_DAYS,
     Job,

@@ -23,8 +23,9 @@ from pathoseg.cli import build_parser
 from pathoseg.data.synthetic import SyntheticConfig, synthetic_sample
 from pathoseg.errors import PathosegError
 from pathoseg.server.app import ServerConfig, create_app
-from pathoseg.server.project import ConflictError, add_image, save_mask
 from pathoseg.server.routers import masks as masks_router
+from pathoseg.server.services.images import add_image
+from pathoseg.server.services.masks import ConflictError, save_mask
 from pathoseg.server.storage import Image as ImageRow
 from pathoseg.server.storage import Mask, Project, create_user
 from tiny import tiny_worker
@@ -293,7 +294,7 @@ def test_a_streamed_body_is_cut_off_at_the_limit_without_reaching_the_handler(sm
 
 
 def test_the_default_limit_fits_the_largest_upload():
-    from pathoseg.server.project import MAX_UPLOAD_BYTES
+    from pathoseg.server.vocabulary import MAX_UPLOAD_BYTES
 
     limit = ServerConfig("x").max_body_bytes
     assert MAX_UPLOAD_BYTES * 4 // 3 < limit < 2 * MAX_UPLOAD_BYTES  # a base64 mask of the largest upload

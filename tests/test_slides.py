@@ -172,7 +172,7 @@ def test_openslide_reads_the_same_pixels_and_resolution(tmp_path):
 
 def test_project_add_takes_tissue_tiles_of_a_slide_at_the_models_resolution(tmp_path):
     from pathoseg.data.slides import TileSpec
-    from pathoseg.server.project import add_folder
+    from pathoseg.server.services.imports import add_folder
     from pathoseg.server.storage import Image as ImageRow
     from pathoseg.server.storage import Project
 
@@ -202,7 +202,7 @@ def test_project_add_of_a_folder_with_a_bad_file_imports_nothing(tmp_path):
     from PIL import Image as PILImage
 
     from pathoseg.data.slides import TileSpec
-    from pathoseg.server.project import add_folder
+    from pathoseg.server.services.imports import add_folder
     from pathoseg.server.storage import Image as ImageRow
     from pathoseg.server.storage import Project
 

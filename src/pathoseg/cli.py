@@ -402,7 +402,8 @@ def study_config(args: argparse.Namespace, strategies: list):
 
 
 def _refresh_predictions(project) -> None:
-    from pathoseg.server.jobs import Worker, enqueue
+    from pathoseg.server.services.queue import enqueue
+    from pathoseg.server.services.worker import Worker
 
     with project.session() as s:
         has_model = project.active_model(s) is not None
@@ -415,7 +416,7 @@ def _refresh_predictions(project) -> None:
 
 
 def cmd_project_init(args: argparse.Namespace) -> None:
-    from pathoseg.server.project import register_model
+    from pathoseg.server.services.models import register_model
     from pathoseg.server.storage import Project
 
     project = Project(args.project, args.db, create=True)
@@ -427,7 +428,7 @@ def cmd_project_init(args: argparse.Namespace) -> None:
 
 def cmd_project_add(args: argparse.Namespace) -> None:
     from pathoseg.data.slides import TileSpec
-    from pathoseg.server.project import add_folder
+    from pathoseg.server.services.imports import add_folder
     from pathoseg.server.storage import Project
 
     project = Project(args.project, args.db)
@@ -438,7 +439,7 @@ def cmd_project_add(args: argparse.Namespace) -> None:
 
 
 def cmd_project_export(args: argparse.Namespace) -> None:
-    from pathoseg.server.project import export
+    from pathoseg.server.services.export import export
     from pathoseg.server.storage import Project
 
     project = Project(args.project, args.db)
@@ -511,7 +512,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
 
 
 def cmd_worker(args: argparse.Namespace) -> None:
-    from pathoseg.server.jobs import Worker
+    from pathoseg.server.services.worker import Worker
     from pathoseg.server.storage import Project
 
     project = Project(args.project, args.db)

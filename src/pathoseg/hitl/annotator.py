@@ -28,7 +28,6 @@ from pathoseg.data.glas import GLAS_MPP
 from pathoseg.data.targets import IGNORE
 
 DEFAULT_TOLERANCE_UM = 5.0  # boundary deviation accepted as drawn (estimate; docs/hitl.md)
-OPERATIONS = ("accept", "accept_all", "delete", "add_click", "add_polygon", "split", "merge", "redraw_boundary")
 
 
 @dataclass(frozen=True)
@@ -62,7 +61,7 @@ class Effort:
     boundary_px: float = 0.0  # length of the lines drawn (polygons, cuts, boundaries), native px
     errors: int = 0  # error glands found (a merge, a split, a missed or false gland, a stray outline)
     fixed: int = 0  # of which fixed
-    operations: dict[str, int] = field(default_factory=dict)  # kind (see OPERATIONS) -> count, as the app logs them
+    operations: dict[str, int] = field(default_factory=dict)  # kind (pathoseg.operations) -> count, as logged
     op_seconds: dict[str, float] = field(default_factory=dict)  # kind -> seconds, plus "look"
 
     def __add__(self, other: Effort) -> Effort:

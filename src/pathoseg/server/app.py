@@ -20,10 +20,11 @@ from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 
 from pathoseg.server.config import MAX_BODY_BYTES, ServerConfig
-from pathoseg.server.jobs import Worker, reap_dead_jobs
 from pathoseg.server.limits import BodySizeLimit, LoginThrottle
 from pathoseg.server.routers import ROUTERS
 from pathoseg.server.schemas import ErrorOut
+from pathoseg.server.services.queue import reap_dead_jobs
+from pathoseg.server.services.worker import Worker
 from pathoseg.server.storage import Project
 
 __all__ = ["MAX_BODY_BYTES", "ServerConfig", "create_app"]
@@ -47,7 +48,7 @@ def _one_line(exc: RequestValidationError) -> str:
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     """Start: running jobs whose worker died (no heartbeat for ``job_timeout`` seconds) go back
-    to the queue (once; see ``pathoseg.server.jobs``), queued jobs stay queued, and the
+    to the queue (once; see ``pathoseg.server.services.queue``), queued jobs stay queued, and the
     server's own worker thread starts (unless ``worker=False``: then ``pathoseg worker``
     processes run the jobs). Stop: the worker hands its running job back to the queue at its
     next progress report and stops; the database connections close."""

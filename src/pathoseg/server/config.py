@@ -6,8 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from pathoseg.engine.settings import RoundConfig
-from pathoseg.server.project import MAX_UPLOAD_BYTES
 from pathoseg.server.storage import DEFAULT_TOKEN_DAYS
+from pathoseg.server.vocabulary import MAX_UPLOAD_BYTES
 
 DEAD_AFTER = 60.0  # seconds without a heartbeat after which a running job's worker counts as dead
 

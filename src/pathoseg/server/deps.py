@@ -16,9 +16,9 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from PIL import Image as PILImage
 
 from pathoseg.server.config import ServerConfig
-from pathoseg.server.jobs import Worker
 from pathoseg.server.limits import LoginThrottle
 from pathoseg.server.schemas import ErrorOut
+from pathoseg.server.services.worker import Worker
 from pathoseg.server.storage import MAX_ID, Image, Project, TokenError, User, authenticate
 
 Id = Annotated[int, PathParam(ge=1, le=MAX_ID, description=f"1 to {MAX_ID}")]

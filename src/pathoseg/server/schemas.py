@@ -7,7 +7,9 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, StringConstraints, Tag
 
-from pathoseg.server.project import (
+from pathoseg.server.storage import MAX_ID, MAX_TOKEN_DAYS, ROLES, USER_NAME, Image, Job, User, aware
+from pathoseg.server.vocabulary import (
+    MASK_KINDS,
     MAX_GLAND_ID,
     MAX_LOG,
     MAX_OPERATION_KINDS,
@@ -16,7 +18,6 @@ from pathoseg.server.project import (
     MAX_SECONDS,
     OPERATION_TYPES,
 )
-from pathoseg.server.storage import MAX_ID, MAX_TOKEN_DAYS, USER_NAME, Image, Job, User, aware
 
 
 class ErrorOut(BaseModel):
@@ -70,7 +71,7 @@ class MaskIn(BaseModel):
                                         "bit: 0 background, 1..N glands) or a binary mask (any non-zero value in "
                                         "any channel is gland; with transparent pixels in an alpha channel: the "
                                         "visible ones), whose connected components become the glands")
-    kind: Literal["auto", "labels", "binary"] = Field(
+    kind: Literal[MASK_KINDS] = Field(  # type: ignore[valid-type]
         "auto", description="how to read the PNG: labels, binary, or auto (one channel with two or more different "
                             "non-zero values: labels; else binary)")
     base_version: int = Field(ge=0, lt=MAX_ID, description="the mask_version the editor loaded (conflict check)")
@@ -155,7 +156,7 @@ class UserOut(BaseModel):
 
 class UserIn(BaseModel):
     name: UserName
-    role: Literal["admin", "annotator"] = "annotator"
+    role: Literal[ROLES] = "annotator"  # type: ignore[valid-type]
     days: Days | None = Field(None, description="token lifetime (default: the server's --token-days)")
 
 
@@ -170,3 +171,18 @@ class IssuedOut(BaseModel):
     role: str
     token: str
     token_expires_at: datetime
+
+
+class VocabularyOut(BaseModel):
+    """What the server accepts, for the editor: the operation names a log may hold (and the
+    subset the simulated pathologist plans), mask kinds, roles and limits."""
+
+    operations: list[str]
+    gland_operations: list[str]
+    mask_kinds: list[str]
+    roles: list[str]
+    max_gland_id: int  # 65535 marks unlabelled pixels in training
+    max_log: int  # operation log entries per save
+    max_seconds: float  # effort logged with one save
+    max_upload_bytes: int
+    max_upload_pixels: int

@@ -139,13 +139,13 @@ class ModelVersion(Base):
     active: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now)
     # its pooled IoU and object F1 on the project's validation set, and which set that was:
-    # {"digest": ..., "iou": ..., "f1": ..., "images": n} (pathoseg.server.validation)
+    # {"digest": ..., "iou": ..., "f1": ..., "images": n} (pathoseg.server.services.validation)
     scores: Mapped[dict | None] = mapped_column(JSON, nullable=True)
     note: Mapped[str | None] = mapped_column(String(500), nullable=True)  # why it is (not) active after training
 
 
 class Job(Base):
-    """The job queue (see ``pathoseg.server.jobs``): a worker claims a queued job by setting
+    """The job queue (see ``pathoseg.server.services.queue``): a worker claims a queued job by setting
     it running under its id, heartbeats it, and finishes it. At most one job of each kind is
     queued at a time (a partial unique index)."""
 

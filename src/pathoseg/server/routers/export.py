@@ -10,7 +10,7 @@ from fastapi import APIRouter
 from fastapi.responses import Response
 
 from pathoseg.server.deps import ADMIN_ONLY, Admin, ProjectDep
-from pathoseg.server.project import export
+from pathoseg.server.services.export import export
 
 router = APIRouter(prefix="/api", tags=["export"])
 

@@ -25,9 +25,10 @@ from pathoseg.server.deps import (
     png,
     prediction,
 )
-from pathoseg.server.project import MAX_UPLOAD_BYTES, add_image, decode_upload, predicted_instances, safe_name
 from pathoseg.server.schemas import ImageOut
+from pathoseg.server.services.images import add_image, decode_upload, predicted_instances, safe_name
 from pathoseg.server.storage import Image
+from pathoseg.server.vocabulary import MAX_UPLOAD_BYTES
 
 router = APIRouter(prefix="/api/images", tags=["images"])
 

@@ -6,8 +6,8 @@ from fastapi import APIRouter, HTTPException
 from sqlalchemy import select
 
 from pathoseg.server.deps import ADMIN_ONLY, NOT_FOUND, Admin, Annotator, Id, ProjectDep, WorkerDep
-from pathoseg.server.jobs import Worker, enqueue
 from pathoseg.server.schemas import JobOut
+from pathoseg.server.services.queue import queue
 from pathoseg.server.storage import Job, Project
 
 router = APIRouter(prefix="/api", tags=["jobs"])
@@ -27,14 +27,6 @@ def train(u: Admin, project: ProjectDep, worker: WorkerDep) -> JobOut:
     active one. While a retrain is queued (not yet started) this returns that job: it will
     read every mask saved until it starts."""
     return job_out(project, queue(project, worker, "train"))
-
-
-def queue(project: Project, worker: Worker, kind: str, automatic: bool = False) -> int | None:
-    """Queue a job (or find the queued one) and tell the server's own worker, if it runs."""
-    job_id = enqueue(project, kind, automatic)
-    if job_id is not None:
-        worker.wake()
-    return job_id
 
 
 @router.post("/predict", response_model=JobOut, status_code=202, responses=ADMIN_ONLY)

@@ -24,18 +24,12 @@ from pathoseg.server.deps import (
     png,
     prediction,
 )
-from pathoseg.server.jobs import corrections_since_last_model
-from pathoseg.server.project import (
-    ConflictError,
-    as_labels,
-    decode_mask,
-    label_png_array,
-    predicted_instances,
-    read_labels,
-    save_mask,
-)
 from pathoseg.server.routers.jobs import queue
 from pathoseg.server.schemas import ErrorOut, ImageOut, MaskIn, MaskOut
+from pathoseg.server.services.files import as_labels, label_png_array, read_labels
+from pathoseg.server.services.images import decode_mask, predicted_instances
+from pathoseg.server.services.masks import ConflictError, save_mask
+from pathoseg.server.services.queue import corrections_since_last_model
 from pathoseg.server.storage import Image
 
 router = APIRouter(prefix="/api/images", tags=["masks"])

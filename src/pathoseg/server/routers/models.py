@@ -8,8 +8,8 @@ from sqlalchemy import select
 from pathoseg.server.deps import ADMIN_ONLY, NOT_FOUND, Admin, Annotator, ConfigDep, Id, ProjectDep, WorkerDep
 from pathoseg.server.routers.jobs import job_out, queue
 from pathoseg.server.schemas import JobOut, ModelOut, ScoresOut
+from pathoseg.server.services.validation import current_validation
 from pathoseg.server.storage import ModelVersion, aware
-from pathoseg.server.validation import current_validation
 
 router = APIRouter(prefix="/api/models", tags=["models"])
 

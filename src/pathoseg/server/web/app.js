@@ -6,7 +6,8 @@
 "use strict";
 
 const $ = (id) => document.getElementById(id);
-const MAX_ID = 65534;  // the API's largest gland id (65535 marks unlabelled pixels in training)
+// The server's limits and vocabularies (GET /api/vocabulary), read at login: no copies here.
+let vocab = { max_gland_id: 0, operations: [] };
 const ADD_THRESHOLD = 0.3;  // one-click add: the model's probability region above this
 const UNDO_DEPTH = 40;
 const state = {
@@ -131,6 +132,7 @@ async function login(token) {
   state.token = token;
   try {
     const me = await (await api("/api/users/me")).json();
+    vocab = await (await api("/api/vocabulary")).json();
     localStorage.setItem("pathoseg-token", token);
     state.admin = me.role === "admin";
     $("who").textContent = `${me.name} (${me.role})`;
@@ -222,7 +224,7 @@ function glandIds() {
 }
 
 function hasGland(id) {
-  if (!Number.isInteger(id) || id < 1 || id > MAX_ID) return false;
+  if (!Number.isInteger(id) || id < 1 || id > vocab.max_gland_id) return false;
   return state.labels.indexOf(id) !== -1;
 }
 
@@ -347,6 +349,7 @@ function remember() {
 }
 
 function logOp(type, gland = null, other = null) {
+  if (!vocab.operations.includes(type)) throw new Error(`the server does not know the operation ${type}`);
   const entry = { type, timestamp: new Date().toISOString(), gland };
   if (other != null) entry.other = other;
   state.log.push(entry);
@@ -458,7 +461,7 @@ function fillEnclosed(region, box) {
 
 function newGland(region, type, message) {
   const id = nextId();
-  if (id > MAX_ID) return refuse(`at most ${MAX_ID} glands per mask`);
+  if (id > vocab.max_gland_id) return refuse(`at most ${vocab.max_gland_id} glands per mask`);
   remember();
   for (let i = 0; i < region.length; i++) if (region[i]) state.labels[i] = id;
   state.selected = id;
@@ -593,7 +596,7 @@ function splitAlong(points, id = state.selected) {
   const sides = sizes.map((n, k) => [k, n]).filter(([k, n]) => k && n >= minimum).sort((a, b) => b[1] - a[1]);
   if (sides.length < 2) return refuse(`the line does not cut gland ${id} in two: draw it across the whole gland`);
   const first = nextId();
-  if (first + sides.length - 2 > MAX_ID) return refuse(`at most ${MAX_ID} glands per mask`);
+  if (first + sides.length - 2 > vocab.max_gland_id) return refuse(`at most ${vocab.max_gland_id} glands per mask`);
   remember();
   const side = new Map(sides.map(([k], n) => [k, n === 0 ? id : first + n - 1]));
   // crumbs (pieces too small to be a side) join the nearest side, through 8-neighbours
@@ -697,7 +700,7 @@ function beginStroke(x, y) {
   if (!id) {
     if (state.tool === "eraser") return refuse("select a gland to erase from (the eraser acts on the selected gland)");
     id = nextId(); fresh = true;
-    if (id > MAX_ID) return refuse(`at most ${MAX_ID} glands per mask`);
+    if (id > vocab.max_gland_id) return refuse(`at most ${vocab.max_gland_id} glands per mask`);
   }
   state.stroke = { id, fresh, before: snapshot(), changed: 0 };
   state.drawing = true; state.last = [x, y];

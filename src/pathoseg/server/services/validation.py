@@ -8,10 +8,18 @@ from functools import partial
 import torch
 from sqlalchemy import func, select
 
-from pathoseg.data.images import read_image
-from pathoseg.engine.rounds import LabelledImage, Pixels, holdout, score, validation_digest
+from pathoseg.data.images import (
+    read_image,
+)
+from pathoseg.engine.rounds import (
+    LabelledImage,
+    Pixels,
+    holdout,
+    score,
+    validation_digest,
+)
 from pathoseg.engine.settings import GateConfig
-from pathoseg.server.project import read_labels
+from pathoseg.server.services.files import read_labels
 from pathoseg.server.storage import Image, Mask, ModelVersion, Project
 
 
