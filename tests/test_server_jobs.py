@@ -418,6 +418,7 @@ def test_databases_from_before_the_queue_get_its_columns(project):
         s.add_all([Job(kind="predict"), Job(kind="train", status="done")])
         s.commit()
     with project.engine.begin() as c:  # as an older pathoseg made it: no queue columns, no index
+        c.execute(text("DROP TABLE alembic_version"))  # before Alembic
         c.execute(text("DROP INDEX uq_jobs_one_queued"))
         c.execute(text("INSERT INTO jobs (kind, status, progress, message, created_at) "
                        "VALUES ('predict', 'queued', 0, '', '2025-01-01 00:00:00')"))

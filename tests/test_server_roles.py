@@ -223,6 +223,7 @@ def test_an_older_database_gets_roles_and_expiry_when_opened(project):
     """A users table from before roles (is_admin) and expiry: migrated, tokens still work."""
     key = "SERIAL" if project.engine.dialect.name == "postgresql" else "INTEGER"  # as SQLAlchemy made them
     with project.engine.begin() as c:
+        c.execute(text("DROP TABLE alembic_version"))  # before Alembic
         c.execute(text("DROP TABLE users"))
         c.execute(text(f"CREATE TABLE users (id {key} NOT NULL PRIMARY KEY, name VARCHAR(64) NOT NULL UNIQUE, "
                        "token_hash VARCHAR(64) NOT NULL UNIQUE, is_admin BOOLEAN NOT NULL)"))

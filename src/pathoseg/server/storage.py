@@ -24,7 +24,6 @@ import os
 import re
 import secrets
 import time
-import warnings
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -40,15 +39,15 @@ from sqlalchemy import (
     String,
     create_engine,
     func,
-    inspect,
     select,
     text,
     update,
 )
-from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship, sessionmaker
 
 from pathoseg.errors import PathosegError
+from pathoseg.server.migrate import migrate
 
 MAX_ID = 2**31 - 1  # the largest id or version every supported database stores (PostgreSQL INTEGER)
 STAGED = re.compile(r"^\.(?P<final>.+)\.[0-9a-f]{16}\.tmp$")
@@ -180,95 +179,9 @@ class Project:
         args = {"check_same_thread": False, "timeout": 30} if url.startswith("sqlite") else {}
         self.db_url = db_url
         self.engine = create_engine(url, connect_args=args)
-        Base.metadata.create_all(self.engine)
+        migrate(self.engine, Base.metadata, self.root / ".pathoseg-migrate.lock")
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
-        self._unique_mask_versions()
-        self._user_roles_and_expiry()
-        self._added_columns()
-        self._one_queued_job_per_kind()
-        self._one_active_model()
         self.settle_staged_files()
-
-    def _unique_mask_versions(self) -> None:
-        """Databases made before the unique (image, version) index get it now."""
-        (index,) = (i for i in Mask.__table__.indexes if i.name == "uq_masks_image_version")
-        try:
-            index.create(self.engine, checkfirst=True)
-        except IntegrityError:
-            warnings.warn(f"{self.root}: the masks table has duplicate (image, version) rows from an older "
-                          "pathoseg; new saves are still checked, but remove the duplicates to get the "
-                          "database's own guard", stacklevel=3)
-
-    def _added_columns(self) -> None:
-        """Databases from before a column get it (empty, or its server default): the editor's
-        operation log, the job queue's columns, image grades, model scores and notes."""
-        for table in (Mask.__table__, Job.__table__, Image.__table__, ModelVersion.__table__):
-            def missing(table=table) -> list[str]:
-                have = {c["name"] for c in inspect(self.engine).get_columns(table.name)}
-                return [c.name for c in table.columns if c.name not in have]
-
-            for name in missing():
-                column = table.c[name]
-                kind = column.type.compile(dialect=self.engine.dialect)
-                extra = f" NOT NULL DEFAULT {column.server_default.arg}" if column.server_default is not None else ""
-                try:
-                    with self.engine.begin() as c:
-                        c.execute(text(f"ALTER TABLE {table.name} ADD COLUMN {name} {kind}{extra}"))
-                except DBAPIError:
-                    if name in missing():  # not another process adding it at the same moment
-                        raise
-
-    def _one_queued_job_per_kind(self) -> None:
-        """Older databases get the index that keeps one queued job per kind; queued duplicates
-        (several servers' leftovers) fail first, naming the queued job that replaces them."""
-        (index,) = Job.__table__.indexes
-        try:
-            index.create(self.engine, checkfirst=True)
-        except IntegrityError:
-            with self.session() as s:
-                kept: dict[str, int] = {}
-                for job in s.scalars(select(Job).where(Job.status == "queued").order_by(Job.id)):
-                    if job.kind in kept:
-                        job.status, job.finished_at = "failed", now()
-                        job.message = f"a duplicate of queued job #{kept[job.kind]}"
-                    kept.setdefault(job.kind, job.id)
-                s.commit()
-            index.create(self.engine, checkfirst=True)
-
-    def _one_active_model(self) -> None:
-        """Older databases get the index that keeps one model version active; with several
-        active (a race of older servers), the newest stays active."""
-        (index,) = ModelVersion.__table__.indexes
-        try:
-            index.create(self.engine, checkfirst=True)
-        except IntegrityError:
-            with self.session() as s:
-                active = list(s.scalars(select(ModelVersion).where(ModelVersion.active)
-                                        .order_by(ModelVersion.version.desc())))
-                for m in active[1:]:
-                    m.active = False
-                s.commit()
-            index.create(self.engine, checkfirst=True)
-
-    def _user_roles_and_expiry(self) -> None:
-        """Databases from before roles and token expiry: ``is_admin`` becomes ``role``, and
-        tokens issued then expire ``DEFAULT_TOKEN_DAYS`` from now."""
-        columns = {c["name"] for c in inspect(self.engine).get_columns("users")}
-        if {"role", "token_expires_at", "token_revoked_at"} <= columns and "is_admin" not in columns:
-            return
-        table = User.__table__
-        with self.engine.begin() as c:
-            for name in ("role", "token_expires_at", "token_revoked_at"):
-                if name not in columns:
-                    column = table.c[name]
-                    kind = column.type.compile(dialect=self.engine.dialect)
-                    extra = " NOT NULL DEFAULT 'annotator'" if name == "role" else ""
-                    c.execute(text(f"ALTER TABLE users ADD COLUMN {name} {kind}{extra}"))
-            if "is_admin" in columns:
-                c.execute(text("UPDATE users SET role = 'admin' WHERE is_admin"))
-                c.execute(text("ALTER TABLE users DROP COLUMN is_admin"))
-            c.execute(update(table).where(table.c.token_expires_at.is_(None))
-                      .values(token_expires_at=now() + timedelta(days=DEFAULT_TOKEN_DAYS)))
 
     def session(self) -> Session:
         return self.sessions()
