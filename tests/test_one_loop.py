@@ -166,7 +166,8 @@ def test_the_study_through_the_app_labels_and_trains_as_the_study_in_process(tmp
     cfg = StudyConfig(strategies=[BUILTIN["hitl50"]], rounds=1, round=tiny_round(4, 3, holdout=0.2),
                       initial_fraction=0.4, test_limit=2, device="cpu")
     here = StudyRunner(data, cfg, tmp_path / "here").run()
-    there = AppStudyRunner(StudyRunner(data, cfg, tmp_path / "app"), tmp_path / "app").run()
+    there = AppStudyRunner(StudyRunner(data, cfg, tmp_path / "app"), tmp_path / "app", tmp_path / "here").run()
+    assert [r["same_weights_in_process"] for r in there] == [True, True]  # bit for bit the same models
     assert [r["selected"] for r in here] == [r["selected"] for r in there]
     assert [r["reviewed"] for r in here] == [r["reviewed"] for r in there]
     assert [r["test"] for r in here] == [r["test"] for r in there]

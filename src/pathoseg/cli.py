@@ -371,7 +371,7 @@ def cmd_hitl(args: argparse.Namespace) -> None:
 
         if args.fresh:
             runner.start_over()
-        records = AppStudyRunner(runner, Path(args.out)).run()
+        records = AppStudyRunner(runner, Path(args.out), Path(args.reference) if args.reference else None).run()
     else:
         records = runner.run()
     command = shlex.join(["pathoseg", *sys.argv[1:]])
@@ -833,6 +833,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--via-app", action="store_true",
                    help="run every round through a real `pathoseg serve` and `pathoseg worker` on a temporary "
                    "project (labels saved and retrains started through the HTTP API); same protocol and records")
+    p.add_argument("--reference", metavar="DIR",
+                   help="--via-app: the same study's --out run in process; rounds whose app model has the same "
+                   "weights take its test scores, and every round records whether the weights are the same")
     p.add_argument("--out", default=str(DEFAULT_RUNS / "hitl"))
     p.add_argument("--json", help="also write the results (per strategy, seed and round) here")
     p.add_argument("--device")

@@ -18,6 +18,7 @@ interrupted midway resumes from its ``plan.json`` and the project's state.
 from __future__ import annotations
 
 import base64
+import hashlib
 import io
 import json
 import os
@@ -35,7 +36,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from pathoseg.engine.checkpoint import load_checkpoint
+from pathoseg.engine.checkpoint import Checkpoint, load_checkpoint
 from pathoseg.engine.rounds import ReviewMaps
 from pathoseg.errors import PathosegError
 from pathoseg.hitl.annotator import Effort
@@ -194,20 +195,51 @@ class AppSession:
                 p.kill()
 
 
-class AppStudyRunner:
-    """:class:`StudyRunner`'s protocol, every label and retrain through the app."""
+def weights_digest(ckpt: Checkpoint) -> str:
+    """A model's weights, as one hash: two models with the same digest predict the same."""
+    h = hashlib.sha256()
+    for name in sorted(ckpt.state_dict):
+        h.update(name.encode())
+        h.update(ckpt.state_dict[name].numpy().tobytes())
+    return h.hexdigest()[:16]
 
-    def __init__(self, runner: StudyRunner, out: Path) -> None:
+
+def in_process_active(reference: Path, seed: int, strategy: str, r: int) -> tuple[Path, dict] | None:
+    """The in-process study's active model after round ``r`` (the last candidate its gate let
+    through) and that round's record; None when that study has not run the round."""
+    strategy_dir = reference / f"seed{seed}" / strategy
+    record_file = (strategy_dir / f"round{r}" if r else reference / f"seed{seed}" / "round0") / "record.json"
+    if not record_file.is_file():
+        return None
+    for k in range(r, 0, -1):
+        if json.loads((strategy_dir / f"round{k}" / "record.json").read_text())["activated"]:
+            return strategy_dir / f"round{k}" / "model.pt", json.loads(record_file.read_text())
+    return reference / f"seed{seed}" / "round0" / "model.pt", json.loads(record_file.read_text())
+
+
+class AppStudyRunner:
+    """:class:`StudyRunner`'s protocol, every label and retrain through the app. ``reference``:
+    the same study run in process; each round says whether the app's active model has the
+    same weights as the in-process one, and where they are the same, takes its test scores
+    from there (the same weights score the same) instead of testing again."""
+
+    def __init__(self, runner: StudyRunner, out: Path, reference: Path | None = None) -> None:
         self.runner = runner
         self.out = out
+        self.reference = reference
 
-    def _test(self, session: AppSession, test_split) -> tuple[dict, dict]:
-        """The active model's test scores, and its training and gate seconds."""
+    def _test(self, session: AppSession, test_split, seed: int, strategy: str, r: int) -> dict:
+        """The active model's test scores, and whether it is the in-process study's model."""
         active = next(m for m in session.client.models() if m["active"])
         ckpt = load_checkpoint(session.project / "models" / f"v{active['version']}.pt")
-        return self.runner.score_test(ckpt, test_split), ckpt.metrics
+        digest = weights_digest(ckpt)
+        found = in_process_active(self.reference, seed, strategy, r) if self.reference else None
+        if found is not None and weights_digest(load_checkpoint(found[0])) == digest:
+            return {"test": found[1]["test"], "weights": digest, "same_weights_in_process": True}
+        return {"test": self.runner.score_test(ckpt, test_split), "weights": digest,
+                "same_weights_in_process": False if found is not None else None}
 
-    def _retrain(self, session: AppSession, r: int, test_split) -> dict:
+    def _retrain(self, session: AppSession, r: int, test_split, seed: int, strategy: str) -> dict:
         models = session.client.models()
         start = time.perf_counter()
         job = session.client.retrain() if len(models) <= r else None  # else: trained before an interruption
@@ -215,8 +247,8 @@ class AppStudyRunner:
         models = session.client.models()
         made = models[r]  # round r makes version r + 1
         ckpt = load_checkpoint(session.project / "models" / f"v{made['version']}.pt")
-        test, _ = self._test(session, test_split)
-        return {"test": test, "train_s": ckpt.metrics.get("train_s"), "gate_s": ckpt.metrics.get("gate_s"),
+        return {**self._test(session, test_split, seed, strategy, r), "train_s": ckpt.metrics.get("train_s"),
+                "gate_s": ckpt.metrics.get("gate_s"),
                 "round_s": ckpt.metrics.get("train_s", 0.0) + ckpt.metrics.get("gate_s", 0.0),
                 "activated": made["active"], "gate": made["note"], "validation": ckpt.train_config.get("validation"),
                 "app_round_s": wall if job else None,
@@ -281,7 +313,7 @@ class AppStudyRunner:
             effort = effort + cost
             if name not in labelled:
                 session.client.save(images[name], target, cost)
-        trained = self._retrain(session, r, test_split)
+        trained = self._retrain(session, r, test_split, seed, strategy.name)
         saved = {n: session.client.mask(i) for n, i in session.client.images().items() if i["mask_version"] > 0}
         record = {"seed": seed, "round": r, "strategy": strategy.name if r else "initial", **trained,
                   "label_iou": label_quality(saved, pool), "effort": asdict(effort), "predict_s": plan["predict_s"],
