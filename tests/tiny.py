@@ -15,7 +15,7 @@ def tiny_round(first_steps: int = 4, warm_steps: int = 4, crop: int = 64, batch_
     few steps make models whose validation scores are noise; the gate has tests of its own)."""
     train = TrainConfig(model=ModelConfig(weights=weights), batch_size=batch_size, crop=crop, scale=scale,
                         progress=False)
-    return RoundConfig(train=train, first_steps=first_steps, warm=WarmRound(warm_steps, **warm),
+    return RoundConfig(train=train, first_steps=first_steps, warm=WarmRound(warm_steps, **{"crop": crop, **warm}),
                        gate=replace(GateConfig(), holdout=holdout))
 
 

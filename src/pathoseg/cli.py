@@ -390,7 +390,8 @@ def study_config(args: argparse.Namespace, strategies: list):
 
     train = replace(TrainConfig(), model=ModelConfig(args.model), scale=args.scale, crop=args.crop)
     warm = WarmRound(**{k: v for k, v in {"steps": args.round_steps, "lr_scale": args.round_lr_scale,
-                                            "freeze_stages": args.freeze_stages}.items() if v is not None})
+                                            "freeze_stages": args.freeze_stages, "crop": args.round_crop}.items()
+                        if v is not None})
     rounds = RoundConfig(train=train, warm=warm, retrain=args.retrain)
     cfg = StudyConfig(strategies=strategies, rounds=args.rounds, seeds=args.seeds, selection=args.selection,
                       round=rounds, initial_fraction=args.initial_fraction, device=args.device)
@@ -491,7 +492,7 @@ def _worker_settings(args: argparse.Namespace):
     train = replace(TrainConfig(), model=ModelConfig(args.preset), batch_size=args.batch_size, crop=args.crop,
                     scale=args.scale)
     rounds = RoundConfig(train=train, first_steps=args.steps,
-                         warm=WarmRound(args.warm_steps, args.warm_lr_scale, args.freeze_stages),
+                         warm=WarmRound(args.warm_steps, args.warm_lr_scale, args.freeze_stages, args.warm_crop),
                          gate=replace(GateConfig(), holdout=args.holdout), seed=args.seed)
     return WorkerSettings(round=rounds, device=args.device, predict_backend=args.predict_backend)
 
@@ -630,6 +631,8 @@ def _add_training_args(p: argparse.ArgumentParser, title: str) -> None:
                    help=f"later retrains' learning rate as a fraction of the first's (default {r.warm.lr_scale})")
     g.add_argument("--freeze-stages", type=int, default=r.warm.freeze_stages,
                    help=f"later retrains keep the encoder's stem + N early stages (default {r.warm.freeze_stages})")
+    g.add_argument("--warm-crop", type=_positive(int), default=r.warm.crop,
+                   help=f"later retrains' crop side at working scale (default {r.warm.crop})")
     g.add_argument("--batch-size", type=_positive(int), default=t.batch_size, help=f"default {t.batch_size}")
     g.add_argument("--crop", type=_positive(int), default=t.crop,
                    help=f"training crop side at working scale (default {t.crop})")
@@ -826,6 +829,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--round-steps", type=int, help="optimiser steps per warm-started round (default: StudyConfig's)")
     p.add_argument("--round-lr-scale", type=float, help="warm rounds' lr as a fraction of the training lr")
     p.add_argument("--freeze-stages", type=int, help="warm rounds keep the encoder's stem + N early stages fixed")
+    p.add_argument("--round-crop", type=int, help="warm rounds' crop side at working scale (default: RoundConfig's)")
     p.add_argument("--model", default="lite0")
     p.add_argument("--scale", type=float, default=0.5)
     p.add_argument("--crop", type=int, default=224)

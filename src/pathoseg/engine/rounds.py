@@ -175,15 +175,16 @@ def train_candidate(base: Checkpoint | None, train: Sequence[LabelledImage], cfg
         model = base.build(device)
         model.train()
         steps, lr, frozen = cfg.warm.steps, cfg.train.lr * cfg.warm.lr_scale, cfg.warm.freeze_stages
+        crop = cfg.warm.crop or cfg.train.crop
     else:
         torch.manual_seed(seed)
         model = build_model(base.model_config if base is not None else cfg.train.model)
-        steps, lr, frozen = cfg.first_steps, cfg.train.lr, 0
+        steps, lr, frozen, crop = cfg.first_steps, cfg.train.lr, 0, cfg.train.crop
     freeze_encoder_stages(model, frozen)
     pairs = (cache or ScaledCache()).pairs(sorted(train, key=lambda i: i.name), scale)
     epochs = _steps_to_epochs(steps, cfg.train.batch_size, len(pairs))
-    tcfg = replace(cfg.train, model=model.config, epochs=epochs, lr=lr, seed=seed, scale=scale, progress=False,
-                   budget_minutes=None)
+    tcfg = replace(cfg.train, model=model.config, epochs=epochs, lr=lr, seed=seed, scale=scale, crop=crop,
+                   progress=False, budget_minutes=None)
 
     def on_epoch(record: EpochRecord, *_) -> None:
         if progress is not None:

@@ -34,13 +34,16 @@ class TrainConfig:
 @dataclass(frozen=True)
 class WarmRound:
     """How a warm-started retraining round trains (the HITL study's rounds and the app's
-    retrains after its first model): ``steps`` optimiser steps at ``lr_scale`` x the
-    training lr, the encoder's stem and first ``freeze_stages`` stages left as they are.
-    Measured in docs/benchmarks.md (HITL round speed)."""
+    retrains after its first model): ``steps`` optimiser steps of ``crop``-pixel crops at
+    ``lr_scale`` x the training lr, the encoder's stem and first ``freeze_stages`` stages left
+    as they are. Measured in docs/benchmarks.md (HITL round speed): on 2 cores a step of 8
+    crops of 224 px costs 1.17 s, of 160 px 0.57 s, so 80 steps of 160 px fit the one-minute
+    round (None: the training crop)."""
 
     steps: int = 80
     lr_scale: float = 0.5
     freeze_stages: int = 0
+    crop: int | None = 160
 
 
 @dataclass(frozen=True)

@@ -128,7 +128,8 @@ def round_args(runner: StudyRunner) -> list[str]:
     if r.retrain != "warm":
         raise PathosegError("the app retrains warm-started; --retrain scratch has no app equivalent")
     return ["--steps", str(r.first_steps), "--warm-steps", str(r.warm.steps), "--warm-lr-scale",
-            str(r.warm.lr_scale), "--freeze-stages", str(r.warm.freeze_stages), "--batch-size", str(t.batch_size),
+            str(r.warm.lr_scale), "--freeze-stages", str(r.warm.freeze_stages), "--warm-crop",
+            str(r.warm.crop or t.crop), "--batch-size", str(t.batch_size),
             "--crop", str(t.crop), "--scale", str(t.scale), "--preset", t.model.preset, "--holdout",
             str(r.gate.holdout), "--seed", str(r.seed),
             *(["--device", runner.cfg.device] if runner.cfg.device else [])]
