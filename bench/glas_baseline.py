@@ -22,7 +22,7 @@ from pathoseg.engine.predict import PredictConfig
 from pathoseg.engine.train import TrainConfig
 from pathoseg.models import ModelConfig
 from pathoseg.pipeline.evaluation import evaluate_parts, metrics_lines, model_segmenter, summarize_parts
-from pathoseg.pipeline.training import find_glas, plan_data, run_training
+from pathoseg.pipeline.training import find_dataset, plan_data, run_training
 
 
 def main() -> None:
@@ -42,7 +42,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
 
-    data = find_glas(args.data)
+    data = find_dataset(args.data)
     if data is None:
         raise SystemExit("GlaS not found: pass --data")
     cfg = replace(d, model=ModelConfig(args.model), epochs=args.epochs, budget_minutes=args.budget,

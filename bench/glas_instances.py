@@ -34,7 +34,7 @@ from pathoseg.engine.predict import PredictConfig
 from pathoseg.engine.train import TrainConfig
 from pathoseg.models import DEFAULT_HEAD, ModelConfig
 from pathoseg.pipeline.evaluation import evaluate_parts, metrics_lines, model_segmenter, summarize_parts
-from pathoseg.pipeline.training import find_glas, plan_data, run_training
+from pathoseg.pipeline.training import find_dataset, plan_data, run_training
 
 KEYS = ("f1", "object_dice", "object_hausdorff", "iou_pooled")
 PARTS = ("testA", "testB", "test")
@@ -141,7 +141,7 @@ def main() -> None:
                     help="evaluate finished seeds again with the current decoder (no training)")
     args = ap.parse_args()
 
-    data = find_glas(args.data)
+    data = find_dataset(args.data)
     if data is None:
         raise SystemExit("GlaS not found: pass --data")
     out = Path(args.out)

@@ -35,7 +35,7 @@ from pathoseg.hitl.study import StudyConfig, StudyRunner
 from pathoseg.io import write_json
 from pathoseg.models import ModelConfig
 from pathoseg.pipeline.evaluation import headline_part
-from pathoseg.pipeline.training import find_glas
+from pathoseg.pipeline.training import find_dataset
 
 
 def parse_option(spec: str) -> tuple[str, int, float, int]:
@@ -105,7 +105,7 @@ def main() -> None:
                                    "seconds_per_step": {str(k): v for k, v in times.items()}})
         return
 
-    data = find_glas(args.data)
+    data = find_dataset(args.data)
     train = replace(TrainConfig(), model=ModelConfig("lite0"), scale=args.scale)
     rows = []
     for spec in args.options.split(","):

@@ -43,7 +43,7 @@ from pathoseg.models import ModelConfig, build_model
 from pathoseg.models.registry import PRESETS
 from pathoseg.pipeline.evaluation import evaluate_parts, model_segmenter, summarize_parts
 from pathoseg.pipeline.export import calibration_images
-from pathoseg.pipeline.training import find_glas, plan_data
+from pathoseg.pipeline.training import find_dataset, plan_data
 
 ROOT = Path(__file__).resolve().parents[1]
 UNTRAINED = "untrained head on the ImageNet encoder (speed only)"
@@ -157,7 +157,7 @@ def main() -> None:
                                                    else ROOT / "docs" / "results" / "inference_speed.json")
     if args.threads:
         torch.set_num_threads(args.threads)
-    data = find_glas(args.data)
+    data = find_dataset(args.data)
     if data is None:
         sys.exit("GlaS not found: pass --data")
     plan = plan_data(data, "official")

@@ -21,7 +21,7 @@ from scipy.spatial.distance import directed_hausdorff
 
 from pathoseg.data import load_dataset
 from pathoseg.metrics import object_metrics, object_tally, pixel_counts
-from pathoseg.pipeline.training import find_glas
+from pathoseg.pipeline.training import find_dataset
 
 
 def perturb(labels: np.ndarray, seed: int) -> np.ndarray:
@@ -61,7 +61,7 @@ def main() -> None:
     ap.add_argument("--data")
     ap.add_argument("--baseline-images", type=int, default=10)
     args = ap.parse_args()
-    data = load_dataset(find_glas(args.data))
+    data = load_dataset(find_dataset(args.data))
     tests = [s for s in data if s.part in ("testA", "testB")]
     pairs = []
     for k, s in enumerate(tests):

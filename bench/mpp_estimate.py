@@ -58,7 +58,7 @@ from pathoseg.data.mpp_estimate import MppEstimateConfig, estimate_mpp, measure_
 from pathoseg.data.resolution import GLAS_MPP, resample_image
 from pathoseg.engine.mpp_regressor import COEFFICIENTS, MppRegressor, fit_ridge, save_fits
 from pathoseg.io import write_json
-from pathoseg.pipeline.training import find_glas
+from pathoseg.pipeline.training import find_dataset
 
 FACTORS = (0.4, 0.5, 0.67, 0.8, 1.0, 1.25, 1.5, 2.0, 2.5)
 TOLERANCE = 0.15
@@ -316,7 +316,7 @@ def main() -> None:
     ap.add_argument("--crop", help="WxH: the centre of each resampled image, this many pixels (all factors alike)")
     ap.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", help="MppEstimateConfig override")
     args = ap.parse_args()
-    root = find_glas(args.data)
+    root = find_dataset(args.data)
     if root is None:
         raise SystemExit("GlaS not found: pass --data")
     data = load_dataset(root)

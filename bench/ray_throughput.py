@@ -35,9 +35,9 @@ def plain_images(folder: Path, n: int, data: str | None) -> list[Path]:
     from pathoseg.data import load_dataset
     from pathoseg.data.images import write_rgb_png
     from pathoseg.data.synthetic import SyntheticConfig, synthetic_sample
-    from pathoseg.pipeline.training import find_glas
+    from pathoseg.pipeline.training import find_dataset
 
-    root = find_glas(data)
+    root = find_dataset(data)
     if root is not None:
         return [s.image_path for s in load_dataset(root) if s.part == "testA"][:n]
     return [write_rgb_png(folder / f"synth_{k}.png", synthetic_sample(500 + k, SyntheticConfig(size=(512, 512)))[0])

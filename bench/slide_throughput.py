@@ -87,14 +87,14 @@ def agreement(checkpoint: Path, data: str | None, n: int, tiles: list[int], out:
     from pathoseg.data.slides import Slide, write_pyramidal_tiff
     from pathoseg.engine.checkpoint import load_model
     from pathoseg.engine.predict import PredictConfig, predict_instances
-    from pathoseg.engine.slides import SlideConfig, predict_slide
+    from pathoseg.engine.wsi.run import SlideConfig, predict_slide
     from pathoseg.metrics import object_metrics, object_tally
-    from pathoseg.pipeline.training import find_glas
+    from pathoseg.pipeline.training import find_dataset
 
     def iou(a: np.ndarray, b: np.ndarray) -> float:
         return float(((a > 0) & (b > 0)).sum() / max(1, ((a > 0) | (b > 0)).sum()))
 
-    root = find_glas(data)
+    root = find_dataset(data)
     if root is None:
         sys.exit("--agreement needs GlaS (--data)")
     model, ckpt = load_model(checkpoint)

@@ -90,7 +90,7 @@ def test_ray_writes_byte_identical_outputs_to_the_single_process_path(local_ray,
         assert main(["predict", *inputs, "--out", str(tmp_path / "local")]) == 0
         local_out = capsys.readouterr().out
         patch.chdir(tmp_path)
-        patch.setattr("pathoseg.engine.slides.LocalWindows.logits", _not_here)  # the workers compute every window
+        patch.setattr("pathoseg.engine.wsi.run.LocalWindows.logits", _not_here)  # the workers compute every window
         # One slide on two workers: its windows are split over both, this process stitches.
         assert main(["predict", *relative, "--out", "ray", "--engine", "ray", "--workers", "2"]) == 0
         ray_out = capsys.readouterr().out

@@ -25,19 +25,18 @@ from pathoseg.data.targets import head_targets
 from pathoseg.engine.checkpoint import Checkpoint, load_model
 from pathoseg.engine.instances import InstanceConfig, decode_instances
 from pathoseg.engine.predict import PredictConfig, predict_instances
-from pathoseg.engine.slides import (
-    Grid,
-    SlideConfig,
-    border_matches,
-    predict_slide,
-    read_manifest,
-    resolve_glands,
-    stitch_cells,
-    stitched_labels,
-)
+from pathoseg.engine.wsi.grid import Grid
+from pathoseg.engine.wsi.run import SlideConfig, predict_slide
+from pathoseg.engine.wsi.stitch import CoreCache, Glands, border_matches, read_manifest, resolve_glands, stitch_cells
 from pathoseg.errors import PathosegError
 from pathoseg.metrics.glas import object_metrics, object_tally
 from pathoseg.models import ModelConfig, build_model
+
+
+def stitched_labels(work: Path, grid: Grid, glands: Glands) -> np.ndarray:
+    """The whole canvas as one label map (slides use the streaming writers)."""
+    return CoreCache(work, grid, glands).sample(np.arange(grid.height), np.arange(grid.width)).astype(np.int32)
+
 
 GLASS = (238, 236, 240)  # an empty slide: bright, almost grey
 ROOT = Path(__file__).resolve().parents[1]

@@ -80,20 +80,11 @@ def _train_config(args: argparse.Namespace):
     )
 
 
-def _predict_configs(args: argparse.Namespace, ckpt):
-    from pathoseg.engine.predict import PredictConfig
-
-    return (PredictConfig(scale=ckpt.scale, tta=args.tta, tile=args.tile),
-            ckpt.instance_config(method=args.instances, min_size=args.min_size))
-
-
 def cmd_train(args: argparse.Namespace) -> None:
     from pathoseg.engine.distributed import ranks_from_env
-    from pathoseg.pipeline.training import find_glas, plan_data, run_training
+    from pathoseg.pipeline.training import plan_data, require_dataset, run_training
 
-    data = find_glas(args.data)
-    if data is None:
-        raise PathosegError("no data: pass --data DIR (GlaS or images/ + masks/)")
+    data = require_dataset(args.data)
     plan = plan_data(data, args.split, args.split_file, args.seed, args.val_fraction)
     result = run_training(plan, _train_config(args), Path(args.out), args.device, args.resume and not args.fresh,
                           nproc=args.nproc)
@@ -104,69 +95,14 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
-    from pathoseg.engine.backends import load_backend
-    from pathoseg.engine.device import choose_device
-    from pathoseg.pipeline.evaluation import (
-        data_input_mpp,
-        evaluate_parts,
-        folder_segmenter,
-        metrics_lines,
-        model_segmenter,
-        write_outputs,
-    )
-    from pathoseg.pipeline.training import find_glas, plan_data
+    from pathoseg.pipeline.evaluate_run import EvaluateRequest, parse_split, run_evaluate
 
-    kind, parts = _split_and_parts(args.split, args.split_part)
-    args.split = kind
-    out = Path(args.out)
-    if args.predictions:
-        data = find_glas(args.data)
-        if data is None:
-            raise PathosegError("--predictions needs --data (the ground truth)")
-        plan = plan_data(data, args.split, args.split_file)
-        if args.mpp is not None:
-            raise PathosegError("--mpp applies to a model's predictions, not to --predictions")
-        segment, history = folder_segmenter(Path(args.predictions)), None
-    elif args.checkpoint:
-        device = choose_device(args.device)
-        model, ckpt = load_backend(args.checkpoint, _backend(args), device)
-        if args.data or args.split_file or not ckpt.split:
-            data = find_glas(args.data)
-            if data is None:
-                raise PathosegError("pass --data: the data set to evaluate on")
-            plan = plan_data(data, args.split, args.split_file)
-        else:  # the checkpoint remembers its data set and split
-            from pathoseg.data.splits import Split
-
-            data = ckpt.split.get("data_root") or find_glas(None)
-            if data is None or not Path(data).is_dir():
-                raise PathosegError(f"pass --data: the checkpoint's data set ({data}) was not found")
-            plan = plan_data(data, args.split)
-            plan.split = Split.from_dict(ckpt.split, args.checkpoint)
-            plan.split.check(plan.data)
-        from pathoseg.pipeline.prediction import model_mpp_of
-
-        pcfg, icfg = _predict_configs(args, ckpt)
-        model_mpp = model_mpp_of(ckpt, None, args.checkpoint)
-        input_mpp = data_input_mpp(plan.data, args.mpp, model_mpp, args.checkpoint)
-        segment, history = model_segmenter(model, pcfg, icfg, device, input_mpp, model_mpp), ckpt.history
-    else:
-        raise PathosegError("pass a checkpoint (pathoseg evaluate runs/x/best.pt) or --predictions DIR")
-    if parts and "test" in parts:  # "test" = every test part of the split
-        parts = list(plan.split.test)
-    results = evaluate_parts(plan.data, plan.split, segment, parts, keep_pictures=not args.no_pictures)
-    json_path = Path(args.json) if args.json else None
-    outputs = write_outputs(results, out, "pathoseg evaluation", history, json_path=json_path,
-                            pictures=not args.no_pictures)
-    print("\n".join(metrics_lines(outputs.metrics)))
-    print(f"metrics: {outputs.metrics_json}" + (f"; report: {outputs.report}" if outputs.report else ""))
-
-
-def _split_and_parts(split: str, split_part: str | None) -> tuple[str, list[str] | None]:
-    """``--split`` names a split kind (official, random) or the test part(s) to evaluate."""
-    if split in ("official", "random"):
-        return split, split_part.split(",") if split_part else None
-    return "official", [p.strip() for p in split.split(",") if p.strip()]
+    kind, parts = parse_split(args.split, args.split_part)
+    model = {"checkpoint": args.checkpoint, "backend": _backend(args)} if args.checkpoint else {}
+    run_evaluate(EvaluateRequest(
+        out=args.out, predictions=args.predictions, data=args.data, split_kind=kind, parts=parts,
+        split_file=args.split_file, device=args.device, mpp=args.mpp, tta=args.tta, tile=args.tile,
+        instances=args.instances, min_size=args.min_size, json=args.json, pictures=not args.no_pictures, **model))
 
 
 def _ray_config(args: argparse.Namespace, backend):
@@ -186,89 +122,14 @@ def _ray_config(args: argparse.Namespace, backend):
 
 
 def cmd_predict(args: argparse.Namespace) -> None:
-    from pathoseg.data.resolution import AUTO, parse_mpp
-    from pathoseg.engine.backends import load_backend
-    from pathoseg.engine.device import choose_device
-    from pathoseg.pipeline.prediction import (
-        collect_inputs,
-        estimate_input_mpps,
-        estimate_line,
-        file_digest,
-        min_size_from_area,
-        model_mpp_of,
-        need_model_mpp,
-        open_slides,
-        predict_files,
-        predict_slides,
-        resolution_configs,
-        slide_config,
-    )
+    from pathoseg.pipeline.predict_run import PredictRequest, run_predict
 
-    device = choose_device(args.device)
     backend = _backend(args)
-    ray_cfg = _ray_config(args, backend)
-    model, ckpt = load_backend(args.checkpoint, backend, device)
-    images, slides = collect_inputs(args.inputs)  # every check before anything is written
-    first = (images or slides)[0]
-    parsed = parse_mpp(args.mpp, "--mpp", first)
-    auto_mpp, mpp = parsed == AUTO, parsed if parsed != AUTO else None
-    if args.min_size is not None and args.min_area is not None:
-        raise PathosegError("pass --min-size (pixels) or --min-area (µm²), not both")
-    if args.region is not None and not slides:
-        raise PathosegError("--region applies to whole-slide images; none given", first)
-    slide_cfg = slide_config(args.tile, args.tta, slides[0]) if slides else None
-    model_mpp = model_mpp_of(ckpt, args.model_mpp, args.checkpoint)
-    pcfg, icfg = _predict_configs(args, ckpt)
-    icfg = min_size_from_area(icfg, args.min_area, model_mpp, args.checkpoint)
-    if slides:
-        need_model_mpp(model_mpp, args.checkpoint, "for whole-slide images")
-    if images and (mpp is not None or auto_mpp):
-        need_model_mpp(model_mpp, args.checkpoint, "for --mpp")
-    # Plain images of unknown resolution: estimated from their content when the model's is known
-    # (here for --engine ray too, so that its workers resample each image as this process would).
-    input_mpps = None
-    if images and mpp is None and model_mpp is not None:
-        estimates = estimate_input_mpps(images, model_mpp)
-        for path, (used, est) in estimates.items():
-            line = estimate_line(path, used, est, model_mpp)
-            if line:
-                print(line)
-        input_mpps = {path: used for path, (used, _) in estimates.items()}
-    opened = open_slides(slides, mpp, args.region, estimate=auto_mpp)
-    for slide, _ in opened:
-        if slide.mpp_estimate is not None:
-            est = slide.mpp_estimate
-            print(f"estimated {est.mpp:.2f} µm/px (confidence {est.confidence:.1f}, {est.note}) for "
-                  f"{slide.path.name}, which has no resolution metadata")
-    out = Path(args.out)
-    img_pcfg, img_icfg = resolution_configs(pcfg, icfg, mpp, model_mpp)
-    identity = {"checkpoint": file_digest(args.checkpoint), **backend.identity()} if opened else None
-    if args.engine == "ray":
-        from pathoseg.pipeline.ray_engine import PredictJob, predict_on_ray
-
-        for slide, _ in opened:  # each worker opens the slides it is given
-            slide.close()
-        job = PredictJob(out, args.device, img_pcfg, img_icfg, icfg, slide_cfg, mpp, model_mpp, ckpt.scale, identity,
-                         input_mpps, {slide.path: slide.mpp for slide, _ in opened})
-        _, runs = predict_on_ray(ckpt, images, [(slide.path, region) for slide, region in opened], job, ray_cfg)
-    else:
-        try:
-            if images:
-                predict_files(model, images, out, img_pcfg, img_icfg, device, input_mpps=input_mpps,
-                              model_mpp=model_mpp)
-        except BaseException:
-            for slide, _ in opened:
-                slide.close()
-            raise
-        runs = predict_slides(model, opened, out / "slides", model_mpp, ckpt.scale, icfg, device, slide_cfg,
-                              identity) if opened else []
-    if images:
-        print(f"{len(images)} images -> {out}/masks, {out}/instances, {out}/overlays")
-    if opened:
-        for (slide, _), run in zip(opened, runs, strict=True):
-            print(f"{slide.path.name}: {run.glands} glands in {run.tissue_mpx:.1f} MP of tissue "
-                  f"({run.seconds:.0f} s) -> {run.outputs['geojson']}, {run.outputs['mask']}, "
-                  f"{run.outputs['overview']}")
+    run_predict(PredictRequest(
+        checkpoint=args.checkpoint, inputs=tuple(args.inputs), out=args.out, backend=backend,
+        ray=_ray_config(args, backend), device=args.device, mpp=args.mpp, model_mpp=args.model_mpp,
+        region=args.region, tile=args.tile, tta=args.tta, instances=args.instances, min_size=args.min_size,
+        min_area=args.min_area))
 
 
 def cmd_export(args: argparse.Namespace) -> None:
@@ -301,25 +162,28 @@ def cmd_visualize(args: argparse.Namespace) -> None:
     print(f"IoU {iou:.4f}; overlap picture: {out}")
 
 
-def cmd_data(args: argparse.Namespace) -> None:
-    if args.action == "check":
-        from pathoseg.data import load_dataset
-        from pathoseg.data.check import check_dataset
+def cmd_data_check(args: argparse.Namespace) -> None:
+    from pathoseg.data import load_dataset
+    from pathoseg.data.check import check_dataset
 
-        print("\n".join(check_dataset(load_dataset(args.path)).lines()))
-    elif args.action == "synth":
-        from pathoseg.data.synthetic import write_synthetic
+    print("\n".join(check_dataset(load_dataset(args.path)).lines()))
 
-        out = write_synthetic(args.path, args.n, args.seed)
-        print(f"wrote {args.n} synthetic images with masks to {out}")
-    elif args.action == "split":
-        from pathoseg.data import load_dataset
-        from pathoseg.data.splits import make_split
 
-        split = make_split(load_dataset(args.path), args.kind, args.seed, args.val_fraction)
-        out = split.save(args.out)
-        sizes = ", ".join(f"{k} {len(v)}" for k, v in split.test.items())
-        print(f"{split.kind} split: train {len(split.train)}, val {len(split.val)}, {sizes} -> {out}")
+def cmd_data_synth(args: argparse.Namespace) -> None:
+    from pathoseg.data.synthetic import write_synthetic
+
+    out = write_synthetic(args.path, args.n, args.seed)
+    print(f"wrote {args.n} synthetic images with masks to {out}")
+
+
+def cmd_data_split(args: argparse.Namespace) -> None:
+    from pathoseg.data import load_dataset
+    from pathoseg.data.splits import make_split
+
+    split = make_split(load_dataset(args.path), args.kind, args.seed, args.val_fraction)
+    out = split.save(args.out)
+    sizes = ", ".join(f"{k} {len(v)}" for k, v in split.test.items())
+    print(f"{split.kind} split: train {len(split.train)}, val {len(split.val)}, {sizes} -> {out}")
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
@@ -338,16 +202,13 @@ def cmd_demo(args: argparse.Namespace) -> None:
 def cmd_compare(args: argparse.Namespace) -> None:
     from pathoseg.engine.settings import TrainConfig
     from pathoseg.pipeline.compare import CompareConfig, markdown_table, run_compare
-    from pathoseg.pipeline.training import find_glas
+    from pathoseg.pipeline.training import require_dataset
 
-    data = find_glas(args.data)
-    if data is None:
-        raise PathosegError("no data: pass --data DIR (GlaS or images/ + masks/)")
-    epochs = args.epochs or (15 if args.protocol == "seed" else TrainConfig().epochs)
-    train = replace(TrainConfig(), epochs=epochs, budget_minutes=args.budget, crop=args.crop)
+    data = require_dataset(args.data)
+    train = replace(TrainConfig(), budget_minutes=args.budget, crop=args.crop)
     train = replace(train, scale=args.scale) if args.scale is not None else train
-    cfg = CompareConfig(models=[m.strip() for m in args.models.split(",") if m.strip()], protocol=args.protocol,
-                        seeds=args.seeds, train=train, device=args.device)
+    cfg = CompareConfig.of([m.strip() for m in args.models.split(",") if m.strip()], args.protocol, args.epochs,
+                           seeds=args.seeds, train=train, device=args.device)
     rows = run_compare(data, cfg, Path(args.out), fresh=args.fresh)
     print(markdown_table(rows))
     print(f"table: {args.out}/compare.csv, {args.out}/compare.md; report: {args.out}/report.html")
@@ -357,11 +218,9 @@ def cmd_hitl(args: argparse.Namespace) -> None:
     from pathoseg.hitl.outputs import write_study_outputs
     from pathoseg.hitl.strategies import parse_strategy
     from pathoseg.hitl.study import StudyRunner
-    from pathoseg.pipeline.training import find_glas
+    from pathoseg.pipeline.training import require_dataset
 
-    data = find_glas(args.data)
-    if data is None:
-        raise PathosegError("no data: pass --data DIR (GlaS or images/ + masks/)")
+    data = require_dataset(args.data)
     strategies = [parse_strategy(s.strip(), args.review_fraction, args.fix_fraction)
                   for s in args.strategies.split(",") if s.strip()]
     cfg = study_config(args, strategies)
@@ -395,11 +254,7 @@ def study_config(args: argparse.Namespace, strategies: list):
     rounds = RoundConfig(train=train, warm=warm, retrain=args.retrain)
     cfg = StudyConfig(strategies=strategies, rounds=args.rounds, seeds=args.seeds, selection=args.selection,
                       round=rounds, initial_fraction=args.initial_fraction, device=args.device)
-    if args.quick:
-        quick = RoundConfig(train=replace(train, scale=min(args.scale, 0.35), crop=min(args.crop, 160)),
-                            first_steps=60, warm=replace(warm, steps=30), retrain=args.retrain)
-        cfg = replace(cfg, round=quick, test_limit=20)
-    return cfg
+    return cfg.quick() if args.quick else cfg
 
 
 def _refresh_predictions(project) -> None:
@@ -698,6 +553,10 @@ def _add_worker_parser(sub) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from pathoseg.engine.settings import TrainConfig
+    from pathoseg.hitl import STUDY_SCALE
+    from pathoseg.models.config import ModelConfig
+
     parser = argparse.ArgumentParser(prog="pathoseg", description="Gland segmentation in H&E histology (DeepLabV3+).")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -807,7 +666,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, help="default 15 (seed protocol) or the training default")
     p.add_argument("--budget", type=float, metavar="MINUTES", help="cap each model's training time")
     p.add_argument("--scale", type=float, help="working scale (default: the training default)")
-    p.add_argument("--crop", type=int, default=224)
+    p.add_argument("--crop", type=int, default=TrainConfig.crop)
     p.add_argument("--out", default=str(DEFAULT_RUNS / "compare"))
     p.add_argument("--device")
     p.add_argument("--fresh", action="store_true",
@@ -830,9 +689,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--round-lr-scale", type=float, help="warm rounds' lr as a fraction of the training lr")
     p.add_argument("--freeze-stages", type=int, help="warm rounds keep the encoder's stem + N early stages fixed")
     p.add_argument("--round-crop", type=int, help="warm rounds' crop side at working scale (default: RoundConfig's)")
-    p.add_argument("--model", default="lite0")
-    p.add_argument("--scale", type=float, default=0.5)
-    p.add_argument("--crop", type=int, default=224)
+    p.add_argument("--model", default=ModelConfig.preset)
+    p.add_argument("--scale", type=float, default=STUDY_SCALE,
+                   help=f"the first model's working scale (default {STUDY_SCALE}, the study's protocol)")
+    p.add_argument("--crop", type=int, default=TrainConfig.crop)
     p.add_argument("--quick", action="store_true", help="about 10 minutes: short rounds, 20 test images")
     p.add_argument("--via-app", action="store_true",
                    help="run every round through a real `pathoseg serve` and `pathoseg worker` on a temporary "
@@ -853,14 +713,22 @@ def build_parser() -> argparse.ArgumentParser:
     _add_worker_parser(sub)
 
     p = sub.add_parser("data", help="check a data set, write a synthetic one, or write a split")
-    p.add_argument("action", choices=("check", "synth", "split"))
-    p.add_argument("path", help="data set folder (for synth: where to write)")
-    p.add_argument("--n", type=int, default=40, help="synth: number of images")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--kind", default="official", choices=("official", "random"), help="split kind")
-    p.add_argument("--val-fraction", type=float, default=0.1)
-    p.add_argument("--out", default="split.json", help="split: JSON to write")
-    p.set_defaults(func=cmd_data)
+    actions = p.add_subparsers(dest="data_action", required=True)
+    q = actions.add_parser("check", help="check every file of a data set and summarise it")
+    q.add_argument("path", help="data set folder")
+    q.set_defaults(func=cmd_data_check)
+    q = actions.add_parser("synth", help="write a synthetic data set (images/ + masks/)")
+    q.add_argument("path", help="where to write")
+    q.add_argument("--n", type=int, default=40, help="number of images")
+    q.add_argument("--seed", type=int, default=0)
+    q.set_defaults(func=cmd_data_synth)
+    q = actions.add_parser("split", help="write a train/validation/test split as JSON")
+    q.add_argument("path", help="data set folder")
+    q.add_argument("--kind", default="official", choices=("official", "random"))
+    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--val-fraction", type=float, default=0.1)
+    q.add_argument("--out", default="split.json", help="JSON to write")
+    q.set_defaults(func=cmd_data_split)
     return parser
 
 

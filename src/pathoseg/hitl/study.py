@@ -47,7 +47,8 @@ from pathoseg.engine.rounds import (
     review_maps,
     run_round,
 )
-from pathoseg.engine.settings import RoundConfig
+from pathoseg.engine.settings import RoundConfig, TrainConfig
+from pathoseg.hitl import STUDY_SCALE
 from pathoseg.hitl.annotator import DEFAULT_TOLERANCE_UM, CostModel, Effort, SimulatedAnnotator
 from pathoseg.hitl.selection import rank
 from pathoseg.hitl.strategies import Strategy, make_label
@@ -66,7 +67,8 @@ class StudyConfig:
     seeds: int = 1
     initial_fraction: float = 0.2  # of the training images, labelled by hand before round 1
     selection: str = "uncertainty"
-    round: RoundConfig = field(default_factory=RoundConfig)  # the app's retrain round (its seed: the study's)
+    # the app's retrain round (its seed: the study's), the first model at the study's scale
+    round: RoundConfig = field(default_factory=lambda: RoundConfig(train=TrainConfig(scale=STUDY_SCALE)))
     tolerance_um: float = DEFAULT_TOLERANCE_UM  # a gland outline this close to the truth is accepted as drawn
     um_per_px: float | None = None  # native pixel size of the data (None: the data set's, else GlaS's)
     cost: CostModel = field(default_factory=CostModel)
@@ -76,6 +78,14 @@ class StudyConfig:
     @property
     def retrain(self) -> str:
         return self.round.retrain
+
+    def quick(self) -> StudyConfig:
+        """About ten minutes on 2 cores (``pathoseg hitl --quick``): short rounds at a small
+        working scale, 20 test images."""
+        r = self.round
+        train = replace(r.train, scale=min(r.train.scale, 0.35), crop=min(r.train.crop, 160))
+        rounds = replace(r, train=train, first_steps=60, warm=replace(r.warm, steps=30))
+        return replace(self, round=rounds, test_limit=20)
 
 
 @dataclass(frozen=True)

@@ -39,6 +39,9 @@ PROTOCOLS = ("seed", "official")
 COLUMNS = ("iou_pooled", "iou_mean", "dice_pooled", "dice_mean", "f1", "object_dice", "object_hausdorff")
 
 
+SEED_PROTOCOL_EPOCHS = 15  # the original study's schedule
+
+
 @dataclass
 class CompareConfig:
     models: list[str]
@@ -47,6 +50,15 @@ class CompareConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     gallery: int = 3  # test images shown side by side across models
     device: str | None = None
+
+    @classmethod
+    def of(cls, models: list[str], protocol: str = "official", epochs: int | None = None, **changes) -> CompareConfig:
+        """The protocol's schedule unless ``epochs`` says otherwise: 15 epochs under ``seed`` (the
+        original study), else the training default."""
+        train = changes.pop("train", TrainConfig())
+        if epochs or protocol == "seed":
+            train = replace(train, epochs=epochs or SEED_PROTOCOL_EPOCHS)
+        return cls(models, protocol, train=train, **changes)
 
     def train_config(self, model: str, seed: int) -> TrainConfig:
         return replace(self.train, model=replace(self.train.model, preset=model), seed=seed, progress=False)

@@ -11,7 +11,7 @@ from pathoseg.engine.device import choose_device
 from pathoseg.engine.predict import PredictConfig
 from pathoseg.engine.train import TrainConfig
 from pathoseg.pipeline.evaluation import EvaluationOutputs, evaluate_parts, model_segmenter, write_outputs
-from pathoseg.pipeline.training import find_glas, plan_data, run_training
+from pathoseg.pipeline.training import find_dataset, plan_data, run_training
 
 
 @dataclass
@@ -33,7 +33,7 @@ def demo_config(quick: bool, synthetic: bool) -> TrainConfig:
 def run_demo(out: Path, data: str | Path | None = None, quick: bool = False, device: str | None = None,
              cfg: TrainConfig | None = None, log=print, epochs: int | None = None,
              budget: float | None = None) -> DemoResult:
-    found = find_glas(data)
+    found = find_dataset(data)
     synthetic = found is None or not Path(found).is_dir()
     if synthetic:
         if found is not None:

@@ -152,7 +152,7 @@ def open_slides(paths: Sequence[Path], mpp: float | None, region: str | None,
 def slide_config(tile: int | None, tta: bool, path: str | Path | None = None):
     """Slide settings from the command line's ``--tile`` (default 1024) and ``--tta``; a tile
     too small for the overlap is a one-line error naming ``path``."""
-    from pathoseg.engine.slides import SlideConfig
+    from pathoseg.engine.wsi.run import SlideConfig
 
     try:
         return SlideConfig(tile=tile or SlideConfig.tile, tta=tta)
@@ -163,10 +163,10 @@ def slide_config(tile: int | None, tta: bool, path: str | Path | None = None):
 def predict_slides(model: GlandSegmenter, slides: Sequence[tuple[Slide, Region]], out: Path, model_mpp: float,
                    scale: float, icfg: InstanceConfig, device: torch.device, cfg=None,
                    identity: dict | None = None, progress: bool = True, windows=None) -> list:
-    """Each slide through :func:`pathoseg.engine.slides.predict_slide` into ``out``
-    (``cfg``: a :class:`~pathoseg.engine.slides.SlideConfig`, default :func:`slide_config`;
+    """Each slide through :func:`pathoseg.engine.wsi.run.predict_slide` into ``out``
+    (``cfg``: a :class:`~pathoseg.engine.wsi.run.SlideConfig`, default :func:`slide_config`;
     ``windows``: where the window logits are computed, default ``model`` here)."""
-    from pathoseg.engine.slides import predict_slide
+    from pathoseg.engine.wsi.run import predict_slide
 
     cfg = cfg or slide_config(None, False)
     runs = []

@@ -37,7 +37,7 @@ from pathoseg.data.slides import Region, Slide
 from pathoseg.engine.checkpoint import Checkpoint
 from pathoseg.engine.instances import InstanceConfig
 from pathoseg.engine.predict import PredictConfig
-from pathoseg.engine.slides import SlideConfig, SlideRun, WindowRead, window_logits
+from pathoseg.engine.wsi.run import SlideConfig, SlideRun, WindowRead, window_logits
 from pathoseg.errors import PathosegError
 from pathoseg.models.heads import get_head
 from pathoseg.pipeline.prediction import predict_slides
@@ -134,7 +134,7 @@ class PredictWorker:
         return item.index, runs[0]
 
     def window_logits(self, path: Path, read: WindowRead, tta: bool) -> np.ndarray:
-        """One window of the slide at ``path`` (:func:`~pathoseg.engine.slides.window_logits`)."""
+        """One window of the slide at ``path`` (:func:`~pathoseg.engine.wsi.run.window_logits`)."""
         if self.slide is None or self.slide.path != path:
             if self.slide is not None:
                 self.slide.close()
@@ -144,7 +144,7 @@ class PredictWorker:
 
 @dataclass
 class RayWindows:
-    """A slide's windows over Ray actors (a :class:`~pathoseg.engine.slides.WindowSource`):
+    """A slide's windows over Ray actors (a :class:`~pathoseg.engine.wsi.run.WindowSource`):
     submitted round-robin in the stitcher's order, at most ``ahead`` not yet taken, so memory
     here stays bounded whatever the slide's size; a worker's error is one line."""
 

@@ -33,8 +33,12 @@ from pathoseg.runconfig import SETTINGS_FILE, check_fingerprint, digest, remove_
 SHARED_GLAS = Path(__file__).resolve().parents[3] / ".." / "shared" / "data" / "glas"
 
 
-def find_glas(explicit: str | Path | None = None) -> Path | None:
-    """``--data``, then ``$PATHOSEG_DATA``, then ``../shared/data/glas`` beside the checkout or cwd."""
+NO_DATA = "no data: pass --data DIR (GlaS or images/ + masks/)"
+
+
+def find_dataset(explicit: str | Path | None = None) -> Path | None:
+    """The data set folder: ``--data``, then ``$PATHOSEG_DATA``, then GlaS at
+    ``../shared/data/glas`` beside the checkout or the working folder; None when none is found."""
     if explicit:
         return Path(explicit)
     env = os.environ.get("PATHOSEG_DATA")
@@ -44,6 +48,14 @@ def find_glas(explicit: str | Path | None = None) -> Path | None:
         if cand.is_dir():
             return cand.resolve()
     return None
+
+
+def require_dataset(explicit: str | Path | None = None) -> Path:
+    """:func:`find_dataset`, or the one-line error saying how to name one."""
+    found = find_dataset(explicit)
+    if found is None:
+        raise PathosegError(NO_DATA)
+    return found
 
 
 @dataclass
