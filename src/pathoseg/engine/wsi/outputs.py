@@ -11,12 +11,12 @@ from pathlib import Path
 
 import numpy as np
 
+from pathoseg.data.geojson import gland_feature, mask_shape
 from pathoseg.engine.wsi.grid import Grid
 from pathoseg.engine.wsi.stitch import CoreCache, Glands
 from pathoseg.io import atomic_path
 
-GLAND_CLASS = {"name": "Gland", "color": [0, 160, 0]}
-
+SMOOTHING = 0.5  # px: slide outlines are smoothed by at most half a pixel (fewer vertices)
 
 @dataclass(frozen=True)
 class Placement:
@@ -34,35 +34,6 @@ class Placement:
         return affinity.affine_transform(shape, [self.kx, 0, 0, self.ky, self.x, self.y])
 
 
-def mask_shape(mask: np.ndarray, top: int = 0, left: int = 0, simplify: float = 0.5):
-    """The pixels of a boolean mask as one shapely (Multi)Polygon in canvas coordinates
-    (pixel edges; holes kept), smoothed by at most ``simplify`` pixels."""
-    import shapely
-    from shapely.geometry.polygon import orient
-
-    padded = np.pad(mask, ((0, 0), (1, 1)))
-    r, c = np.nonzero(np.diff(padded.astype(np.int8), axis=1))
-    starts, ends = c[0::2], c[1::2]  # np.nonzero is row-major, runs alternate start/end within a row
-    rows = r[0::2]
-    boxes = shapely.box(left + starts, top + rows, left + ends, top + rows + 1)
-    shape = shapely.union_all(boxes)
-    if simplify:
-        shape = shape.simplify(simplify, preserve_topology=True)
-    parts = [orient(p, 1.0) for p in getattr(shape, "geoms", [shape]) if p.area > 0]
-    return parts[0] if len(parts) == 1 else shapely.MultiPolygon(parts)
-
-
-def gland_feature(gland: int, shape, place: Placement) -> dict:
-    from shapely.geometry import mapping
-
-    geom = place.level0(shape)
-    return {"type": "Feature", "geometry": mapping(geom),
-            "properties": {"objectType": "annotation", "name": f"gland {gland}", "gland_id": gland,
-                           "classification": dict(GLAND_CLASS),
-                           "measurements": {"Area µm^2": round(geom.area * place.mpp**2, 2),
-                                            "Perimeter µm": round(geom.length * place.mpp, 2)}}}
-
-
 def write_geojson(path: Path, work: Path, grid: Grid, glands: Glands, place: Placement) -> int:
     """One feature per gland, streamed to disk; glands over several cells are put together
     from their pieces once the last piece is read."""
@@ -75,7 +46,8 @@ def write_geojson(path: Path, work: Path, grid: Grid, glands: Glands, place: Pla
 
         def emit(g: int, shape) -> None:
             nonlocal written
-            f.write((",\n" if written else "") + json.dumps(gland_feature(g, shape, place)))
+            feature = gland_feature(g, place.level0(shape), place.mpp)
+            f.write((",\n" if written else "") + json.dumps(feature))
             written += 1
 
         for k in range(len(grid)):
@@ -88,7 +60,7 @@ def write_geojson(path: Path, work: Path, grid: Grid, glands: Glands, place: Pla
             for g, (sy, sx) in objects.items():
                 piece = core[sy, sx] == g
                 if glands.cells_of[g] <= 1:
-                    emit(g, mask_shape(piece, v0 + sy.start, u0 + sx.start))
+                    emit(g, mask_shape(piece, v0 + sy.start, u0 + sx.start, SMOOTHING))
                     continue
                 pieces.setdefault(g, []).append((v0 + sy.start, u0 + sx.start, piece))
                 if len(pieces[g]) == glands.cells_of[g]:
@@ -113,7 +85,7 @@ def _assemble(parts: list[tuple[int, int, np.ndarray]]):
     mask = np.zeros((bottom - top, right - left), bool)
     for t, lft, m in parts:
         mask[t - top:t - top + m.shape[0], lft - left:lft - left + m.shape[1]] |= m
-    return mask_shape(mask, top, left)
+    return mask_shape(mask, top, left, SMOOTHING)
 
 
 def _level_sizes(width: int, height: int, min_side: int = 512) -> list[int]:

@@ -9,46 +9,24 @@ from pathlib import Path
 import numpy as np
 from sqlalchemy import select
 
+from pathoseg.data.geojson import feature_collection, gland_features
 from pathoseg.data.images import (
-    label_components,
     write_label_png,
 )
 from pathoseg.io import atomic_path, write_text
 from pathoseg.server.services.images import current_labels, predicted_instances
+from pathoseg.server.services.imports import project_mpp
 from pathoseg.server.storage import Image, Project
-
-
-def gland_geometries(labels: np.ndarray) -> list[tuple[int, dict]]:
-    """One GeoJSON geometry per gland of a label map (a binary mask: per component), in
-    pixel coordinates (x right, y down; a pixel covers [x, x+1) x [y, y+1)): the union of
-    its pixels, so holes stay as interior rings and the area is the pixel count exactly.
-    A gland in pieces is a MultiPolygon."""
-    from shapely import geometry, ops
-    from shapely.geometry.polygon import orient
-
-    labels = label_components(labels) if labels.dtype == bool else np.asarray(labels)
-    out = []
-    for gland in np.unique(labels[labels > 0]).tolist():
-        boxes = []
-        rows = np.flatnonzero((labels == gland).any(axis=1))
-        for r in rows.tolist():
-            line = np.concatenate([[False], labels[r] == gland, [False]])
-            edges = np.flatnonzero(line[1:] != line[:-1])  # run starts, ends (exclusive)
-            boxes += [geometry.box(a, r, b, r + 1) for a, b in zip(edges[::2], edges[1::2], strict=True)]
-        shape = ops.unary_union(boxes).simplify(0)  # drops the vertices along straight edges
-        parts = [orient(p, 1.0) for p in getattr(shape, "geoms", [shape])]
-        shape = parts[0] if len(parts) == 1 else geometry.MultiPolygon(parts)
-        out.append((int(gland), geometry.mapping(shape)))
-    return out
 
 
 def export(project: Project, out: str | Path) -> Path:
     """masks/ (0/255), instances/ (label maps with the saved ids), geojson/ (QuPath: one feature
-    per gland, holes as interior rings), status.csv (status and effort).
+    per gland, holes as interior rings, area and perimeter in µm), status.csv (status and effort).
 
     Images nobody corrected yet are exported with the active model's glands (status
     ``predicted`` in status.csv), straight from the instance decoder."""
     out = Path(out)
+    mpp = project_mpp(project)  # the images' µm/px: glands get their area and perimeter in µm
     rows = []
     with project.session() as s:
         for image in s.scalars(select(Image).order_by(Image.name)):
@@ -63,12 +41,8 @@ def export(project: Project, out: str | Path) -> Path:
                 continue
             write_label_png(out / "masks" / f"{image.name}.png", (instances > 0).astype(np.uint8) * 255)
             write_label_png(out / "instances" / f"{image.name}.png", instances)
-            features = [{"type": "Feature", "geometry": shape,
-                         "properties": {"objectType": "annotation", "name": f"gland {gland}", "gland_id": gland,
-                                        "classification": {"name": "Gland", "color": [0, 160, 0]}}}
-                        for gland, shape in gland_geometries(instances)]
             write_text(out / "geojson" / f"{image.name}.geojson",
-                       json.dumps({"type": "FeatureCollection", "features": features}))
+                       json.dumps(feature_collection(gland_features(instances, mpp))))
     with atomic_path(out / "status.csv") as tmp, tmp.open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=["name", "status", "mask_version", "updated_by", "seconds", "edits"])
         writer.writeheader()
