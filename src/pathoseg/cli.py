@@ -102,7 +102,8 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     run_evaluate(EvaluateRequest(
         out=args.out, predictions=args.predictions, data=args.data, split_kind=kind, parts=parts,
         split_file=args.split_file, device=args.device, mpp=args.mpp, tta=args.tta, tile=args.tile,
-        instances=args.instances, min_size=args.min_size, json=args.json, pictures=not args.no_pictures, **model))
+        instances=args.instances, min_size=args.min_size, json=args.json, pictures=not args.no_pictures,
+        anatomy_um=args.anatomy_tolerance, **model))
 
 
 def _ray_config(args: argparse.Namespace, backend):
@@ -385,6 +386,14 @@ def cmd_worker(args: argparse.Namespace) -> None:
         project.engine.dispose()
 
 
+def _number(text: str) -> float | str:
+    """A number, or the text as given (the workflow refuses it in one line naming the option)."""
+    try:
+        return float(text)
+    except ValueError:
+        return text
+
+
 def _positive(kind):
     def parse(text: str):
         value = kind(text)
@@ -555,6 +564,7 @@ def _add_worker_parser(sub) -> None:
 def build_parser() -> argparse.ArgumentParser:
     from pathoseg.engine.settings import TrainConfig
     from pathoseg.hitl import STUDY_SCALE
+    from pathoseg.metrics.anatomy import DEFAULT_TOLERANCE_UM
     from pathoseg.models.config import ModelConfig
 
     parser = argparse.ArgumentParser(prog="pathoseg", description="Gland segmentation in H&E histology (DeepLabV3+).")
@@ -599,6 +609,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=str(DEFAULT_RUNS / "evaluate"))
     p.add_argument("--json", help="also write the metrics JSON here")
     p.add_argument("--no-pictures", action="store_true")
+    p.add_argument("--anatomy-tolerance", type=_number, default=DEFAULT_TOLERANCE_UM, metavar="UM",
+                   help="error anatomy: a matched gland whose outline strays from the true one by more than this "
+                   f"many µm counts as a stray outline (default {DEFAULT_TOLERANCE_UM:g})")
     p.add_argument("--device")
     p.add_argument("--mpp", default=None, metavar="UM_PER_PX|auto",
                    help="µm/px of the data set's images, or auto: estimated per image from its content (default: "

@@ -26,8 +26,7 @@ from skimage import measure, segmentation
 
 from pathoseg.data.glas import GLAS_MPP
 from pathoseg.data.targets import IGNORE
-
-DEFAULT_TOLERANCE_UM = 5.0  # boundary deviation accepted as drawn (estimate; docs/hitl.md)
+from pathoseg.metrics.anatomy import DEFAULT_TOLERANCE_UM, box_of, match_glands, outline_strays, sequential
 
 
 @dataclass(frozen=True)
@@ -107,29 +106,9 @@ class Plan:
     n_pred: int
 
 
-def _ids(labels: np.ndarray) -> np.ndarray:
-    """Sequential instance ids (int32); a boolean mask becomes its connected components."""
-    if labels.dtype == bool:
-        return measure.label(labels, connectivity=2).astype(np.int32)
-    return segmentation.relabel_sequential(labels.astype(np.int64))[0].astype(np.int32)
-
-
-def _box(mask: np.ndarray, margin: int) -> tuple[slice, slice]:
-    rows, cols = np.nonzero(mask)
-    h, w = mask.shape
-    return (slice(max(0, rows.min() - margin), min(h, rows.max() + margin + 1)),
-            slice(max(0, cols.min() - margin), min(w, cols.max() + margin + 1)))
-
-
 def _outline(mask: np.ndarray) -> int:
     """Boundary length of a mask, in pixels (its inner boundary pixels)."""
     return int(segmentation.find_boundaries(np.pad(mask, 1), mode="inner").sum())
-
-
-def _edt(mask: np.ndarray) -> np.ndarray:
-    if mask.all():
-        return np.full(mask.shape, np.inf)
-    return ndi.distance_transform_edt(mask)
 
 
 @dataclass(frozen=True)
@@ -191,70 +170,34 @@ class SimulatedAnnotator:
             raise ValueError(f"shapes differ: prediction {pred.shape}, truth {gt.shape}"
                              + ("" if probs is None else f", probabilities {probs.shape}"))
         valid = gt != IGNORE if gt.dtype != bool else np.ones(gt.shape, bool)
-        true_ids = _ids(np.where(valid, gt, 0).astype(gt.dtype))
-        pred_ids = _ids(pred)
+        true_ids = sequential(np.where(valid, gt, 0).astype(gt.dtype))
+        pred_ids = sequential(pred)
         pred_ids[~valid] = 0
-        return _ids(pred_ids), true_ids, valid
+        return sequential(pred_ids), true_ids, valid
 
     def _plan(self, pred: np.ndarray, true: np.ndarray, probs: np.ndarray | None) -> Plan:
-        n_p, n_t = int(pred.max()), int(true.max())
-        overlap = np.bincount((pred.astype(np.int64) * (n_t + 1) + true).ravel(),
-                              minlength=(n_p + 1) * (n_t + 1)).reshape(n_p + 1, n_t + 1)
-        area_p, area_t = overlap.sum(1), overlap.sum(0)
+        """Fixes for the errors of the matching every error count uses
+        (:func:`pathoseg.metrics.anatomy.match_glands`), with their cheapest operations."""
+        m = match_glands(pred, true)
         recovered = self._recovered(true, probs)
-        fixes: list[Fix] = []
-        used_p: set[int] = set()
-        used_t: set[int] = set()
-        # merges: one predicted gland over more than half of each of two or more true glands
-        covers = overlap > 0.5 * area_t[None, :]  # predicted i covers more than half of true j
-        inside = overlap > 0.5 * area_p[:, None]  # predicted i lies more than half inside true j
-        covers[0, :] = covers[:, 0] = inside[0, :] = inside[:, 0] = False
-        for i in np.flatnonzero(covers.sum(1) >= 2).tolist():
-            js = [j for j in np.flatnonzero(covers[i]).tolist() if j not in used_t]
-            if len(js) >= 2:
-                fixes.append(self._fix_merged(pred == i, i, true, js, recovered))
-                used_p.add(i)
-                used_t.update(js)
-        # splits: two or more predicted glands each mostly inside one true gland
-        for j in np.flatnonzero(inside.sum(0) >= 2).tolist():
-            if j in used_t:
-                continue
-            pieces = [i for i in np.flatnonzero(inside[:, j]).tolist() if i not in used_p]
-            if len(pieces) >= 2:
-                fixes.append(self._fix_split(pred, pieces, true == j, j, recovered))
-                used_p.update(pieces)
-                used_t.add(j)
-        # one-to-one: mutually best-overlapping pairs (IoU > 0.5 pairs always are)
-        union = area_p[:, None] + area_t[None, :] - overlap
-        iou = np.where(union > 0, overlap / np.maximum(union, 1), 0.0)
-        iou[0, :] = iou[:, 0] = 0
-        iou[sorted(used_p), :] = 0
-        iou[:, sorted(used_t)] = 0
+        fixes = [self._fix_merged(pred == i, i, true, list(js), recovered) for i, js in m.merged]
+        fixes += [self._fix_split(pred, list(pieces), true == j, j, recovered) for pieces, j in m.split]
         accepted = []
-        for j in range(1, n_t + 1):
-            if j in used_t or iou[:, j].max() <= 0:
-                continue
-            i = int(iou[:, j].argmax())
-            if int(iou[i].argmax()) != j:
-                continue
+        for i, j in m.pairs:
             strokes = self._strokes(pred == i, true == j)
             if not strokes:  # right within tolerance
                 accepted.append(i)
-            else:
-                redraw = tuple(Op("redraw_boundary", self.cost.line(s), s) for s in strokes)
-                replace_ops = (Op("delete", self.cost.click), self._add(true == j, j, recovered))
-                ops = min(redraw, replace_ops, key=lambda o: sum(x.seconds for x in o))
-                fixes.append(Fix("stray_boundary", ops, (i,), (j,), int(area_p[i] + area_t[j] - overlap[i, j])))
-            used_p.add(i)
-            used_t.add(j)
-        for i in range(1, n_p + 1):
-            if i not in used_p:
-                fixes.append(Fix("false", (Op("delete", self.cost.click),), (i,), (), int(area_p[i])))
-        for j in range(1, n_t + 1):
-            if j not in used_t:
-                fixes.append(Fix("missed", (self._add(true == j, j, recovered),), (), (j,), int(area_t[j])))
+                continue
+            redraw = tuple(Op("redraw_boundary", self.cost.line(s), s) for s in strokes)
+            replace_ops = (Op("delete", self.cost.click), self._add(true == j, j, recovered))
+            ops = min(redraw, replace_ops, key=lambda o: sum(x.seconds for x in o))
+            size = int(m.pred_area[i] + m.true_area[j] - m.overlap[i, j])
+            fixes.append(Fix("stray_boundary", ops, (i,), (j,), size))
+        fixes += [Fix("false", (Op("delete", self.cost.click),), (i,), (), int(m.pred_area[i])) for i in m.false]
+        fixes += [Fix("missed", (self._add(true == j, j, recovered),), (), (j,), int(m.true_area[j]))
+                  for j in m.missed]
         fixes.sort(key=lambda f: (-f.size, f.true, f.pred))
-        return Plan(tuple(accepted), tuple(fixes), n_p)
+        return Plan(tuple(accepted), tuple(fixes), int(pred.max()))
 
     def _recovered(self, true: np.ndarray, probs: np.ndarray | None) -> set[int]:
         """True glands that one click on the probability map (above ``recover_threshold``)
@@ -280,27 +223,15 @@ class SimulatedAnnotator:
     def _strokes(self, p: np.ndarray, t: np.ndarray) -> list[float]:
         """Native lengths of the boundary stretches to redraw so that predicted mask ``p``
         becomes true mask ``t``: one stroke per connected stretch where the outlines are
-        more than the tolerance apart. Along it the true outline is drawn (for a missed
-        bulge its edge on the true background, for a false bulge its edge on the true
-        gland)."""
-        box = _box(p | t, margin=2)
-        p, t = p[box], t[box]
-        wrong = p ^ t
-        if not wrong.any():
-            return []
-        depth = np.where(t, _edt(t), _edt(~t))  # distance to the true outline
-        labels, n = ndi.label(wrong, structure=np.ones((3, 3)))
-        deepest = ndi.maximum(depth, labels, index=np.arange(1, n + 1))
-        edge = (wrong & p & ndi.binary_dilation(t)) | (wrong & t & ndi.binary_dilation(~t))
-        lengths = np.bincount(labels[edge], minlength=n + 1)
-        return [max(1, int(lengths[k])) / self.scale for k in range(1, n + 1) if deepest[k - 1] > self.tolerance_px]
+        more than the tolerance apart (:func:`pathoseg.metrics.anatomy.outline_strays`)."""
+        return [length / self.scale for length in outline_strays(p, t, self.tolerance_px)]
 
     def _fix_merged(self, p: np.ndarray, i: int, true: np.ndarray, js: list[int], recovered: set[int]) -> Fix:
         """One predicted gland over several true ones: cut it (a line per extra gland, as long
         as the cut through it), then redraw the pieces' outlines where they stray; or delete
         it and add the true glands, whichever is cheaper."""
         involved = p | np.isin(true, js)
-        box = _box(involved, margin=2)
+        box = box_of(involved, margin=2)
         pb, tb = p[box], true[box]
         seeds = np.zeros(pb.shape, np.int32)
         for k, j in enumerate(js, start=1):

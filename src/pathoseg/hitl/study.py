@@ -173,7 +173,8 @@ class StudyRunner:
     def score_test(self, ckpt: Checkpoint, split: Split) -> dict:
         segment = model_segmenter(ckpt.build(self.device), PredictConfig(scale=ckpt.scale), ckpt.instance_config(),
                                   self.device)
-        results = evaluate_parts(self.plan.data, split, segment, progress=False, keep_pictures=False)
+        results = evaluate_parts(self.plan.data, split, segment, progress=False, keep_pictures=False,
+                                 anatomy_um=None)  # the rounds' own cost: pixel and object metrics only
         return summarize_parts(results)
 
     # -- resuming -------------------------------------------------------------------------

@@ -3,6 +3,7 @@ set's test parts, with the pictures and the report (the command line only fills 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,6 +13,7 @@ from pathoseg.engine.device import choose_device
 from pathoseg.engine.instances import InstanceConfig
 from pathoseg.engine.predict import PredictConfig
 from pathoseg.errors import PathosegError
+from pathoseg.metrics.anatomy import DEFAULT_TOLERANCE_UM
 from pathoseg.pipeline.evaluation import (
     data_input_mpp,
     evaluate_parts,
@@ -44,6 +46,7 @@ class EvaluateRequest:
     min_size: int | None = None
     json: str | None = None  # also write the metrics here
     pictures: bool = True
+    anatomy_um: float = DEFAULT_TOLERANCE_UM  # error anatomy: an outline this close to the truth is right
 
 
 def parse_split(split: str, split_part: str | None) -> tuple[str, tuple[str, ...] | None]:
@@ -55,6 +58,8 @@ def parse_split(split: str, split_part: str | None) -> tuple[str, tuple[str, ...
 
 def run_evaluate(req: EvaluateRequest, say: Callable[[str], None] = print) -> dict:
     """Score, write metrics.json, the pictures and the report; returns the metrics."""
+    if not (isinstance(req.anatomy_um, int | float) and math.isfinite(req.anatomy_um) and req.anatomy_um > 0):
+        raise PathosegError(f"--anatomy-tolerance must be a positive number of µm, not {req.anatomy_um}")
     if req.predictions:
         data = find_dataset(req.data)
         if data is None:
@@ -90,7 +95,8 @@ def run_evaluate(req: EvaluateRequest, say: Callable[[str], None] = print) -> di
     parts = list(req.parts) if req.parts else None
     if parts and "test" in parts:  # "test" = every test part of the split
         parts = list(plan.split.test)
-    results = evaluate_parts(plan.data, plan.split, segment, parts, keep_pictures=req.pictures)
+    results = evaluate_parts(plan.data, plan.split, segment, parts, keep_pictures=req.pictures,
+                             anatomy_um=req.anatomy_um)
     outputs = write_outputs(results, Path(req.out), "pathoseg evaluation", history,
                             json_path=Path(req.json) if req.json else None, pictures=req.pictures)
     say("\n".join(metrics_lines(outputs.metrics)))

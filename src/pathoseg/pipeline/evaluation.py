@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import math
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -14,6 +15,7 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
+from pathoseg.data.glas import GLAS_MPP
 from pathoseg.data.images import BinaryMaskWarning, read_mask
 from pathoseg.data.mpp_estimate import auto_mpp
 from pathoseg.data.resolution import AUTO, parse_mpp
@@ -25,6 +27,7 @@ from pathoseg.engine.predict import PredictConfig, predict_instances
 from pathoseg.errors import PathosegError
 from pathoseg.io import atomic_path, write_json
 from pathoseg.metrics import ObjectTally, object_metrics, object_tally, pixel_counts, pixel_summary
+from pathoseg.metrics.anatomy import DEFAULT_TOLERANCE_UM, ERROR_KINDS, ErrorTally, error_tally
 from pathoseg.metrics.pixel import PixelCounts
 from pathoseg.models import GlandSegmenter
 from pathoseg.pipeline.prediction import need_model_mpp, resolution_configs
@@ -50,6 +53,7 @@ class ImageResult:
     counts: PixelCounts
     tally: ObjectTally
     overlap: np.ndarray | None = field(default=None, repr=False)  # picture, kept for the gallery
+    errors: ErrorTally = field(default_factory=ErrorTally)  # the error anatomy
 
     @property
     def iou(self) -> float:
@@ -57,22 +61,28 @@ class ImageResult:
 
     def row(self) -> dict:
         return {"name": self.name, "part": self.part, "grade": self.grade, "iou": self.counts.iou,
-                "dice": self.counts.dice, "tp": self.tally.tp, "fp": self.tally.fp, "fn": self.tally.fn}
+                "dice": self.counts.dice, "tp": self.tally.tp, "fp": self.tally.fp, "fn": self.tally.fn,
+                **{kind: getattr(self.errors, kind) for kind in ERROR_KINDS}}
 
 
 def score_image(sample: Sample, part: str, gt: np.ndarray, seg: np.ndarray,
-                image: np.ndarray | None = None) -> ImageResult:
+                image: np.ndarray | None = None, tolerance_px: float | None = None) -> ImageResult:
+    """Pixel and object tallies, the overlap picture (with ``image``) and, with
+    ``tolerance_px``, the error anatomy (:mod:`pathoseg.metrics.anatomy`)."""
     if gt.shape != seg.shape:
         raise PathosegError(
             f"prediction size {seg.shape[::-1]} does not match ground truth {gt.shape[::-1]}", sample.name
         )
     picture = instance_overlap_image(image, gt, seg) if image is not None else None
-    return ImageResult(sample.name, part, sample.grade, pixel_counts(gt, seg), object_tally(gt, seg), picture)
+    errors = error_tally(gt, seg, tolerance_px) if tolerance_px is not None else ErrorTally()
+    return ImageResult(sample.name, part, sample.grade, pixel_counts(gt, seg), object_tally(gt, seg), picture,
+                       errors)
 
 
-def summarize(results: Sequence[ImageResult]) -> dict[str, float]:
+def summarize(results: Sequence[ImageResult]) -> dict:
+    errors = sum((r.errors for r in results), ErrorTally())
     return {**pixel_summary(r.counts for r in results), **object_metrics(r.tally for r in results),
-            "n_images": len(results)}
+            "n_images": len(results), "errors": errors.as_dict()}
 
 
 def headline_part(metrics: dict[str, dict]) -> str:
@@ -95,8 +105,14 @@ Segmenter = Callable[[Sample, np.ndarray], np.ndarray]  # (sample, image) -> ins
 
 
 def evaluate_parts(data: SampleSet, split: Split, segment: Segmenter, parts: Sequence[str] | None = None,
-                   progress: bool = True, keep_pictures: bool = True) -> list[ImageResult]:
-    """Score ``segment`` on the chosen test parts of the split (all parts by default)."""
+                   progress: bool = True, keep_pictures: bool = True,
+                   anatomy_um: float | None = DEFAULT_TOLERANCE_UM) -> list[ImageResult]:
+    """Score ``segment`` on the chosen test parts of the split (all parts by default), with
+    the error anatomy at an outline tolerance of ``anatomy_um`` µm (None: none), converted
+    with the data set's µm/px (GlaS's when unknown)."""
+    if anatomy_um is not None and not (math.isfinite(anatomy_um) and anatomy_um > 0):
+        raise PathosegError(f"the error-anatomy tolerance must be a positive number of µm, not {anatomy_um}")
+    tolerance_px = anatomy_um / (data.mpp or GLAS_MPP) if anatomy_um is not None else None
     chosen = list(parts or split.test)
     unknown = [p for p in chosen if p not in split.test]
     if unknown:
@@ -107,7 +123,8 @@ def evaluate_parts(data: SampleSet, split: Split, segment: Segmenter, parts: Seq
         image, gt = sample.load()
         if gt is None:
             raise PathosegError("evaluation needs a mask", sample.image_path)
-        results.append(score_image(sample, part, gt, segment(sample, image), image if keep_pictures else None))
+        results.append(score_image(sample, part, gt, segment(sample, image), image if keep_pictures else None,
+                                   tolerance_px))
     return results
 
 
@@ -150,13 +167,22 @@ def folder_segmenter(pred_dir: Path) -> Segmenter:
     if not pred_dir.is_dir():
         raise PathosegError("predictions folder not found", pred_dir)
 
+    binary_seen = False
+
     def read(sample: Sample, image: np.ndarray) -> np.ndarray:
+        nonlocal binary_seen
         path = pred_dir / f"{sample.name}.png"
         if not path.is_file():
             raise PathosegError(f"no prediction for image {sample.name}", path)
-        with warnings.catch_warnings():  # a binary prediction is scored by its components, as documented
-            warnings.simplefilter("ignore", BinaryMaskWarning)
-            return read_mask(path)
+        with warnings.catch_warnings(record=True) as caught:  # scored by its components, as documented
+            warnings.simplefilter("always", BinaryMaskWarning)
+            labels = read_mask(path)
+        if not binary_seen and any(issubclass(w.category, BinaryMaskWarning) for w in caught):
+            binary_seen = True
+            warnings.warn(f"{pred_dir}: binary masks (e.g. {path.name}): glands are their connected components, so "
+                          "touching glands cannot be told apart (the error anatomy counts them as merges)",
+                          BinaryMaskWarning, stacklevel=2)
+        return labels
 
     return read
 
@@ -211,6 +237,11 @@ def write_outputs(results: Sequence[ImageResult], out: Path, title: str,
         rows = [{"part": p, **{k: m[k] for k in METRIC_KEYS}, "images": m["n_images"]} for p, m in metrics.items()]
         report.add_table("Metrics", rows, "pooled = all pixels of the part together; mean = mean of per-image "
                          "scores. F1, object Dice and object Hausdorff (pixels) as in the GlaS challenge.")
+        report.add_table("Error anatomy", [{"part": p, **m["errors"]} for p, m in metrics.items()],
+                         "Glands matched as the simulated pathologist matches them: a merge is one predicted gland "
+                         "over two or more true ones, a split one true gland in two or more predicted pieces, "
+                         "stray = a matched gland whose outline strays beyond the tolerance; counts of events.")
+        report.add_html("Worst images per error kind", worst_images_html(results))
         if history:
             report.add_image("Learning curve", figure_png_bytes(learning_curve_figure(history)))
         report.add_html("Overlap gallery", gallery_html(results))
@@ -225,4 +256,25 @@ def metrics_lines(metrics: dict[str, dict]) -> list[str]:
     lines = [head]
     for part, m in metrics.items():
         lines.append(f"{part:<7}{m['n_images']:>7}" + "".join(f"{m[k]:>17.4f}" for k in METRIC_KEYS))
+    for part, m in metrics.items():
+        e = m.get("errors") or {}
+        if e.get("true"):
+            lines.append(f"{part:<7} errors: {e['merged']} merged, {e['split']} split, {e['missed']} missed, "
+                         f"{e['false']} false, {e['stray']} stray outlines (of {e['true']} true glands, "
+                         f"{e['predicted']} predicted)")
     return lines
+
+
+def worst_images_html(results: Sequence[ImageResult], per_kind: int = 3) -> str:
+    """The images with the most errors of each kind, their overlap pictures side by side."""
+    rows = []
+    for kind in ERROR_KINDS:
+        ranked = sorted((r for r in results if r.overlap is not None and getattr(r.errors, kind)),
+                        key=lambda r: (-getattr(r.errors, kind), r.name))[:per_kind]
+        if not ranked:
+            continue
+        cells = "".join(f'<div style="display:inline-block;width:240px;margin:4px;vertical-align:top">'
+                        f'{image_html(_thumbnail_png(r.overlap), f"{r.name}: {getattr(r.errors, kind)} {kind}")}</div>'
+                        for r in ranked)
+        rows.append(f"<h3>{kind}</h3>{cells}")
+    return "".join(rows) or '<p class="note">No errors of any kind.</p>'
