@@ -46,7 +46,7 @@ from PIL import Image
 
 from pathoseg.data.synthetic import SyntheticConfig, synthetic_sample
 from pathoseg.server.services.images import add_image
-from pathoseg.server.storage import Project, create_user
+from pathoseg.server.storage import Project, add_user
 
 ENDPOINTS = ("list", "info", "image", "mask", "save")
 
@@ -107,8 +107,8 @@ def make_project(folder: Path, db: str | None, n_images: int, n_annotators: int,
         add_image(project, f"img{i:03d}", image, labels if i % 2 else None)
         if i % 2:
             imported.add(f"img{i:03d}")
-    tokens = {f"ann{k:02d}": create_user(project, f"ann{k:02d}") for k in range(n_annotators)}
-    tokens["admin"] = create_user(project, "admin", admin=True)
+    tokens = {f"ann{k:02d}": add_user(project, f"ann{k:02d}").token for k in range(n_annotators)}
+    tokens["admin"] = add_user(project, "admin", "admin").token
     project.engine.dispose()
     return tokens, imported
 

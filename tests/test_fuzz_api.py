@@ -39,8 +39,8 @@ from pathoseg.data.synthetic import SyntheticConfig, synthetic_sample  # noqa: E
 from pathoseg.server.app import ServerConfig, create_app  # noqa: E402
 from pathoseg.server.routers import ROUTERS  # noqa: E402
 from pathoseg.server.services.images import add_image  # noqa: E402
-from pathoseg.server.storage import Project, create_user  # noqa: E402
-from tiny import tiny_worker  # noqa: E402
+from pathoseg.server.storage import Project  # noqa: E402
+from tiny import create_user, tiny_worker  # noqa: E402
 
 MAX_EXAMPLES = 30  # per operation and generation mode (schema-conforming, schema-breaking)
 ADMIN = "fuzz-admin-q7"  # a name the fuzzer will not hit when it revokes or re-issues tokens

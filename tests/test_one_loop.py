@@ -25,8 +25,8 @@ from pathoseg.server.services.images import add_image
 from pathoseg.server.services.imports import add_folder
 from pathoseg.server.services.models import register_model
 from pathoseg.server.services.worker import Worker
-from pathoseg.server.storage import Job, ModelVersion, Project, create_user
-from tiny import tiny_round, tiny_worker
+from pathoseg.server.storage import Job, ModelVersion, Project
+from tiny import create_user, tiny_round, tiny_worker
 
 CFG = SyntheticConfig(size=(64, 64))
 HEAD_BIAS = "net.segmentation_head.0.bias"

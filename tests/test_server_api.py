@@ -20,8 +20,8 @@ from pathoseg.server.services.images import add_image
 from pathoseg.server.services.masks import save_mask
 from pathoseg.server.services.validation import labelled_images
 from pathoseg.server.storage import Image as ImageRow
-from pathoseg.server.storage import Project, create_user
-from tiny import tiny_worker
+from pathoseg.server.storage import Project
+from tiny import create_user, tiny_worker
 
 CFG = SyntheticConfig(size=(96, 128))
 

@@ -20,7 +20,8 @@ from pathoseg.data.images import read_mask
 from pathoseg.data.synthetic import SyntheticConfig, synthetic_sample
 from pathoseg.server.app import ServerConfig, create_app
 from pathoseg.server.services.images import add_image
-from pathoseg.server.storage import Project, create_user
+from pathoseg.server.storage import Project
+from tiny import create_user
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 DOC_SHOTS = Path(__file__).resolve().parents[1] / "docs" / "screenshots"

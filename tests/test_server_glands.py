@@ -29,9 +29,10 @@ from pathoseg.data.synthetic import SyntheticConfig, synthetic_sample
 from pathoseg.hitl.annotator import SimulatedAnnotator
 from pathoseg.operations import GLAND_OPERATIONS
 from pathoseg.server.services.images import add_image
-from pathoseg.server.storage import ModelVersion, Project, create_user
+from pathoseg.server.storage import ModelVersion, Project
 from pathoseg.server.vocabulary import OPERATION_TYPES
 from test_server_browser import CHROMIUM, DOC_SHOTS, app_in_thread, logged_in_page
+from tiny import create_user
 
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (make test installs it)")
 

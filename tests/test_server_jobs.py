@@ -38,9 +38,9 @@ from pathoseg.server.services.masks import save_mask
 from pathoseg.server.services.models import register_model
 from pathoseg.server.services.queue import MAX_ATTEMPTS, corrections_since_last_model, enqueue, reap_dead_jobs
 from pathoseg.server.services.worker import Worker
-from pathoseg.server.storage import STAGED, Job, Mask, ModelVersion, Project, create_user, db_now
+from pathoseg.server.storage import STAGED, Job, Mask, ModelVersion, Project, db_now
 from pathoseg.server.storage import Image as ImageRow
-from tiny import tiny_worker
+from tiny import create_user, tiny_worker
 
 CFG = SyntheticConfig(size=(64, 64))
 TINY = tiny_worker(first_steps=2, warm_steps=2, batch_size=2)

@@ -27,8 +27,8 @@ from pathoseg.server.routers import masks as masks_router
 from pathoseg.server.services.images import add_image
 from pathoseg.server.services.masks import ConflictError, save_mask
 from pathoseg.server.storage import Image as ImageRow
-from pathoseg.server.storage import Mask, Project, create_user
-from tiny import tiny_worker
+from pathoseg.server.storage import Mask, Project
+from tiny import create_user, tiny_worker
 
 CFG = SyntheticConfig(size=(96, 128))
 SHAPE = (96, 128)

@@ -1,4 +1,5 @@
-"""Tiny training settings for the tests (a few optimiser steps on small crops, on the CPU)."""
+"""Tiny training settings for the tests (a few optimiser steps on small crops, on the CPU), and
+small helpers the tests share."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from dataclasses import replace
 from pathoseg.engine.settings import GateConfig, RoundConfig, TrainConfig, WarmRound
 from pathoseg.models import ModelConfig
 from pathoseg.server.config import WorkerSettings
+from pathoseg.server.storage import DEFAULT_TOKEN_DAYS, add_user
 
 
 def tiny_round(first_steps: int = 4, warm_steps: int = 4, crop: int = 64, batch_size: int = 4, scale: float = 1.0,
@@ -21,3 +23,8 @@ def tiny_round(first_steps: int = 4, warm_steps: int = 4, crop: int = 64, batch_
 
 def tiny_worker(*, device: str = "cpu", predict_backend: str = "torch", **round_args) -> WorkerSettings:
     return WorkerSettings(round=tiny_round(**round_args), device=device, predict_backend=predict_backend)
+
+
+def create_user(project, name: str, admin: bool = False, days: int = DEFAULT_TOKEN_DAYS) -> str:
+    """A user's login token (only its hash is stored)."""
+    return add_user(project, name, "admin" if admin else "annotator", days).token

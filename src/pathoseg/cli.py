@@ -301,7 +301,8 @@ def cmd_project_export(args: argparse.Namespace) -> None:
 
     project = Project(args.project, args.db)
     out = Path(args.out or Path(args.project) / "export")
-    print(f"exported masks, instances, GeoJSON and status.csv to {export(project, out)}")
+    print(f"exported masks, instances, GeoJSON and status.csv to {export(project, out)} (images nobody corrected "
+          "yet: the model's glands, under predicted/)")
 
 
 def cmd_project_users(args: argparse.Namespace) -> None:
@@ -317,7 +318,7 @@ def cmd_project_users(args: argparse.Namespace) -> None:
         print(f"new token for {issued.name} (shown once, valid until {issued.expires:%Y-%m-%d}; "
               f"the old one no longer works): {issued.token}")
     elif args.users_action == "revoke":
-        user = revoke_token(project, args.name)
+        user = revoke_token(project, args.name, args.force)
         print(f"the token of {user.name} is revoked (a new one: pathoseg project users token {args.project} "
               f"{user.name})")
     else:
@@ -365,7 +366,10 @@ def cmd_serve(args: argparse.Namespace) -> None:
           f"{'every ' + str(cfg.retrain_every) + ' corrections' if cfg.retrain_every else 'on request'}"
           + (f": {t.round.describe()} on {t.device or 'auto'}"
              if cfg.worker else " by separate `pathoseg worker` processes (--no-worker)"), flush=True)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    # Forwarded client addresses (X-Forwarded-For) only from the proxies named: trusted from
+    # anywhere, or from loopback by default, they would let one client pose as many (the login throttle)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", proxy_headers=bool(args.trusted_proxies),
+                forwarded_allow_ips=args.trusted_proxies or "")
 
 
 def cmd_worker(args: argparse.Namespace) -> None:
@@ -474,9 +478,15 @@ def _add_project_parser(sub) -> None:
             r.add_argument("--admin", action="store_true",
                            help="an admin (may train, activate models, export, upload, manage users); "
                            "default: an annotator (reads, saves masks, approves)")
-        if name in ("add", "token"):
+        if name == "add":
             r.add_argument("--days", type=_days(MAX_TOKEN_DAYS), default=DEFAULT_TOKEN_DAYS, metavar="N",
-                           help=f"the token works for N days (default {DEFAULT_TOKEN_DAYS}, at most {MAX_TOKEN_DAYS})")
+                           help=f"their tokens work for N days (default {DEFAULT_TOKEN_DAYS}, "
+                           f"at most {MAX_TOKEN_DAYS})")
+        if name == "token":
+            r.add_argument("--days", type=_days(MAX_TOKEN_DAYS), default=None, metavar="N",
+                           help="the new token works for N days (default: as long as the user's tokens live)")
+        if name == "revoke":
+            r.add_argument("--force", action="store_true", help="also the last admin's working token")
         db(r)
         r.set_defaults(func=cmd_project_users)
 
@@ -527,6 +537,9 @@ def _add_serve_parser(sub) -> None:
     p.add_argument("--project", required=True)
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--trusted-proxies", metavar="IPS", default=None,
+                   help="reverse proxies whose X-Forwarded-For names the client (comma-separated addresses; "
+                   "default: none, the connection's address counts)")
     p.add_argument("--db", help="database URL, e.g. postgresql+psycopg://user@host/db (default: SQLite in the project)")
     _add_training_args(p, "retraining (in the server's worker thread, or in `pathoseg worker`s)")
     g = p.add_argument_group("jobs")

@@ -20,7 +20,7 @@ from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 
 from pathoseg.server.config import MAX_BODY_BYTES, ServerConfig
-from pathoseg.server.limits import BodySizeLimit, LoginThrottle
+from pathoseg.server.limits import BodySizeLimit, LoginThrottle, SecurityHeaders
 from pathoseg.server.routers import ROUTERS
 from pathoseg.server.schemas import ErrorOut
 from pathoseg.server.services.queue import reap_dead_jobs
@@ -78,6 +78,7 @@ def create_app(cfg: ServerConfig) -> FastAPI:
     app.state.worker = Worker(project, cfg.train, timeout=cfg.job_timeout)
     app.state.throttle = LoginThrottle(cfg.login_attempts, cfg.login_window)
     app.add_middleware(BodySizeLimit, max_bytes=cfg.max_body_bytes)
+    app.add_middleware(SecurityHeaders)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -52,19 +52,24 @@ def client_address(request: Request) -> str:
 def current_user(request: Request,
                  credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> User:
     """The user whose token came with the request: 401 without one or with a bad one (unknown,
-    expired, revoked), 429 while this client is throttled for too many bad ones."""
+    expired, revoked), 429 for a bad one while this client is throttled for too many.
+
+    A good token always works, also from a throttled address: behind a proxy every client has
+    the proxy's address, and one client's wrong guesses must not lock the others out. That a
+    throttled guesser can still tell a right token from a wrong one costs nothing: a token is
+    192 random bits, and the throttle still caps the guesses to ``attempts`` per window."""
     if credentials is None:
         raise HTTPException(401, "log in: send Authorization: Bearer <token>", headers={"WWW-Authenticate": "Bearer"})
     throttle: LoginThrottle = request.app.state.throttle
     client = client_address(request)
-    wait = throttle.retry_after(client)
-    if wait:
-        raise HTTPException(429, f"too many wrong tokens from this address; try again in {wait} s",
-                            headers={"Retry-After": str(wait)})
     with get_project(request).session() as s:
         try:
             return authenticate(s, credentials.credentials)
         except TokenError as exc:
+            wait = throttle.retry_after(client)
+            if wait:
+                raise HTTPException(429, f"too many wrong tokens from this address; try again in {wait} s",
+                                    headers={"Retry-After": str(wait)}) from None
             throttle.failed(client)
             raise HTTPException(401, str(exc), headers={"WWW-Authenticate": 'Bearer error="invalid_token"'}) from None
 

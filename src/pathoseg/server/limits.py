@@ -89,14 +89,49 @@ class BodySizeLimit:
         await send({"type": "http.response.body", "body": body})
 
 
+# The editor runs from its own files only: no inline script or style, no framing (clickjacking),
+# images from the API as blobs. FastAPI's /docs page needs its inline script and CDN assets, so
+# it gets the framing and sniffing rules but not the script policy.
+CONTENT_SECURITY_POLICY = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' blob: data:; "
+                           "connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; "
+                           "frame-ancestors 'none'")
+SECURITY_HEADERS = [(b"x-frame-options", b"DENY"), (b"x-content-type-options", b"nosniff"),
+                    (b"referrer-policy", b"no-referrer")]
+DOCS_PATHS = ("/docs", "/redoc", "/openapi.json")
+
+
+class SecurityHeaders:
+    """Pure ASGI middleware: every response gets the security headers (and, outside the API
+    docs, the Content-Security-Policy)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        docs = scope.get("path", "").startswith(DOCS_PATHS)
+
+        async def with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                ours = {name for name, _ in SECURITY_HEADERS}
+                headers = [h for h in message.get("headers", []) if h[0].lower() not in ours] + SECURITY_HEADERS
+                if not docs:
+                    headers.append((b"content-security-policy", CONTENT_SECURITY_POLICY.encode()))
+                message = {**message, "headers": headers}
+            await send(message)
+
+        await self.app(scope, receive, with_headers)
+
+
 class LoginThrottle:
     """After ``attempts`` failed token checks from one client within ``window`` seconds, that
-    client's requests get 429 (with ``Retry-After``) until the oldest failure leaves the window.
-
-    While a client is throttled its tokens are not even looked at, so a good token cannot be
-    told from a bad one; a success does not clear the failures, so one valid token does not
-    buy an attacker more guesses at another. Clients are told apart by address (behind a
-    reverse proxy, let it send X-Forwarded-For; uvicorn trusts that from 127.0.0.1)."""
+    client's wrong tokens get 429 (with ``Retry-After``) until the oldest failure leaves the
+    window; a good token still works (see ``deps.current_user``), and a success does not clear
+    the failures, so one valid token does not buy an attacker more guesses at another. Clients
+    are told apart by address: the connection's, or behind a reverse proxy the forwarded one,
+    trusted only from the proxies ``pathoseg serve --trusted-proxies`` names."""
 
     MAX_CLIENTS = 10_000  # beyond this many clients with recent failures, the stalest are forgotten
 

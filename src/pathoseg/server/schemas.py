@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from typing import Annotated, Literal
 
@@ -97,6 +98,9 @@ class MaskOut(BaseModel):
     operation_log: list[dict] | None
 
 
+WORKER_ID = re.compile(r"[^\s()]+:\d+:[0-9a-f]{6}")  # host:pid:tag, as workers name themselves
+
+
 class JobOut(BaseModel):
     """A queued, running, done or failed job; ``attempts`` counts the workers that claimed it
     (a job whose worker died is retried once)."""
@@ -115,9 +119,11 @@ class JobOut(BaseModel):
     model_version: int | None = Field(None, description="the model version a train job made")
 
     @classmethod
-    def of(cls, j: Job) -> JobOut:
-        return cls(id=j.id, kind=j.kind, status=j.status, progress=j.progress, message=j.message,
-                   attempts=j.attempts or 0, worker=j.worker, created_at=aware(j.created_at),
+    def of(cls, j: Job, admin: bool = True) -> JobOut:
+        """``admin``: with the worker's identity (host, process); annotators see "a worker"."""
+        message = j.message if admin else WORKER_ID.sub("a worker", j.message or "")
+        return cls(id=j.id, kind=j.kind, status=j.status, progress=j.progress, message=message,
+                   attempts=j.attempts or 0, worker=j.worker if admin else None, created_at=aware(j.created_at),
                    started_at=aware(j.started_at), heartbeat_at=aware(j.heartbeat_at),
                    finished_at=aware(j.finished_at), model_version=j.model_version)
 
@@ -157,11 +163,11 @@ class UserOut(BaseModel):
 class UserIn(BaseModel):
     name: UserName
     role: Literal[ROLES] = "annotator"  # type: ignore[valid-type]
-    days: Days | None = Field(None, description="token lifetime (default: the server's --token-days)")
+    days: Days | None = Field(None, description="token lifetime (default: as long as the user's tokens live)")
 
 
 class TokenIn(BaseModel):
-    days: Days | None = Field(None, description="token lifetime (default: the server's --token-days)")
+    days: Days | None = Field(None, description="token lifetime (default: as long as the user's tokens live)")
 
 
 class IssuedOut(BaseModel):

@@ -77,6 +77,7 @@ class User(Base):
     role: Mapped[str] = mapped_column(String(16), default="annotator", server_default="annotator")
     token_expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     token_revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    token_days: Mapped[int | None] = mapped_column(Integer, nullable=True)  # their tokens' lifetime (None: default)
 
     @property
     def is_admin(self) -> bool:
@@ -328,11 +329,6 @@ def _find(session: Session, name: str) -> User:
     return user
 
 
-def create_user(project: Project, name: str, admin: bool = False, days: int = DEFAULT_TOKEN_DAYS) -> str:
-    """Create a user and return their login token (shown once; only its hash is stored)."""
-    return add_user(project, name, "admin" if admin else "annotator", days).token
-
-
 def add_user(project: Project, name: str, role: str = "annotator", days: int = DEFAULT_TOKEN_DAYS) -> Issued:
     """Create a user with a token valid for ``days`` days."""
     if not USER_NAME.match(name or ""):
@@ -344,7 +340,8 @@ def add_user(project: Project, name: str, role: str = "annotator", days: int = D
     with project.session() as s:
         if s.scalars(select(User).where(User.name == name)).first():
             raise UserExists(f"user {name!r} exists already")
-        user = User(name=name, token_hash=hash_token(token), role=role, token_expires_at=now() + lifetime)
+        user = User(name=name, token_hash=hash_token(token), role=role, token_expires_at=now() + lifetime,
+                    token_days=days)
         s.add(user)
         try:
             s.commit()
@@ -356,21 +353,36 @@ def add_user(project: Project, name: str, role: str = "annotator", days: int = D
         return Issued(name, role, token, user.expires)
 
 
-def reissue_token(project: Project, name: str, days: int = DEFAULT_TOKEN_DAYS) -> Issued:
-    """A new token for ``name`` (also after a revocation); the old one stops working."""
-    lifetime = _days(days)
+def reissue_token(project: Project, name: str, days: int | None = None) -> Issued:
+    """A new token for ``name`` (also after a revocation); the old one stops working. It lives
+    ``days`` days, or as long as the user's tokens were given to live (``days`` then becomes
+    the user's lifetime)."""
     token = secrets.token_urlsafe(24)
     with project.session() as s:
         user = _find(s, name)
+        days = days if days is not None else user.token_days or DEFAULT_TOKEN_DAYS
+        lifetime = _days(days)
         user.token_hash, user.token_expires_at, user.token_revoked_at = hash_token(token), now() + lifetime, None
+        user.token_days = days
         s.commit()
         return Issued(user.name, user.role, token, user.expires)
 
 
-def revoke_token(project: Project, name: str) -> User:
-    """``name``'s token stops working now (``reissue_token`` gives them a new one)."""
+class LastAdmin(PathosegError):
+    """Revoking this token would leave no admin able to log in."""
+
+
+def revoke_token(project: Project, name: str, force: bool = False) -> User:
+    """``name``'s token stops working now (``reissue_token`` gives them a new one). The last
+    admin with a working token keeps it unless ``force``: without one nobody can manage users,
+    retrain or export through the app (the command line still can)."""
     with project.session() as s:
         user = _find(s, name)
+        working = [u for u in s.scalars(select(User).where(User.role == "admin", User.token_revoked_at.is_(None)))
+                   if u.expires is None or u.expires > now()]
+        if user.is_admin and [u.name for u in working] == [user.name] and not force:
+            raise LastAdmin(f"{name} is the last admin with a working token: revoking it leaves nobody who can "
+                            "manage the project in the app; revoke with --force (API: ?force=true) if you mean it")
         if user.token_revoked_at is None:
             user.token_revoked_at = now()
             s.commit()

@@ -8,6 +8,9 @@ import re
 from pathoseg.data.targets import IGNORE
 from pathoseg.operations import EDITOR_OPERATIONS
 
+# Names Windows keeps for devices (also with an extension): images named so cannot be exported there.
+WINDOWS_DEVICES = frozenset({"CON", "PRN", "AUX", "NUL", *(f"COM{k}" for k in range(1, 10)),
+                             *(f"LPT{k}" for k in range(1, 10))})
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
 
 

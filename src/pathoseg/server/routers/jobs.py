@@ -13,12 +13,12 @@ from pathoseg.server.storage import Job, Project
 router = APIRouter(prefix="/api", tags=["jobs"])
 
 
-def job_out(project: Project, job_id: int) -> JobOut:
+def job_out(project: Project, job_id: int, admin: bool = True) -> JobOut:
     with project.session() as s:
         j = s.get(Job, job_id)
     if j is None:
         raise HTTPException(404, f"no job {job_id}")
-    return JobOut.of(j)
+    return JobOut.of(j, admin)
 
 
 @router.post("/train", response_model=JobOut, status_code=202, responses=ADMIN_ONLY)
@@ -38,11 +38,11 @@ def predict(u: Admin, project: ProjectDep, worker: WorkerDep) -> JobOut:
 
 @router.get("/jobs/{job_id}", response_model=JobOut, responses=NOT_FOUND)
 def job(job_id: Id, u: Annotator, project: ProjectDep) -> JobOut:
-    return job_out(project, job_id)
+    return job_out(project, job_id, u.is_admin)
 
 
 @router.get("/jobs", response_model=list[JobOut])
 def jobs(u: Annotator, project: ProjectDep) -> list[JobOut]:
     with project.session() as s:
         rows = list(s.scalars(select(Job).order_by(Job.id.desc()).limit(20)))
-    return [JobOut.of(j) for j in rows]
+    return [JobOut.of(j, u.is_admin) for j in rows]

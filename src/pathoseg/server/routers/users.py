@@ -12,6 +12,7 @@ from pathoseg.server.schemas import ErrorOut, IssuedOut, TokenIn, UserIn, UserOu
 from pathoseg.server.storage import (
     USER_NAME,
     Issued,
+    LastAdmin,
     NoSuchUser,
     UserExists,
     add_user,
@@ -60,15 +61,18 @@ def new_token(name: Name, u: Admin, project: ProjectDep, cfg: ConfigDep,
               body: Annotated[TokenIn | None, Body()] = None) -> IssuedOut:
     """A new token for ``name`` (also after a revocation); their old token stops working."""
     try:
-        return issued_out(reissue_token(project, name, (body.days if body else None) or cfg.token_days))
+        return issued_out(reissue_token(project, name, body.days if body else None))
     except NoSuchUser as exc:
         raise HTTPException(404, str(exc)) from None
 
 
-@router.post("/users/{name}/revoke", response_model=UserOut, responses={**ADMIN_ONLY, **NOT_FOUND})
-def revoke(name: Name, u: Admin, project: ProjectDep) -> UserOut:
-    """``name``'s token stops working now."""
+@router.post("/users/{name}/revoke", response_model=UserOut,
+             responses={**ADMIN_ONLY, **NOT_FOUND, 409: {"model": ErrorOut, "description": "the last admin's token"}})
+def revoke(name: Name, u: Admin, project: ProjectDep, force: bool = False) -> UserOut:
+    """``name``'s token stops working now (the last admin's only with ``force=true``: 409 otherwise)."""
     try:
-        return UserOut.of(revoke_token(project, name))
+        return UserOut.of(revoke_token(project, name, force))
     except NoSuchUser as exc:
         raise HTTPException(404, str(exc)) from None
+    except LastAdmin as exc:
+        raise HTTPException(409, str(exc)) from None

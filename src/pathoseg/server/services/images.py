@@ -26,14 +26,19 @@ from pathoseg.server.services.files import (
     write_png,
 )
 from pathoseg.server.storage import Image, Mask, Project
-from pathoseg.server.vocabulary import MASK_KINDS, MAX_UPLOAD_BYTES, MAX_UPLOAD_PIXELS, NAME
+from pathoseg.server.vocabulary import MASK_KINDS, MAX_UPLOAD_BYTES, MAX_UPLOAD_PIXELS, NAME, WINDOWS_DEVICES
 
 
 def safe_name(filename: str) -> str:
-    """The image name from an upload's file name: no folders, no odd characters."""
+    """The image name from an upload's file name: no folders, no odd characters, and portable
+    (it becomes file names: Windows refuses its device names and a trailing dot)."""
     stem = Path(filename.replace("\\", "/")).name.rsplit(".", 1)[0]
     if not NAME.match(stem) or stem in (".", ".."):
         raise PathosegError(f"file name {filename!r} not allowed: use letters, digits, '.', '_' and '-'")
+    if stem.split(".")[0].upper() in WINDOWS_DEVICES:
+        raise PathosegError(f"file name {filename!r} not allowed: {stem.split('.')[0]} is a device name on Windows")
+    if stem.endswith("."):
+        raise PathosegError(f"file name {filename!r} not allowed: a name ending in '.' is not portable (Windows)")
     return stem
 
 
