@@ -52,8 +52,8 @@ class OnnxRuntimeConfig:
     """How ONNX Runtime runs a model (see docs/benchmarks.md, 'Inference backends', for the
     measurements behind the defaults)."""
 
-    # 0 = ONNX Runtime's default, one thread per physical core. Swept against 1 and 2 only on a
-    # loaded machine (1 won through contention): to be settled by the idle run of the bench.
+    # 0 = ONNX Runtime's default, one thread per physical core. The sweep against 1 and 2 ran on a
+    # loaded machine only, where 1 won through contention (docs/benchmarks.md, Inference backends).
     intra_op_threads: int = 0
     graph_optimization: str = "all"  # fastest of basic/extended/all at every thread count (1.2-2.5x)
     use_cuda: bool = True  # the CUDA provider when this onnxruntime build has it and the device is cuda
