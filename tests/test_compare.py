@@ -48,3 +48,24 @@ def test_aggregate_reports_std_over_seeds():
     assert rows[0]["iou_pooled_std"] == pytest.approx(0.028284, abs=1e-5)
     assert rows[0]["testA_f1"] == pytest.approx(0.82) and rows[0]["seeds"] == 2
     assert "0.8200 ± 0.0283" in markdown_table(rows)
+
+
+def test_compare_json_keeps_every_seed_in_the_issue_schema():
+    from pathoseg.pipeline.compare import CompareConfig, results_json
+
+    def record(model, seed, iou, f1, seconds):
+        head = {"iou_pooled": iou, "f1": f1}
+        return {"model": model, "seed": seed, "params_m": 3.9, "train_s": seconds, "device": "cpu",
+                "metrics": {"testA": head, "testB": head, "test": head}}
+
+    out = results_json([record("lite0", 1, 0.81, 0.70, 120.0), record("lite0", 0, 0.80, 0.69, 60.0),
+                        record("resnet50", 0, 0.85, 0.75, 600.0)], "pathoseg compare --protocol seed")
+    assert out["command"] == "pathoseg compare --protocol seed" and out["device"] == "cpu"
+    lite0, resnet = out["rows"]
+    assert lite0 == {"model": "lite0", "params_m": 3.9, "iou_pooled": [0.80, 0.81], "object_f1": [0.69, 0.70],
+                     "train_minutes": [1.0, 2.0]}  # in seed order
+    assert resnet["iou_pooled"] == [0.85] and resnet["train_minutes"] == [10.0]
+    # the original study's protocol: 15 epochs unless told otherwise
+    assert CompareConfig.of(["lite0"], "seed").train.epochs == 15
+    assert CompareConfig.of(["lite0"], "seed", epochs=3).train.epochs == 3
+    assert CompareConfig.of(["lite0"], "official").train.epochs == CompareConfig(["lite0"]).train.epochs

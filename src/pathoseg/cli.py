@@ -210,7 +210,8 @@ def cmd_compare(args: argparse.Namespace) -> None:
     train = replace(train, scale=args.scale) if args.scale is not None else train
     cfg = CompareConfig.of([m.strip() for m in args.models.split(",") if m.strip()], args.protocol, args.epochs,
                            seeds=args.seeds, train=train, device=args.device)
-    rows = run_compare(data, cfg, Path(args.out), fresh=args.fresh)
+    rows = run_compare(data, cfg, Path(args.out), fresh=args.fresh, json_path=Path(args.json) if args.json else None,
+                       command=shlex.join(["pathoseg", *sys.argv[1:]]))
     print(markdown_table(rows))
     print(f"table: {args.out}/compare.csv, {args.out}/compare.md; report: {args.out}/report.html")
 
@@ -694,6 +695,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scale", type=float, help="working scale (default: the training default)")
     p.add_argument("--crop", type=int, default=TrainConfig.crop)
     p.add_argument("--out", default=str(DEFAULT_RUNS / "compare"))
+    p.add_argument("--json", help="also write each seed's IoU, object F1 and training minutes per model here")
     p.add_argument("--device")
     p.add_argument("--fresh", action="store_true",
                    help="train every requested model and seed again, deleting their earlier results "

@@ -164,6 +164,21 @@ def aggregate(records: list[dict]) -> list[dict]:
     return rows
 
 
+def results_json(records: list[dict], command: str) -> dict:
+    """Per model, each seed's pooled test IoU, object F1 and training minutes (the schema of
+    docs/results/compare_seed.json)."""
+    rows = []
+    for model in dict.fromkeys(r["model"] for r in records):
+        rs = sorted((r for r in records if r["model"] == model), key=lambda r: r["seed"])
+        heads = [r["metrics"][headline_part(r["metrics"])] for r in rs]
+        rows.append({"model": model, "params_m": float(rs[0]["params_m"]),
+                     "iou_pooled": [float(h["iou_pooled"]) for h in heads],
+                     "object_f1": [float(h["f1"]) for h in heads],
+                     "train_minutes": [float(r["train_s"]) / 60 for r in rs]})
+    device = ", ".join(dict.fromkeys(str(r.get("device", "?")) for r in records))
+    return {"command": command, "device": device, "rows": rows}
+
+
 def markdown_table(rows: list[dict]) -> str:
     cols = ["model", "params_m", "gflops", "latency_ms", "train_s", "peak_mem_mb", "iou_pooled", "iou_mean",
             "dice_pooled", "f1", "object_dice", "object_hausdorff"]
@@ -211,9 +226,11 @@ def _side_by_side(data_path: str, cfg: CompareConfig, out: Path, models: list[st
     return gallery_figure(panels, columns=len(models), title="Same test images across models") if panels else None
 
 
-def run_compare(data_path: str | Path, cfg: CompareConfig, out: Path, log=print, fresh: bool = False) -> list[dict]:
-    """Train (or reuse) every (model, seed) run, then the tables and report. ``fresh``: train
-    every requested run again, deleting its earlier results."""
+def run_compare(data_path: str | Path, cfg: CompareConfig, out: Path, log=print, fresh: bool = False,
+                json_path: Path | None = None, command: str = "") -> list[dict]:
+    """Train (or reuse) every (model, seed) run, then the tables and report (``json_path``: also
+    each seed's numbers there, :func:`results_json`). ``fresh``: train every requested run
+    again, deleting its earlier results."""
     if cfg.protocol not in PROTOCOLS:
         raise PathosegError(f"unknown protocol {cfg.protocol!r}; choose from {', '.join(PROTOCOLS)}")
     for m in cfg.models:
@@ -227,6 +244,8 @@ def run_compare(data_path: str | Path, cfg: CompareConfig, out: Path, log=print,
             log(f"[{model} seed {seed}] {status}")
             records.append(_run_isolated(str(data_path), cfg, model, seed, run_dir, fresh))
     rows = aggregate(records)
+    if json_path is not None:
+        write_json(json_path, results_json(records, command))
     with atomic_path(out / "compare.csv") as tmp, tmp.open("w", newline="") as f:
         fieldnames = list(dict.fromkeys(k for r in rows for k in r))
         writer = csv.DictWriter(f, fieldnames=fieldnames)
