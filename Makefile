@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.pathoseg-installed
 
-.PHONY: demo test lint bench clean browser postgres
+.PHONY: demo test lint bench clean browser postgres node
 
 # (Re)install when the project's dependencies change.
 $(STAMP): pyproject.toml
@@ -31,8 +31,16 @@ postgres:
 	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq postgresql; }
 
-test: $(STAMP) browser postgres
+# The editor's label operations are unit-tested with Node's own test runner (tests/web/).
+node:
+	@command -v node >/dev/null 2>&1 || { \
+	  echo "installing Debian's nodejs for the editor's unit tests"; \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq nodejs; }
+
+test: $(STAMP) browser postgres node
 	$(BIN)/ruff check src tests bench
+	node --test tests/web/
 	$(BIN)/python -m pytest -q $(ARGS)
 
 bench: $(STAMP)

@@ -58,13 +58,17 @@ def app_in_thread(project: Project) -> Iterator[str]:
 
 
 @contextlib.contextmanager
-def logged_in_page(url: str, token: str) -> Iterator:
-    """A headless Debian Chromium page logged in to the app at ``url``, its queue loaded."""
+def logged_in_page(url: str, token: str, bypass_csp: bool = True) -> Iterator:
+    """A headless Debian Chromium page logged in to the app at ``url``, its queue loaded.
+    ``bypass_csp``: the tests' own page scripts (``wait_for_function``) are evaluated strings,
+    which the app's Content-Security-Policy forbids; one test runs the app under it."""
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=FLAGS)
-        page = browser.new_page(viewport={"width": 1280, "height": 760})
+        page = browser.new_page(viewport={"width": 1280, "height": 760}, bypass_csp=bypass_csp)
+        page.console_messages = []
+        page.on("console", lambda message: page.console_messages.append(message.text))
         page.goto(url)
         page.fill("#token", token)
         page.click("#login-btn")
@@ -123,3 +127,15 @@ def test_paint_a_stroke_and_save(served, tmp_path):
     assert stored[dist <= size / 2 - 1.5].all(), "the stroke's core must be painted"
     assert not stored[dist > size / 2 + 1.5].any(), "nothing may change away from the stroke"
     assert (tmp_path / "stroke.png").stat().st_size > 10_000
+
+
+def test_the_editor_runs_under_its_content_security_policy(served):
+    """No inline script, no eval: the app logs in, lists the queue and opens an image with its
+    Content-Security-Policy enforced, and the browser reports no violation."""
+    url, token, _ = served
+    with logged_in_page(url, token, bypass_csp=False) as page:
+        page.click("#queue-list li:nth-child(1)")
+        page.wait_for_selector("#status-line:has-text('mask version')")
+        violations = [m for m in page.console_messages if "Content Security Policy" in m]
+        assert not violations, violations
+        assert "glands" in page.inner_text("#status-line")

@@ -3,7 +3,9 @@
 // The editor works on glands: the mask is an instance label map (0 background, 1..N glands)
 // held as a Uint16Array; every tool acts on gland ids, is undoable, and appends to an
 // operation log ({type, timestamp, gland}) that is saved with the mask.
-"use strict";
+import { api, setToken } from "./api.js";
+import * as L from "./labels.js";
+import { decodePng, encodeLabelPng } from "./png.js";
 
 const $ = (id) => document.getElementById(id);
 // The server's limits and vocabularies (GET /api/vocabulary), read at login: no copies here.
@@ -21,17 +23,6 @@ const state = {
   drawing: false, stroke: null, last: null, panning: false, spaceDown: false,
 };
 
-async function api(path, options = {}) {
-  const headers = Object.assign({ Authorization: "Bearer " + state.token }, options.headers || {});
-  const res = await fetch(path, Object.assign({}, options, { headers }));
-  if (!res.ok) {
-    let detail = res.statusText;
-    try { detail = (await res.json()).detail; } catch (e) { /* not JSON */ }
-    throw new Error(detail);
-  }
-  return res;
-}
-
 function status(text, problem = false) {
   const line = $("status-line");
   line.textContent = text;
@@ -40,96 +31,10 @@ function status(text, problem = false) {
 // An operation that cannot be done: say why, change nothing.
 function refuse(text) { status(text, true); return false; }
 
-// ---- PNG: label maps and probabilities are read and written exactly (8 or 16 bit) --------
-async function inflate(bytes, compress) {
-  const stream = new Blob([bytes]).stream().pipeThrough(compress ? new CompressionStream("deflate")
-                                                                  : new DecompressionStream("deflate"));
-  return new Uint8Array(await new Response(stream).arrayBuffer());
-}
-
-// First channel of a non-interlaced PNG (grey, grey+alpha, RGB or RGBA; 8 or 16 bit).
-async function decodePng(buffer) {
-  const b = new Uint8Array(buffer), dv = new DataView(buffer);
-  let pos = 8, w = 0, h = 0, depth = 0, type = 0, interlace = 0;
-  const parts = [];
-  while (pos + 8 <= b.length) {
-    const len = dv.getUint32(pos), kind = String.fromCharCode(...b.subarray(pos + 4, pos + 8));
-    if (kind === "IHDR") {
-      w = dv.getUint32(pos + 8); h = dv.getUint32(pos + 12);
-      depth = b[pos + 16]; type = b[pos + 17]; interlace = b[pos + 20];
-    } else if (kind === "IDAT") parts.push(b.subarray(pos + 8, pos + 8 + len));
-    else if (kind === "IEND") break;
-    pos += 12 + len;
-  }
-  const channels = { 0: 1, 2: 3, 4: 2, 6: 4 }[type];
-  if (!channels || (depth !== 8 && depth !== 16) || interlace) throw new Error("unsupported PNG");
-  const raw = await inflate(new Blob(parts), false);
-  const bpp = channels * depth / 8, stride = w * bpp, out = new Uint8Array(h * stride);
-  for (let y = 0; y < h; y++) {
-    const filter = raw[y * (stride + 1)], src = y * (stride + 1) + 1, row = y * stride, up = row - stride;
-    for (let x = 0; x < stride; x++) {
-      const a = x >= bpp ? out[row + x - bpp] : 0, u = y ? out[up + x] : 0, c = x >= bpp && y ? out[up + x - bpp] : 0;
-      let v = raw[src + x];
-      if (filter === 1) v += a;
-      else if (filter === 2) v += u;
-      else if (filter === 3) v += (a + u) >> 1;
-      else if (filter === 4) {
-        const p = a + u - c, pa = Math.abs(p - a), pb = Math.abs(p - u), pc = Math.abs(p - c);
-        v += pa <= pb && pa <= pc ? a : pb <= pc ? u : c;
-      }
-      out[row + x] = v & 255;
-    }
-  }
-  const values = depth === 16 ? new Uint16Array(w * h) : new Uint8Array(w * h);
-  for (let i = 0; i < w * h; i++) values[i] = depth === 16 ? (out[i * bpp] << 8) | out[i * bpp + 1] : out[i * bpp];
-  return { w, h, values };
-}
-
-const CRC = new Uint32Array(256).map((_, n) => {
-  let c = n;
-  for (let k = 0; k < 8; k++) c = c & 1 ? 0xedb88320 ^ (c >>> 1) : c >>> 1;
-  return c >>> 0;
-});
-function crc32(bytes) {
-  let c = 0xffffffff;
-  for (const x of bytes) c = CRC[(c ^ x) & 255] ^ (c >>> 8);
-  return (c ^ 0xffffffff) >>> 0;
-}
-
-// A one-channel PNG of the label map: 8-bit when every id fits, else 16-bit.
-async function encodeLabelPng(labels, w, h) {
-  let top = 0;
-  for (const v of labels) if (v > top) top = v;
-  const deep = top > 255, bpp = deep ? 2 : 1, stride = w * bpp, raw = new Uint8Array(h * (stride + 1));
-  for (let y = 0; y < h; y++) {
-    const row = y * (stride + 1) + 1;  // filter byte 0: none
-    for (let x = 0; x < w; x++) {
-      const v = labels[y * w + x];
-      if (deep) { raw[row + 2 * x] = v >> 8; raw[row + 2 * x + 1] = v & 255; } else raw[row + x] = v;
-    }
-  }
-  const chunk = (kind, data) => {
-    const out = new Uint8Array(12 + data.length), dv = new DataView(out.buffer);
-    dv.setUint32(0, data.length);
-    for (let i = 0; i < 4; i++) out[4 + i] = kind.charCodeAt(i);
-    out.set(data, 8);
-    dv.setUint32(8 + data.length, crc32(out.subarray(4, 8 + data.length)));
-    return out;
-  };
-  const head = new Uint8Array(13), hv = new DataView(head.buffer);
-  hv.setUint32(0, w); hv.setUint32(4, h); head[8] = deep ? 16 : 8;  // colour type 0 (grey), no interlace
-  const png = new Blob([new Uint8Array([137, 80, 78, 71, 13, 10, 26, 10]), chunk("IHDR", head),
-    chunk("IDAT", await inflate(raw, true)), chunk("IEND", new Uint8Array(0))]);
-  return new Promise((resolve) => {
-    const reader = new FileReader();
-    reader.onload = () => resolve(reader.result.split(",")[1]);
-    reader.readAsDataURL(png);
-  });
-}
-
 // ---- login ---------------------------------------------------------------------------
 async function login(token) {
   state.token = token;
+  setToken(token);
   try {
     const me = await (await api("/api/users/me")).json();
     vocab = await (await api("/api/vocabulary")).json();
@@ -216,41 +121,12 @@ async function openImage(id) {
   $("view").focus();
 }
 
-// ---- glands --------------------------------------------------------------------------
-function glandIds() {
-  const ids = new Set();
-  for (const v of state.labels) if (v) ids.add(v);
-  return ids;
-}
-
-function hasGland(id) {
-  if (!Number.isInteger(id) || id < 1 || id > vocab.max_gland_id) return false;
-  return state.labels.indexOf(id) !== -1;
-}
-
-function nextId() {
-  let top = 0;
-  for (const v of state.labels) if (v > top) top = v;
-  return top + 1;
-}
-
-function area(id) {
-  let n = 0;
-  for (const v of state.labels) if (v === id) n++;
-  return n;
-}
-
-function bbox(test, pad = 0) {
-  const { w, h, labels } = state;
-  let x0 = w, y0 = h, x1 = -1, y1 = -1;
-  for (let i = 0; i < labels.length; i++) {
-    if (!test(i)) continue;
-    const x = i % w, y = (i - x) / w;
-    if (x < x0) x0 = x; if (x > x1) x1 = x; if (y < y0) y0 = y; if (y > y1) y1 = y;
-  }
-  if (x1 < 0) return null;
-  return [Math.max(0, x0 - pad), Math.max(0, y0 - pad), Math.min(w - 1, x1 + pad), Math.min(h - 1, y1 + pad)];
-}
+// ---- glands (the operations themselves: labels.js) -------------------------------------
+const mask = () => ({ labels: state.labels, w: state.w, h: state.h });
+const glandIds = () => L.glandIds(state.labels);
+const hasGland = (id) => L.hasGland(state.labels, id, vocab.max_gland_id);
+const nextId = () => L.nextId(state.labels);
+const area = (id) => L.area(state.labels, id);
 
 const palette = new Map();
 function colour(id) {
@@ -409,8 +285,7 @@ function selectAt(x, y) {
 function deleteGland(id = state.selected) {
   if (!requireGland(id, " to delete")) return false;
   remember();
-  const { labels } = state;
-  for (let i = 0; i < labels.length; i++) if (labels[i] === id) labels[i] = 0;
+  state.labels = L.deleteGland(state.labels, id).labels;
   state.accepted.delete(id);
   if (state.selected === id) state.selected = 0;
   logOp("delete", id);
@@ -436,34 +311,11 @@ function acceptAll() {
   return changed(`all ${ids.size} glands accepted`);
 }
 
-// Fill the background pixels of ``region`` (a Uint8Array mask) that it encloses.
-function fillEnclosed(region, box) {
-  const { w, labels } = state, [x0, y0, x1, y1] = box, outside = new Uint8Array(labels.length), stack = [];
-  const push = (i) => { if (!outside[i] && !region[i]) { outside[i] = 1; stack.push(i); } };
-  for (let x = x0; x <= x1; x++) { push(y0 * w + x); push(y1 * w + x); }
-  for (let y = y0; y <= y1; y++) { push(y * w + x0); push(y * w + x1); }
-  while (stack.length) {
-    const i = stack.pop(), x = i % w, y = (i - x) / w;
-    if (x > x0) push(i - 1);
-    if (x < x1) push(i + 1);
-    if (y > y0) push(i - w);
-    if (y < y1) push(i + w);
-  }
-  let n = 0;
-  for (let y = y0; y <= y1; y++) {
-    for (let x = x0; x <= x1; x++) {
-      const i = y * w + x;
-      if (!outside[i] && !region[i] && !labels[i]) { region[i] = 1; n++; }
-    }
-  }
-  return n;
-}
-
 function newGland(region, type, message) {
   const id = nextId();
   if (id > vocab.max_gland_id) return refuse(`at most ${vocab.max_gland_id} glands per mask`);
   remember();
-  for (let i = 0; i < region.length; i++) if (region[i]) state.labels[i] = id;
+  state.labels = L.paintRegion(state.labels, region, id);
   state.selected = id;
   logOp(type, id);
   return changed(message(id));
@@ -484,26 +336,11 @@ function addClick(x, y) {
                              + `<= ${ADD_THRESHOLD})` : "there is no model prediction for this image";
     return refuse(`${why}: draw a polygon around the gland instead (click its outline, Enter closes)`);
   }
-  const { w, h, labels, prob } = state, region = new Uint8Array(labels.length), stack = [start];
-  region[start] = 1;
-  let n = 0, x0 = w, y0 = h, x1 = 0, y1 = 0;
-  while (stack.length) {
-    const i = stack.pop(), px = i % w, py = (i - px) / w;
-    n++;
-    if (px < x0) x0 = px; if (px > x1) x1 = px; if (py < y0) y0 = py; if (py > y1) y1 = py;
-    for (let dy = -1; dy <= 1; dy++) {
-      for (let dx = -1; dx <= 1; dx++) {
-        const qx = px + dx, qy = py + dy, j = qy * w + qx;
-        if (qx < 0 || qy < 0 || qx >= w || qy >= h || region[j] || labels[j] || prob[j] < cut) continue;
-        region[j] = 1; stack.push(j);
-      }
-    }
-  }
-  if (n > labels.length / 2) {
+  const { region, n } = L.clickRegion(mask(), state.prob, start, cut);
+  if (n > state.labels.length / 2) {
     setTool("polygon");
     return refuse("the model's region here covers most of the image: draw a polygon around the gland instead");
   }
-  fillEnclosed(region, [Math.max(0, x0 - 1), Math.max(0, y0 - 1), Math.min(w - 1, x1 + 1), Math.min(h - 1, y1 + 1)]);
   return newGland(region, "add_click", (id) => `gland ${id} added (${area(id)} px, from the model at ${ADD_THRESHOLD})`);
 }
 
@@ -511,21 +348,7 @@ function addClick(x, y) {
 function addPolygon(points) {
   if (!state.labels) return refuse("open an image first");
   if (points.length < 3) return refuse("a polygon needs at least 3 points");
-  const { w, h, labels } = state, region = new Uint8Array(labels.length);
-  let n = 0;
-  for (let y = 0; y < h; y++) {
-    const cy = y + 0.5, xs = [];
-    for (let k = 0; k < points.length; k++) {
-      const [ax, ay] = points[k], [bx, by] = points[(k + 1) % points.length];
-      if ((ay <= cy) !== (by <= cy)) xs.push(ax + ((cy - ay) / (by - ay)) * (bx - ax));
-    }
-    xs.sort((a, b) => a - b);
-    for (let k = 0; k + 1 < xs.length; k += 2) {
-      for (let x = Math.max(0, Math.ceil(xs[k] - 0.5)); x < w && x + 0.5 < xs[k + 1]; x++) {
-        if (!labels[y * w + x]) { region[y * w + x] = 1; n++; }
-      }
-    }
-  }
+  const { region, n } = L.polygonRegion(mask(), points);
   if (!n) return refuse("the polygon covers no background: glands do not overlap");
   return newGland(region, "add_polygon", (id) => `gland ${id} added (${n} px, drawn)`);
 }
@@ -537,97 +360,25 @@ function closePolygon() {
   render();
 }
 
-// Pixels under a drawn line, 4-connected (so that it cuts 8-connected glands too).
-function linePixels(points) {
-  const { w } = state, out = new Set();
-  let prev = null;
-  const visit = (x, y) => {
-    const px = Math.floor(x), py = Math.floor(y);
-    if (prev && prev[0] === px && prev[1] === py) return;
-    if (prev && prev[0] !== px && prev[1] !== py) visitCell(px, prev[1]);  // corner: close the diagonal gap
-    visitCell(px, py);
-    prev = [px, py];
-  };
-  const visitCell = (px, py) => { if (px >= 0 && py >= 0 && px < state.w && py < state.h) out.add(py * w + px); };
-  for (let k = 0; k < points.length; k++) {
-    const [ax, ay] = points[k], [bx, by] = points[Math.min(k + 1, points.length - 1)];
-    const steps = Math.max(1, Math.ceil(Math.hypot(bx - ax, by - ay) * 4));
-    for (let s = 0; s <= steps; s++) visit(ax + ((bx - ax) * s) / steps, ay + ((by - ay) * s) / steps);
-  }
-  return out;
-}
-
 // Split a gland along a drawn line: the line's pixels become background, each side of the
 // line keeps or gets an id (the largest side keeps the gland's), crumbs join the side they touch.
 function splitAlong(points, id = state.selected) {
   if (!state.labels) return refuse("open an image first");
   if (points.length < 2) return refuse("draw a line across the gland to split it");
-  const cells = linePixels(points), { w, h, labels } = state;
+  const cells = L.linePixels(mask(), points);
   if (!id) {  // the gland the line crosses most
-    const hits = new Map();
-    cells.forEach((i) => { if (labels[i]) hits.set(labels[i], (hits.get(labels[i]) || 0) + 1); });
-    if (!hits.size) return refuse("the line does not cross a gland: draw it across the gland you want to split");
-    id = [...hits].sort((a, b) => b[1] - a[1])[0][0];
+    id = L.glandUnder(state.labels, cells);
+    if (!id) return refuse("the line does not cross a gland: draw it across the gland you want to split");
   }
   if (!hasGland(id)) return refuse(`gland ${id} is not in the mask`);
-  const box = bbox((i) => labels[i] === id);
-  const [x0, y0, x1, y1] = box, size = area(id);
-  if (![...cells].some((i) => labels[i] === id)) return refuse(`the line does not cross gland ${id}`);
-  // 4-connected pieces of the gland without the line
-  const piece = new Int32Array(labels.length), sizes = [0];
-  for (let y = y0; y <= y1; y++) {
-    for (let x = x0; x <= x1; x++) {
-      const s = y * w + x;
-      if (labels[s] !== id || cells.has(s) || piece[s]) continue;
-      const k = sizes.length, stack = [s];
-      piece[s] = k; sizes.push(0);
-      while (stack.length) {
-        const i = stack.pop(), px = i % w, py = (i - px) / w;
-        sizes[k]++;
-        for (const [qx, qy] of [[px - 1, py], [px + 1, py], [px, py - 1], [px, py + 1]]) {
-          const j = qy * w + qx;
-          if (qx < x0 || qy < y0 || qx > x1 || qy > y1 || piece[j] || labels[j] !== id || cells.has(j)) continue;
-          piece[j] = k; stack.push(j);
-        }
-      }
-    }
-  }
-  const minimum = Math.max(10, 0.02 * size);
-  const sides = sizes.map((n, k) => [k, n]).filter(([k, n]) => k && n >= minimum).sort((a, b) => b[1] - a[1]);
-  if (sides.length < 2) return refuse(`the line does not cut gland ${id} in two: draw it across the whole gland`);
-  const first = nextId();
-  if (first + sides.length - 2 > vocab.max_gland_id) return refuse(`at most ${vocab.max_gland_id} glands per mask`);
+  const result = L.splitGland(mask(), id, cells, vocab.max_gland_id);
+  if (result.error) return refuse(result.error);
   remember();
-  const side = new Map(sides.map(([k], n) => [k, n === 0 ? id : first + n - 1]));
-  // crumbs (pieces too small to be a side) join the nearest side, through 8-neighbours
-  const owner = new Int32Array(labels.length), queue = [];
-  for (let y = y0; y <= y1; y++) {
-    for (let x = x0; x <= x1; x++) {
-      const i = y * w + x;
-      if (side.has(piece[i])) { owner[i] = side.get(piece[i]); queue.push(i); }
-    }
-  }
-  for (let q = 0; q < queue.length; q++) {
-    const i = queue[q], px = i % w, py = (i - px) / w;
-    for (let dy = -1; dy <= 1; dy++) {
-      for (let dx = -1; dx <= 1; dx++) {
-        const qx = px + dx, qy = py + dy, j = qy * w + qx;
-        if (qx < 0 || qy < 0 || qx >= w || qy >= h || owner[j] || !piece[j]) continue;
-        owner[j] = owner[i]; queue.push(j);
-      }
-    }
-  }
-  for (let y = y0; y <= y1; y++) {
-    for (let x = x0; x <= x1; x++) {
-      const i = y * w + x;
-      if (labels[i] === id) labels[i] = piece[i] ? owner[i] || id : 0;  // the line's pixels: background
-    }
-  }
+  state.labels = result.labels;
   state.accepted.delete(id);
   state.selected = id;
-  logOp("split", id, first);
-  const made = sides.slice(1).map((_, n) => first + n);
-  return changed(`gland ${id} split: ${[id, ...made].join(", ")}`);
+  logOp("split", id, result.made[0]);
+  return changed(`gland ${id} split: ${[id, ...result.made].join(", ")}`);
 }
 
 // Merge gland ``other`` into ``id``; background pixels between them (4-neighbours of both) join too.
@@ -637,19 +388,7 @@ function mergeGlands(id, other) {
   if (!hasGland(other)) return refuse(`gland ${other} is not in the mask`);
   if (other === id) return refuse(`a gland cannot be merged with itself (gland ${id}): click another gland`);
   remember();
-  const { w, labels } = state, [x0, y0, x1, y1] = bbox((i) => labels[i] === id || labels[i] === other, 1);
-  const seam = [];
-  for (let y = y0; y <= y1; y++) {
-    for (let x = x0; x <= x1; x++) {
-      const i = y * w + x;
-      if (labels[i]) continue;
-      const near = [x > x0 ? labels[i - 1] : 0, x < x1 ? labels[i + 1] : 0, y > y0 ? labels[i - w] : 0,
-        y < y1 ? labels[i + w] : 0];
-      if (near.includes(id) && near.includes(other)) seam.push(i);
-    }
-  }
-  for (let i = 0; i < labels.length; i++) if (labels[i] === other) labels[i] = id;
-  seam.forEach((i) => (labels[i] = id));
+  state.labels = L.mergeGlands(mask(), id, other).labels;
   state.accepted.delete(id); state.accepted.delete(other);
   state.selected = id;
   logOp("merge", id, other);
@@ -672,21 +411,12 @@ function mergeClick(x, y) {
 function fillHoles(id = state.selected) {
   if (!state.labels) return refuse("open an image first");
   if (id && !hasGland(id)) return refuse(`gland ${id} is not in the mask`);
-  const ids = id ? [id] : [...glandIds()], before = state.labels.slice();
-  let n = 0;
-  for (const g of ids) {
-    const region = new Uint8Array(state.labels.length);
-    for (let i = 0; i < region.length; i++) if (state.labels[i] === g) region[i] = 1;
-    const added = fillEnclosed(region, bbox((i) => region[i] === 1, 1));
-    if (added) { for (let i = 0; i < region.length; i++) if (region[i]) state.labels[i] = g; n += added; }
-  }
-  if (!n) return refuse(id ? `gland ${id} has no holes` : "no gland has holes");
-  const after = state.labels;
-  state.labels = before;
+  const result = L.fillHoles(mask(), id ? [id] : [...glandIds()]);
+  if (!result.filled) return refuse(id ? `gland ${id} has no holes` : "no gland has holes");
   remember();
-  state.labels = after;
+  state.labels = result.labels;
   logOp("fill_holes", id || null);
-  return changed(`${n} px of holes filled`);
+  return changed(`${result.filled} px of holes filled`);
 }
 
 // Boundary brush and eraser: act on the selected gland (the brush paints background only;
@@ -709,19 +439,7 @@ function beginStroke(x, y) {
 }
 
 function strokeSegment(a, b) {
-  const { w, h, labels } = state, s = state.stroke, r = state.size / 2, erase = state.tool === "eraser";
-  const x0 = Math.max(0, Math.floor(Math.min(a[0], b[0]) - r)), x1 = Math.min(w - 1, Math.ceil(Math.max(a[0], b[0]) + r));
-  const y0 = Math.max(0, Math.floor(Math.min(a[1], b[1]) - r)), y1 = Math.min(h - 1, Math.ceil(Math.max(a[1], b[1]) + r));
-  const dx = b[0] - a[0], dy = b[1] - a[1], len2 = dx * dx + dy * dy;
-  for (let y = y0; y <= y1; y++) {
-    for (let x = x0; x <= x1; x++) {
-      const cx = x + 0.5, cy = y + 0.5;
-      const t = len2 ? Math.max(0, Math.min(1, ((cx - a[0]) * dx + (cy - a[1]) * dy) / len2)) : 0;
-      if (Math.hypot(cx - a[0] - t * dx, cy - a[1] - t * dy) > r) continue;
-      const i = y * w + x;
-      if (erase ? labels[i] === s.id : labels[i] === 0) { labels[i] = erase ? 0 : s.id; s.changed++; }
-    }
-  }
+  state.stroke.changed += L.strokeSegment(mask(), a, b, state.size / 2, state.stroke.id, state.tool === "eraser");
 }
 
 function endStroke() {
@@ -741,20 +459,25 @@ function endStroke() {
 // ---- saving ----------------------------------------------------------------------------
 // Ids are renumbered 1..N in order before saving (as the server stores them).
 function compactIds() {
-  const ids = [...glandIds()].sort((a, b) => a - b), map = new Map(ids.map((id, k) => [id, k + 1]));
-  if (ids.every((id, k) => id === k + 1)) return;
-  const { labels } = state;
-  for (let i = 0; i < labels.length; i++) if (labels[i]) labels[i] = map.get(labels[i]);
+  const { labels, map } = L.compactIds(state.labels);
+  if (labels === state.labels) return;
+  state.labels = labels;
   state.selected = map.get(state.selected) || 0;
   state.accepted = new Set([...state.accepted].filter((id) => map.has(id)).map((id) => map.get(id)));
   paintOverlay();
+}
+
+function toBase64(bytes) {
+  let text = "";
+  for (let i = 0; i < bytes.length; i += 0x8000) text += String.fromCharCode(...bytes.subarray(i, i + 0x8000));
+  return btoa(text);
 }
 
 async function save(approve) {
   if (!state.current || !state.labels) return;
   compactIds();
   const body = {
-    png_base64: await encodeLabelPng(state.labels, state.w, state.h), kind: "labels",
+    png_base64: toBase64(await encodeLabelPng(state.labels, state.w, state.h)), kind: "labels",
     base_version: state.current.mask_version,
     // the API keeps at most a day per save: a tab left open over a weekend still saves
     seconds: Math.min(86400, (performance.now() - state.openedAt) / 1000), operations: state.log.slice(-10000),
