@@ -99,7 +99,7 @@ def test_a_worse_candidate_is_stored_not_activated_and_both_scores_are_shown(tmp
     message = _job(project, job_id).message
     assert _models(project) == {1: True, 2: False}, message
     assert "model v2 stored but not activated: worse than the active model on the 1 validation images" in message
-    assert "IoU 0.000 <" in message
+    assert "IoU 0.000 vs " in message and "at best -" in message
     assert not project.prediction_path(2, "img0").exists()  # never served
     assert load_checkpoint(project.model_path(2)).trained_on == [[f"img{i}", 1] for i in (0, 1, 2, 3, 5)]
 
@@ -182,3 +182,17 @@ def test_the_study_through_the_app_labels_and_trains_as_the_study_in_process(tmp
         mine = read_target(tmp_path / "here" / "seed0" / "hitl50" / "round1" / "labels" / f"{name}.png")
         assert np.array_equal(saved, mine), name
     assert all("predictions refreshed" in r["job_message"] for r in there)
+
+
+def test_the_gate_refuses_a_regression_the_validation_set_shows_not_one_image_of_noise():
+    from pathoseg.engine.rounds import best_differences
+    from pathoseg.engine.settings import GateConfig
+    from pathoseg.metrics import ObjectTally
+    from pathoseg.metrics.pixel import PixelCounts
+
+    good = (PixelCounts(80, 10, 10), ObjectTally(tp=8, fp=1, fn=1))
+    bad = (PixelCounts(60, 20, 20), ObjectTally(tp=6, fp=3, fn=3))
+    gate = GateConfig()
+    assert best_differences([bad] * 5, [good] * 5, gate)["iou"] < -gate.iou_tolerance  # worse on every image
+    assert best_differences([good] * 4 + [bad], [good] * 5, gate) == {"iou": 0.0, "f1": 0.0}  # one image: noise
+    assert best_differences([bad] * 5, [good] * 5, gate) == best_differences([bad] * 5, [good] * 5, gate)  # seeded

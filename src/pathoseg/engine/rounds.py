@@ -24,7 +24,7 @@ from pathoseg.data.cache import ScaledPair, resize_image, resize_target, to_targ
 from pathoseg.engine.checkpoint import Checkpoint
 from pathoseg.engine.instances import decode_instances, learned_min_size
 from pathoseg.engine.predict import PredictConfig, predict_maps
-from pathoseg.engine.settings import RoundConfig
+from pathoseg.engine.settings import GateConfig, RoundConfig
 from pathoseg.engine.train import EpochRecord, fit
 from pathoseg.metrics import ObjectTally, object_metrics, object_tally, pixel_counts
 from pathoseg.metrics.pixel import PixelCounts
@@ -216,19 +216,48 @@ def gate(candidate: tuple[GlandSegmenter, Checkpoint], base: tuple[GlandSegmente
         why = (f"{n_labelled} reviewed image{'s' if n_labelled != 1 else ''}: too few to hold one out "
                f"(the first is held out at {first})" if first else "the validation hold-out is off")
         return True, f"no gate applied: {why}", None, None
+    candidate_tallies = {} if candidate_tallies is None else candidate_tallies
+    base_tallies = {} if base_tallies is None else base_tallies
     mine = score(*candidate, validation, device, candidate_tallies)
     if base is None:
         return True, "the project's first model", mine, None
     theirs = score(*base, validation, device, base_tallies)
+    keys = [(i.name, i.version) for i in validation]
+    best = best_differences([candidate_tallies[k] for k in keys], [base_tallies[k] for k in keys], cfg.gate)
     t = cfg.gate
-    worse = [f"{what} {mine[key]:.3f} < {theirs[key]:.3f} - {tol:g}"
+    worse = [f"{what} {mine[key]:.3f} vs {theirs[key]:.3f}, at best {best[key]:+.3f}"
              for what, key, tol in (("IoU", "iou", t.iou_tolerance), ("object F1", "f1", t.f1_tolerance))
-             if mine[key] < theirs[key] - tol]
+             if best[key] < -tol]
     n = len(validation)
     if worse:
-        return False, f"worse than the active model on the {n} validation images ({'; '.join(worse)})", mine, theirs
+        return False, (f"worse than the active model on the {n} validation images, beyond what they can tell "
+                       f"apart ({'; '.join(worse)})"), mine, theirs
     return True, (f"not worse than the active model on the {n} validation images (IoU {mine['iou']:.3f} vs "
                   f"{theirs['iou']:.3f}, object F1 {mine['f1']:.3f} vs {theirs['f1']:.3f})"), mine, theirs
+
+
+def best_differences(mine: Sequence[tuple[PixelCounts, ObjectTally]], theirs: Sequence[tuple[PixelCounts, ObjectTally]],
+                     gate: GateConfig) -> dict[str, float]:
+    """How much better the candidate could be than the active model (pooled IoU, object F1)
+    given how few validation images there are: the ``gate.confidence`` quantile of the
+    difference over bootstrap resamplings of the images (seeded: the same verdict every time).
+    A candidate is refused only when even that is worse by more than the tolerance."""
+    def sums(pairs):
+        return np.array([[c.tp, c.fp, c.fn, o.tp, o.fp, o.fn] for c, o in pairs], dtype=np.float64)
+
+    picks = np.random.default_rng(0).integers(0, len(mine), size=(gate.resamples, len(mine)))
+    a, b = sums(mine)[picks].sum(axis=1), sums(theirs)[picks].sum(axis=1)  # (resamples, 6) pooled sums
+
+    def iou(s: np.ndarray) -> np.ndarray:
+        union = s[:, 0] + s[:, 1] + s[:, 2]
+        return np.where(union > 0, s[:, 0] / np.maximum(union, 1), 1.0)
+
+    def f1(s: np.ndarray) -> np.ndarray:
+        detected = 2 * s[:, 3] + s[:, 4] + s[:, 5]
+        return np.where(detected > 0, 2 * s[:, 3] / np.maximum(detected, 1), 1.0)
+
+    q = gate.confidence
+    return {"iou": float(np.quantile(iou(a) - iou(b), q)), "f1": float(np.quantile(f1(a) - f1(b), q))}
 
 
 def run_round(base: Checkpoint | None, labelled: Sequence[LabelledImage], cfg: RoundConfig, device: torch.device,
