@@ -93,9 +93,9 @@ class RoundConfig:
 
     def describe(self) -> str:
         t = self.train
-        return (f"{self.first_steps} steps for a first model (scale {t.scale}), then {self.warm.steps} "
-                f"warm-started, of {t.batch_size} crops of {t.crop} px; {self.gate.holdout:.0%} of the labels "
-                "held out to gate each retrain")
+        return (f"{self.first_steps} steps of {t.batch_size} crops of {t.crop} px for a first model (scale "
+                f"{t.scale}), then {self.warm.steps} warm-started steps of {self.warm.crop or t.crop} px crops; "
+                f"{self.gate.holdout:.0%} of the reviewed labels held out to gate each retrain")
 
     def __post_init__(self) -> None:
         if self.retrain not in RETRAIN_MODES:
