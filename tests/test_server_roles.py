@@ -240,7 +240,7 @@ def test_an_older_database_gets_roles_and_expiry_when_opened(project):
         assert timedelta(days=DEFAULT_TOKEN_DAYS - 1) < annotator.expires - now() <= timedelta(days=DEFAULT_TOKEN_DAYS)
     assert create_user(reopened, "new_one")  # inserting works without the old column
     Project(project.root, project.db_url)  # opening again changes nothing
-    revoke_token(reopened, "old_admin")
+    revoke_token(reopened, "old_admin", force=True)  # the only admin: revoked on purpose
     with reopened.session() as s, pytest.raises(TokenError, match="revoked"):
         authenticate(s, "token-of-old_admin")
 
