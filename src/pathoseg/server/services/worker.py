@@ -296,7 +296,8 @@ class Worker:
         outcome = run_round(base, labelled, s.round, device, models_before, self._cache, progress,
                             mpp=None if base is not None else project_mpp(self.project),
                             base_tallies=self._tallies.get(base_version))
-        digest = validation_digest([i for i in labelled if i.name in set(outcome.validation)])
+        validation = [i for i in labelled if i.name in set(outcome.validation)]
+        digest = validation_digest(validation)
         self._progress(claim, 0.85, "storing the model")
 
         def still_mine(session, version):
@@ -318,7 +319,6 @@ class Worker:
         message = self._after_training(claim, version, outcome.reason if outcome.activate else None,
                                        refused=None if outcome.activate else outcome.reason)
         if outcome.activate and activated:
-            validation = [i for i in labelled if i.name in set(outcome.validation)]
             score_stale_versions(self.project, validation, digest, device)
         return "; ".join([message, *notes])
 
