@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pathoseg.data.cache import resize_image
+from pathoseg.data.resolution import resample_image
 from pathoseg.engine.backends import BackendConfig, OnnxRuntimeConfig, load_backend
 from pathoseg.engine.checkpoint import Checkpoint, load_model
 from pathoseg.engine.predict import PredictConfig, predict_logits
@@ -103,7 +103,7 @@ def load_spec(spec: str, work: Path) -> tuple[Path, str, bool]:
 def throughput(model, images: list[np.ndarray], scale: float, repeats: int) -> float:
     """Megapixels per second at working scale through ``predict_logits`` (best of ``repeats``)."""
     cfg = PredictConfig(scale=scale)
-    mpix = sum(np.prod(resize_image(im, scale).shape[:2]) for im in images) / 1e6
+    mpix = sum(np.prod(resample_image(im, scale).shape[:2]) for im in images) / 1e6
     predict_logits(model, images[0], cfg, native=False)  # warm-up: allocation, lazy initialisation
     best = float("inf")
     for _ in range(repeats):

@@ -61,3 +61,9 @@ def test_no_import_cycles():
     # a package importing its own modules (its __init__) is not a cycle of two modules
     real = [c for c in cycles if not all(m.startswith(c[0] + ".") or m == c[0] for m in c[1:])]
     assert not real, real
+
+
+def test_no_module_is_over_450_lines():
+    long = {str(p.relative_to(SRC)): n for p in SRC.rglob("*.py")
+            if (n := len(p.read_text(encoding="utf-8").splitlines())) > 450}
+    assert not long, long

@@ -184,7 +184,7 @@ class Editor:
         return self.page.text_content("#status-line")
 
     def save(self) -> None:
-        self.key("s")
+        self.key("Control+s")
         self.page.wait_for_function("document.getElementById('status-line').textContent.startsWith('saved')")
 
 
@@ -222,6 +222,7 @@ def replay(ed: Editor, gt: np.ndarray, pred: np.ndarray, plan, after_first_fix=N
             assert kinds == ["delete"], fix
             ed.key("v")
             ed.click(interior(pred == fix.pred[0]))
+            ed.key("Delete")  # the first press asks, the second deletes
             ed.key("Delete")
         else:
             raise AssertionError(f"the scenario should not need a {fix.kind} fix ({kinds})")
@@ -357,6 +358,9 @@ def test_delete_removes_the_gland(editor):
     ed.key("v")
     ed.click(interior(pred == g))
     assert f"gland {g} selected" in ed.status()
+    ed.key("Delete")  # deleting needs a second press: the first says so and changes nothing
+    assert np.array_equal(ed.labels(), pred) and ed.log() == []
+    assert f"press Delete again to delete gland {g}" in ed.status()
     ed.key("Delete")
     after = ed.labels()
     assert g not in gland_ids(after) and (after[pred == g] == 0).all()
@@ -466,7 +470,7 @@ def test_unsaved_edits_are_not_lost_silently(editor):
     assert warned is False  # nothing to lose yet
     ed.key("v")
     ed.click(interior(pred == an_isolated_gland(gt, pred)))
-    ed.key("Delete")
+    ed.key("Shift+Delete")  # at once
     warned = page.evaluate("""() => { const e = new Event('beforeunload', {cancelable: true});
         window.dispatchEvent(e); return e.defaultPrevented; }""")
     assert warned is True

@@ -10,16 +10,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import albumentations as A
-import cv2
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
+from pathoseg.data.resolution import resample_image, resample_labels
 from pathoseg.data.samples import Sample
 from pathoseg.data.targets import IGNORE, head_targets
 
-__all__ = ["IGNORE", "CropDataset", "ScaledPair", "load_scaled", "resize_image", "resize_target", "to_target"]
+__all__ = ["IGNORE", "CropDataset", "ScaledPair", "load_scaled", "to_target"]
 
 
 @dataclass
@@ -27,23 +27,6 @@ class ScaledPair:
     name: str
     image: np.ndarray  # (h, w, 3) uint8 at working scale
     target: np.ndarray  # (h, w) uint16 instance ids: 0 background, 1..N glands, IGNORE unlabelled
-
-
-def _resize(array: np.ndarray, scale: float, interpolation: int) -> np.ndarray:
-    if scale == 1:
-        return array
-    h, w = array.shape[:2]
-    return cv2.resize(array, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=interpolation)
-
-
-def resize_image(image: np.ndarray, scale: float) -> np.ndarray:
-    """Area averaging: the right filter for shrinking H&E."""
-    return _resize(image, scale, cv2.INTER_AREA)
-
-
-def resize_target(target: np.ndarray, scale: float) -> np.ndarray:
-    """Nearest neighbour: labels (and IGNORE) must stay labels."""
-    return _resize(target, scale, cv2.INTER_NEAREST)
 
 
 def to_target(labels: np.ndarray) -> np.ndarray:
@@ -61,7 +44,7 @@ def load_scaled(samples: Sequence[Sample], scale: float, progress: bool = True) 
         image, labels = s.load()
         if labels is None:
             raise ValueError(f"{s.name}: training needs a mask")
-        pairs.append(ScaledPair(s.name, resize_image(image, scale), resize_target(to_target(labels), scale)))
+        pairs.append(ScaledPair(s.name, resample_image(image, scale), resample_labels(to_target(labels), scale)))
     return pairs
 
 

@@ -5,44 +5,38 @@ by ONNX Runtime (fp32, or int8 after static quantisation calibrated on training 
 (``stride``, ``head``, ``config``, ``eval()``, ``to()``, ``__call__(x) -> logits``), so
 ``predict_logits``, tiles, TTA, whole slides and evaluation run on it unchanged.
 
-An exported file carries, in its ONNX metadata, everything prediction reads from a checkpoint
-(model config, head channels, stride, working scale, µm/px, decoder settings, split and
-history), so the ``.onnx`` file alone is enough to predict and evaluate.
+The file itself (export, metadata, reading it back) is :mod:`pathoseg.engine.onnx_file`.
 """
 
 from __future__ import annotations
 
-import json
 import re
 import tempfile
-import warnings
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from pathoseg import __version__
-from pathoseg.data.cache import resize_image
 from pathoseg.data.images import read_image
-from pathoseg.data.resolution import checkpoint_mpp
+from pathoseg.data.resolution import resample_image
 from pathoseg.engine.checkpoint import Checkpoint, load_model
+from pathoseg.engine.onnx_file import (
+    INPUT_NAME,
+    OUTPUT_NAME,
+    checkpoint_from_metadata,
+    export_onnx,
+    ort_module,
+    read_metadata,
+    write_with_metadata,
+)
 from pathoseg.errors import PathosegError
-from pathoseg.io import atomic_path, file_digest
+from pathoseg.io import file_digest
 from pathoseg.models import GlandSegmenter, ModelConfig
 from pathoseg.models.heads import Head, get_head
 
-ONNX_FORMAT = "pathoseg-onnx-v1"
-INPUT_NAME = "image"  # float32 (batch, 3, height, width), RGB in [0, 1]; sides multiples of the stride
-OUTPUT_NAME = "logits"  # float32 (batch, channels, height, width), one logit per head channel
-EXPECTED = (f"a pathoseg ONNX file ({ONNX_FORMAT}, written by 'pathoseg export'): input '{INPUT_NAME}' "
-            f"float32 (batch, 3, height, width) RGB in [0, 1], output '{OUTPUT_NAME}', and pathoseg metadata "
-            "(model_config, scale, instances, mpp)")
-# Checkpoint fields prediction and evaluation read, kept in the ONNX metadata; weights, the
-# optimiser and the scheduler stay out (the graph holds the weights).
-_CARRIED = ("scale", "train_config", "split", "epoch", "metrics", "history", "instances", "mpp")
 BACKENDS = ("torch", "onnx")
 GRAPH_OPTIMIZATIONS = ("basic", "extended", "all")
 
@@ -111,109 +105,6 @@ class BackendConfig:
         return {} if self.backend == "torch" else {"backend": f"{self.backend}-{self.precision}"}
 
 
-def _ort():
-    try:
-        import onnxruntime
-    except ImportError:  # an optional install could leave it out; say what to do
-        raise PathosegError("the ONNX backend needs onnxruntime: pip install onnxruntime") from None
-    return onnxruntime
-
-
-# -- the ONNX file: export and metadata ---------------------------------------------------------------
-
-
-def onnx_metadata(ckpt: Checkpoint, precision: str, source_digest: str) -> dict[str, str]:
-    """The metadata an exported file carries (ONNX metadata values are strings)."""
-    head = get_head(ckpt.model_config.head)
-    carried = {name: getattr(ckpt, name) for name in _CARRIED}
-    carried["mpp"] = checkpoint_mpp(ckpt)  # resolved now: the training data may be gone later
-    return {
-        "pathoseg_format": ONNX_FORMAT,
-        "pathoseg_version": __version__,
-        "precision": precision,
-        "model_config": json.dumps(ckpt.model_config.to_dict()),
-        "head_channels": json.dumps(list(head.channels)),
-        "stride": "32",
-        "source_sha1": source_digest,
-        "checkpoint": json.dumps(carried, default=str),
-    }
-
-
-def _write_with_metadata(model_proto, path: Path, metadata: dict[str, str]) -> Path:
-    import onnx
-
-    del model_proto.metadata_props[:]
-    for key, value in metadata.items():
-        entry = model_proto.metadata_props.add()
-        entry.key, entry.value = key, value
-    with atomic_path(path) as tmp:
-        onnx.save(model_proto, str(tmp))
-    return path
-
-
-def export_onnx(model: GlandSegmenter, ckpt: Checkpoint, path: str | Path, source_digest: str = "",
-                opset: int = 17) -> Path:
-    """Write ``model`` as ONNX with dynamic batch, height and width (sides multiples of
-    ``model.stride``); the normalisation is part of the graph, since it is part of the model."""
-    import onnx
-
-    path = Path(path)
-    model = model.to("cpu").eval()
-    example = torch.rand(1, 3, 2 * model.stride, 3 * model.stride)
-    dynamic = {0: "batch", 2: "height", 3: "width"}
-    with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
-        # The TorchScript exporter is deprecated in favour of torch.export's, but it needs no
-        # onnxscript and gives DeepLabV3+ dynamic sides as they are (tested on odd sizes).
-        warnings.simplefilter("ignore")
-        raw = Path(tmp) / "model.onnx"
-        torch.onnx.export(model, (example,), str(raw), dynamo=False, input_names=[INPUT_NAME],
-                          output_names=[OUTPUT_NAME], dynamic_axes={INPUT_NAME: dynamic, OUTPUT_NAME: dynamic},
-                          opset_version=opset, do_constant_folding=True)
-        proto = onnx.load(str(raw))
-    return _write_with_metadata(proto, path, onnx_metadata(ckpt, "fp32", source_digest))
-
-
-def read_metadata(path: str | Path) -> dict[str, str]:
-    """The pathoseg metadata of an ONNX file; anything else is a one-line error saying what is expected."""
-    path = Path(path)
-    if not path.is_file():
-        raise PathosegError("ONNX file not found", path)
-    import onnx
-
-    try:
-        proto = onnx.load(str(path), load_external_data=False)
-    except Exception as exc:  # protobuf decode errors and more
-        raise PathosegError(f"not a readable ONNX file ({type(exc).__name__}); expected {EXPECTED}", path) from None
-    metadata = {p.key: p.value for p in proto.metadata_props}
-    inputs = [i.name for i in proto.graph.input if i.name not in {t.name for t in proto.graph.initializer}]
-    outputs = [o.name for o in proto.graph.output]
-    found = metadata.get("pathoseg_format")
-    if found is None:
-        raise PathosegError(f"not a pathoseg ONNX file (inputs {inputs}, outputs {outputs}, no pathoseg metadata); "
-                            f"expected {EXPECTED}", path)
-    if found != ONNX_FORMAT:
-        raise PathosegError(f"written by pathoseg {metadata.get('pathoseg_version', '?')} as {found}; this pathoseg "
-                            f"({__version__}) reads {ONNX_FORMAT}: export the checkpoint again", path)
-    if inputs != [INPUT_NAME] or outputs != [OUTPUT_NAME]:
-        raise PathosegError(f"inputs {inputs} and outputs {outputs} are not pathoseg's; expected {EXPECTED}", path)
-    missing = [k for k in ("model_config", "checkpoint", "precision") if k not in metadata]
-    if missing:
-        raise PathosegError(f"pathoseg metadata lacks {', '.join(missing)}; expected {EXPECTED}", path)
-    return metadata
-
-
-def checkpoint_from_metadata(metadata: dict[str, str], path: str | Path) -> Checkpoint:
-    """A weightless :class:`Checkpoint` with the settings the file was exported with."""
-    try:
-        known = {f.name for f in fields(ModelConfig)}
-        config = ModelConfig(**{k: v for k, v in json.loads(metadata["model_config"]).items() if k in known})
-        carried = json.loads(metadata["checkpoint"])
-        return Checkpoint(config, {}, **{k: carried[k] for k in _CARRIED if k in carried})
-    except (ValueError, TypeError, KeyError) as exc:
-        raise PathosegError(f"pathoseg metadata is malformed ({type(exc).__name__}: {exc}); expected {EXPECTED}",
-                            path) from None
-
-
 # -- running it: a session that looks like the model to prediction ------------------------------------
 
 
@@ -222,7 +113,7 @@ class OnnxSegmenter:
 
     def __init__(self, path: str | Path, config: ModelConfig, precision: str, stride: int = 32,
                  runtime: OnnxRuntimeConfig = OnnxRuntimeConfig(), device: torch.device | str = "cpu") -> None:
-        ort = _ort()
+        ort = ort_module()
         self.path = Path(path)
         self.config = config
         self.precision = precision
@@ -284,7 +175,7 @@ def calibration_tiles(images: Sequence[Path], scale: float, cfg: CalibrationConf
     rng = np.random.default_rng(cfg.seed)
     chosen = [images[i] for i in np.linspace(0, len(images) - 1, min(len(images), cfg.max_images)).round().astype(int)]
     for path in dict.fromkeys(chosen):
-        small = resize_image(read_image(path), scale)
+        small = resample_image(read_image(path), scale)
         h, w = small.shape[:2]
         ch, cw = min(cfg.crop, h // 32 * 32), min(cfg.crop, w // 32 * 32)
         if ch < 32 or cw < 32:
@@ -348,7 +239,7 @@ def quantize_onnx(fp32_path: str | Path, out: str | Path, images: Sequence[Path]
         quantize_static(str(prepared), str(quantized), Tiles(), quant_format=QuantFormat.QDQ, per_channel=True,
                         activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, nodes_to_exclude=excluded)
         proto = onnx.load(str(quantized))
-    return _write_with_metadata(proto, out, {**metadata, "precision": "int8"})
+    return write_with_metadata(proto, out, {**metadata, "precision": "int8"})
 
 
 # -- one call: a model file and a backend in, something to predict with out -----------------------------

@@ -9,8 +9,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pathoseg.data.cache import resize_image
+from pathoseg.data.resolution import resample_image
 from pathoseg.engine.instances import InstanceConfig, decode_instances
+from pathoseg.engine.wsi.grid import Grid, default_margin
 from pathoseg.models import GlandSegmenter
 
 
@@ -43,25 +44,20 @@ def forward_padded(model: GlandSegmenter, x: torch.Tensor, tta: bool) -> torch.T
     return logits[..., :h, :w]
 
 
-def _windows(size: int, tile: int, step: int) -> list[int]:
-    if size <= tile:
-        return [0]
-    starts = list(range(0, size - tile, step))
-    return [*starts, size - tile]
-
-
 def _tiled(model: GlandSegmenter, x: torch.Tensor, tile: int, tta: bool) -> torch.Tensor:
-    """Sliding windows with a quarter overlap; overlapping logits are averaged."""
+    """The slide engine's grid over one image: windows of at most ``tile`` overlapping by twice
+    the slides' :func:`default_margin` (at most a third of the tile), their logits blended with
+    linear ramps across every overlap (a window's edge, where it saw least context, counts least)."""
     h, w = x.shape[-2:]
-    step = max(1, tile * 3 // 4)
+    grid = Grid(h, w, tile, max(1, min(default_margin(tile), tile // 6)))
     out = torch.zeros((x.shape[0], len(model.head.channels), h, w), device=x.device)
-    weight = torch.zeros((1, 1, h, w), device=x.device)
-    for top in _windows(h, tile, step):
-        for left in _windows(w, tile, step):
-            patch = x[..., top:top + tile, left:left + tile]
-            out[..., top:top + tile, left:left + tile] += forward_padded(model, patch, tta)
-            weight[..., top:top + tile, left:left + tile] += 1
-    return out / weight
+    rows, cols = grid.shape
+    for a in range(rows):
+        for b in range(cols):
+            v0, v1, u0, u1 = grid.window(a, b)
+            weights = torch.from_numpy(grid.weights(a, b)).to(x.device)
+            out[..., v0:v1, u0:u1] += forward_padded(model, x[..., v0:v1, u0:u1], tta) * weights
+    return out  # the ramps of overlapping windows add up to 1
 
 
 @torch.inference_mode()
@@ -70,8 +66,9 @@ def predict_logits(model: GlandSegmenter, image: np.ndarray, cfg: PredictConfig,
     """Logits (C, H, W) of the model's output channels on the CPU (channel 0: gland), at
     native size when ``native`` else at working scale."""
     model.eval()  # batch statistics of a single image would be meaningless
-    small = resize_image(image, cfg.scale)
+    small = resample_image(image, cfg.scale)
     x = torch.from_numpy(np.ascontiguousarray(small)).to(device).permute(2, 0, 1)[None].float().div_(255)
+    del small  # x is a copy: a large image's working-scale bytes need not wait for the network
     if cfg.tile and max(x.shape[-2:]) > cfg.tile:
         logits = _tiled(model, x, cfg.tile, cfg.tta)
     else:

@@ -11,14 +11,9 @@ from pathoseg.data import load_dataset
 from pathoseg.data.glas import find_release_root
 from pathoseg.data.images import is_image_file
 from pathoseg.data.splits import make_split
-from pathoseg.engine.backends import (
-    BackendConfig,
-    checkpoint_from_metadata,
-    export_onnx,
-    quantize_onnx,
-    read_metadata,
-)
+from pathoseg.engine.backends import BackendConfig, quantize_onnx
 from pathoseg.engine.checkpoint import load_model
+from pathoseg.engine.onnx_file import checkpoint_from_metadata, export_onnx, read_metadata
 from pathoseg.errors import PathosegError
 from pathoseg.io import file_digest
 

@@ -15,6 +15,13 @@ import numpy as np
 from pathoseg.errors import PathosegError
 from pathoseg.io import atomic_path
 
+
+def default_margin(tile: int) -> int:
+    """The overlap on each side of a window of side ``tile``: 1/16 of the window, at least 32 px
+    (slides refuse a tile too small for that; a tiled image takes at most a sixth of its tile)."""
+    return max(32, tile // 16)
+
+
 WindowLogits = Callable[[tuple[int, int, int, int]], np.ndarray]  # (v0, v1, u0, u1) -> (C, h, w) float
 
 

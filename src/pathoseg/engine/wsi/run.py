@@ -15,7 +15,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from pathoseg.engine.instances import InstanceConfig
-from pathoseg.engine.wsi.grid import Grid, WindowLogits
+from pathoseg.engine.wsi.grid import Grid, WindowLogits, default_margin
 from pathoseg.engine.wsi.outputs import Placement, overview_labels, write_geojson, write_label_tiff
 from pathoseg.engine.wsi.stitch import resolve_glands, stitch_cells, windows_to_compute
 from pathoseg.errors import PathosegError
@@ -79,7 +79,7 @@ class SlideConfig:
 
     @property
     def overlap(self) -> int:
-        return self.margin if self.margin is not None else max(32, self.tile // 16)
+        return self.margin if self.margin is not None else default_margin(self.tile)
 
 
 @dataclass(frozen=True)

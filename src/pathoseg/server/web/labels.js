@@ -219,17 +219,18 @@ export function mergeGlands(mask, id, other) {
   return { labels: out };
 }
 
-// Fill the holes of the glands ``ids``: returns { labels, filled: pixels } (0 when none).
+// Fill the holes of the glands ``ids``: returns { labels, filled: pixels (0 when none), ids: the glands filled }.
 export function fillHoles(mask, ids) {
   let out = mask.labels, filled = 0;
+  const changed = [];
   for (const g of ids) {
     const region = new Uint8Array(out.length);
     for (let i = 0; i < region.length; i++) if (out[i] === g) region[i] = 1;
     const current = { labels: out, w: mask.w, h: mask.h };
     const added = fillEnclosed(current, region, bbox(current, (i) => region[i] === 1, 1));
-    if (added) { out = paintRegion(out, region, g); filled += added; }
+    if (added) { out = paintRegion(out, region, g); filled += added; changed.push(g); }
   }
-  return { labels: out === mask.labels ? out.slice() : out, filled };
+  return { labels: out === mask.labels ? out.slice() : out, filled, ids: changed };
 }
 
 // One brush or eraser segment from a to b (radius r): the brush paints background with ``id``,

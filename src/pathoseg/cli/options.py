@@ -1,0 +1,108 @@
+"""Options and argument types shared by several commands; each default read from its config."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from pathoseg.engine.instances import INSTANCE_METHODS, InstanceConfig
+from pathoseg.models.heads import DEFAULT_HEAD, HEADS
+
+RUNS = Path("runs")  # where outputs go by default
+
+
+def number(text: str) -> float | str:
+    """A number, or the text as given (the workflow refuses it in one line naming the option)."""
+    try:
+        return float(text)
+    except ValueError:
+        return text
+
+
+def positive(kind):
+    def parse(text: str):
+        value = kind(text)
+        if not value > 0:
+            raise argparse.ArgumentTypeError(f"must be positive, not {text}")
+        return value
+    return parse
+
+
+def count(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, not {text}")
+    return value
+
+
+def days(most: int):
+    def parse(text: str) -> int:
+        value = int(text)
+        if not 1 <= value <= most:
+            raise argparse.ArgumentTypeError(f"must be 1 to {most} days, not {text}")
+        return value
+    return parse
+
+
+def add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default="lite0", help="preset (lite0, lite1, lite2, mobilenet_v2, resnet50, "
+                   "resnet101) or any segmentation_models_pytorch encoder name")
+    p.add_argument("--weights", default="default", choices=("default", "imagenet", "none"),
+                   help="default: offline ImageNet weights where shipped (lite*), else random init")
+    p.add_argument("--output-stride", type=int, default=16, choices=(8, 16))
+    p.add_argument("--head", default=DEFAULT_HEAD, choices=tuple(HEADS),
+                   help="output channels: contour (gland + boundary, DCAN), semantic (gland only)")
+
+
+def add_train_args(p: argparse.ArgumentParser) -> None:
+    from pathoseg.engine.settings import TrainConfig
+
+    d = TrainConfig()
+    p.add_argument("--epochs", type=int, default=d.epochs)
+    p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument("--crop", type=int, default=d.crop, help="training crop side at working scale")
+    p.add_argument("--scale", type=float, default=d.scale, help="working resolution as a fraction of native")
+    p.add_argument("--lr", type=float, default=d.lr)
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--budget", type=float, default=None, metavar="MINUTES", help="cap training wall time")
+
+
+def add_predict_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--tta", action="store_true", help="average over flips (3x slower, slightly better)")
+    p.add_argument("--tile", type=int, default=None,
+                   help="predict in windows of this side at working scale (large images; slides: default 1024)")
+    d = InstanceConfig()
+    p.add_argument("--instances", default=d.method, choices=INSTANCE_METHODS,
+                   help="instance decoder: auto = the model's own (contour), components for a "
+                   "semantic model; see docs/metrics.md")
+    p.add_argument("--min-size", type=int, default=None,
+                   help="drop predicted glands smaller than this (native pixels; default: the 2nd percentile "
+                   f"of the training glands' areas, stored in the checkpoint, else {d.min_size})")
+
+
+def add_backend_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--backend", choices=("torch", "onnx"), default=None,
+                   help="torch (default) or onnx: ONNX Runtime on an export cached beside the checkpoint "
+                   "(default for a .onnx model file)")
+    p.add_argument("--int8", action="store_true",
+                   help="ONNX Runtime int8, statically quantised on training tiles (implies --backend onnx)")
+    p.add_argument("--calibration", metavar="DIR",
+                   help="int8: images to calibrate on (a folder of images, or a data set: its training images; "
+                   "default the training images of --data)")
+
+
+def backend_of(args: argparse.Namespace):
+    from pathoseg.pipeline.export import backend_config
+
+    return backend_config(args.backend, args.checkpoint, args.int8, args.calibration, getattr(args, "data", None))
+
+
+def train_config(args: argparse.Namespace):
+    from pathoseg.engine.settings import TrainConfig
+    from pathoseg.models import ModelConfig
+
+    return TrainConfig(
+        model=ModelConfig(args.model, args.output_stride, args.weights, head=args.head), epochs=args.epochs,
+        batch_size=args.batch_size, crop=args.crop, scale=args.scale, lr=args.lr, seed=args.seed,
+        budget_minutes=args.budget,
+    )
