@@ -132,6 +132,7 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=d.epochs)
     ap.add_argument("--scale", type=float, default=d.scale)
     ap.add_argument("--crop", type=int, default=d.crop)
+    ap.add_argument("--batch-size", type=int, default=d.batch_size)
     ap.add_argument("--lr", type=float, default=d.lr)
     ap.add_argument("--val-fraction", type=float, default=0.1)
     ap.add_argument("--tta", action="store_true")
@@ -151,7 +152,7 @@ def main() -> None:
     results = []
     for seed in (int(s) for s in args.seeds.split(",")):
         cfg = replace(d, model=model, epochs=args.epochs, scale=args.scale, crop=args.crop, lr=args.lr,
-                      seed=seed, progress=sys.stderr.isatty())
+                      batch_size=args.batch_size, seed=seed, progress=sys.stderr.isatty())
         results.append(run_seed(args, cfg, out / f"seed{seed}", data))
     command = "python bench/glas_instances.py " + shlex.join(sys.argv[1:])
     summary = summary_json(results, command)

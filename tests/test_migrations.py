@@ -29,8 +29,9 @@ def test_a_project_made_before_alembic_upgrades_in_place_and_keeps_its_rows(tmp_
     root = _old_project(tmp_path / "lab")
     project = Project(root)
     assert current_revision(project.engine) == head_revision()
-    columns = {t: {c["name"] for c in inspect(project.engine).get_columns(t)} for t in ("images", "models")}
+    columns = {t: {c["name"] for c in inspect(project.engine).get_columns(t)} for t in ("images", "models", "jobs")}
     assert "grade" in columns["images"] and {"scores", "note"} <= columns["models"]
+    assert "flag" in columns["images"] and "trained_by" in columns["models"] and "requested_by" in columns["jobs"]
     with project.session() as s:
         assert [i.name for i in s.scalars(select(Image).order_by(Image.id))] == ["img0", "img1", "img2"]
         masks = s.scalars(select(Mask).order_by(Mask.id)).all()

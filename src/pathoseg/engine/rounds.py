@@ -20,14 +20,17 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import torch
 
-from pathoseg.data.cache import ScaledPair, resize_image, resize_target, to_target
+from pathoseg.data.cache import ScaledPair, to_target
+from pathoseg.data.resolution import resample_image, resample_labels
 from pathoseg.engine.checkpoint import Checkpoint
 from pathoseg.engine.instances import decode_instances, learned_min_size
 from pathoseg.engine.predict import PredictConfig, predict_maps
 from pathoseg.engine.settings import GateConfig, RoundConfig
 from pathoseg.engine.train import EpochRecord, fit
+from pathoseg.engine.wsi.image import large_image_maps
 from pathoseg.metrics import ObjectTally, object_metrics, object_tally, pixel_counts
 from pathoseg.metrics.pixel import PixelCounts
+from pathoseg.metrics.uncertainty import mean_entropy
 from pathoseg.models import GlandSegmenter, build_model, freeze_encoder_stages
 
 Pixels = tuple[np.ndarray, np.ndarray]
@@ -97,13 +100,19 @@ class ScaledCache:
             key = (item.name, item.version, scale)
             if key not in self._pairs:
                 image, labels = item.load()
-                self._pairs[key] = ScaledPair(item.name, resize_image(image, scale),
-                                              resize_target(to_target(labels), scale))
+                self._pairs[key] = ScaledPair(item.name, resample_image(image, scale),
+                                              resample_labels(to_target(labels), scale))
             out.append(self._pairs[key])
         current = {(item.name, item.version, scale) for item in labelled}
         for key in [k for k in self._pairs if k[0] in {i.name for i in labelled} and k not in current]:
             del self._pairs[key]  # superseded mask versions
         return out
+
+
+# Native pixels: larger images are predicted tile by tile, in bounded memory. Whole, an image
+# costs ~100 bytes a pixel (0.4 GB at this size; a GlaS image is 0.4 MP).
+LARGE_IMAGE = 2048 * 2048
+LARGE_TILE = 512  # their window side at the working scale: the network holds ~0.12 GB for one (0.45 at 1024)
 
 
 @dataclass
@@ -113,10 +122,23 @@ class ReviewMaps:
 
     probs: np.ndarray  # uint8, probability x 255, native size
     glands: np.ndarray  # instance ids, native size
-    gland_probs: np.ndarray = field(repr=False)  # float32 in [0, 1] (for the uncertainty)
+    # float32 in [0, 1] (for the uncertainty); None for a large image, whose float map is never held
+    gland_probs: np.ndarray | None = field(repr=False)
+    entropy: float | None = field(default=None, repr=False)  # a large image's uncertainty, made band by band
+
+    @property
+    def uncertainty(self) -> float:
+        """Mean binary entropy of the gland probability (the app's queue order)."""
+        return mean_entropy(self.gland_probs) if self.gland_probs is not None else float(self.entropy)
 
 
 def review_maps(model: GlandSegmenter, ckpt: Checkpoint, image: np.ndarray, device: torch.device | str) -> ReviewMaps:
+    """The model's maps of ``image`` at native size. An image over :data:`LARGE_IMAGE` pixels
+    goes through the slide engine's tiles and stitching (:func:`large_image_maps`), so its
+    memory stays bounded; smaller ones are predicted whole."""
+    if image.shape[0] * image.shape[1] > LARGE_IMAGE:
+        large = large_image_maps(model, image, ckpt.scale, ckpt.instance_config(), LARGE_TILE, device)
+        return ReviewMaps(large.probs, large.glands, None, large.entropy)
     maps = predict_maps(model, image, PredictConfig(scale=ckpt.scale), device)
     probs = maps["gland"]
     return ReviewMaps(np.round(probs * 255).astype(np.uint8), decode_instances(maps, ckpt.instance_config()), probs)

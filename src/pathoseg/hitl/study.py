@@ -54,7 +54,6 @@ from pathoseg.hitl.selection import rank
 from pathoseg.hitl.strategies import Strategy, make_label
 from pathoseg.io import write_json
 from pathoseg.metrics import pixel_counts
-from pathoseg.metrics.uncertainty import mean_entropy
 from pathoseg.pipeline.evaluation import evaluate_parts, model_segmenter, summarize_parts
 from pathoseg.pipeline.training import plan_data, split_settings
 from pathoseg.runconfig import check_fingerprint, remove_results, write_fingerprint
@@ -136,7 +135,7 @@ def plan_batch(remaining: list[str], maps: dict[str, ReviewMaps], strategy: Stra
     """A round's images (``size`` of ``remaining``) and which of them the pathologist reviews;
     ``uncertainty`` per image (default: from ``maps``, as the app computes it)."""
     if uncertainty is None and maps:
-        uncertainty = {n: mean_entropy(m.gland_probs) for n, m in maps.items()}
+        uncertainty = {n: m.uncertainty for n, m in maps.items()}
     batch = rank(remaining, selection, rng, uncertainty or None)[:size]
     n_review = math.ceil(strategy.review_fraction * len(batch)) if strategy.review_fraction > 0 else 0
     return batch, set(rank(batch, selection, rng, uncertainty or None)[:n_review])

@@ -17,7 +17,8 @@ from PIL import Image as PILImage
 
 from pathoseg.server.config import ServerConfig
 from pathoseg.server.limits import LoginThrottle
-from pathoseg.server.schemas import ErrorOut
+from pathoseg.server.schemas import ErrorOut, ImageOut
+from pathoseg.server.services.predictions import predicting
 from pathoseg.server.services.worker import Worker
 from pathoseg.server.storage import MAX_ID, Image, Project, TokenError, User, authenticate
 
@@ -94,6 +95,11 @@ def get_image(project: Project, image_id: int) -> Image:
     if image is None:
         raise HTTPException(404, f"no image with id {image_id}")
     return image
+
+
+def image_outs(project: Project, images: list[Image]) -> list[ImageOut]:
+    """What the API says of ``images``, with whether each waits for its prediction."""
+    return [ImageOut.of(i, p) for i, p in zip(images, predicting(project, images), strict=True)]
 
 
 def placed(project: Project, path: Path) -> FileResponse:

@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Discriminator, Field, StringConstrai
 
 from pathoseg.server.storage import MAX_ID, MAX_TOKEN_DAYS, ROLES, USER_NAME, Image, Job, User, aware
 from pathoseg.server.vocabulary import (
+    IMAGE_FLAGS,
     MASK_KINDS,
     MAX_GLAND_ID,
     MAX_LOG,
@@ -36,11 +37,16 @@ class ImageOut(BaseModel):
     uncertainty: float | None
     mask_version: int
     updated_by: str | None
+    flag: str | None = Field(None, description="why it sorts last: " + ", ".join(IMAGE_FLAGS) + " (None: it may "
+                                               "hold glands)")
+    predicting: bool = Field(False, description="waiting for the active model's prediction (a prediction or "
+                                                "retrain job is queued or running)")
 
     @classmethod
-    def of(cls, i: Image) -> ImageOut:
+    def of(cls, i: Image, predicting: bool = False) -> ImageOut:
         return cls(id=i.id, name=i.name, width=i.width, height=i.height, status=i.status,
-                   uncertainty=i.uncertainty, mask_version=i.mask_version, updated_by=i.updated_by)
+                   uncertainty=i.uncertainty, mask_version=i.mask_version, updated_by=i.updated_by, flag=i.flag,
+                   predicting=predicting)
 
 
 GlandId = Annotated[int, Field(ge=0, le=MAX_GLAND_ID)]
@@ -117,6 +123,8 @@ class JobOut(BaseModel):
     heartbeat_at: datetime | None = None
     finished_at: datetime | None = None
     model_version: int | None = Field(None, description="the model version a train job made")
+    requested_by: str | None = Field(None, description='who asked for it: a user, "auto" (a retrain after '
+                                                       'corrections) or "upload" (a new image\'s prediction)')
 
     @classmethod
     def of(cls, j: Job, admin: bool = True) -> JobOut:
@@ -125,7 +133,7 @@ class JobOut(BaseModel):
         return cls(id=j.id, kind=j.kind, status=j.status, progress=j.progress, message=message,
                    attempts=j.attempts or 0, worker=j.worker if admin else None, created_at=aware(j.created_at),
                    started_at=aware(j.started_at), heartbeat_at=aware(j.heartbeat_at),
-                   finished_at=aware(j.finished_at), model_version=j.model_version)
+                   finished_at=aware(j.finished_at), model_version=j.model_version, requested_by=j.requested_by)
 
 
 class ScoresOut(BaseModel):
@@ -140,6 +148,8 @@ class ModelOut(BaseModel):
     trained_on: list
     created_at: datetime | None = None
     note: str | None = None  # why it is (not) active after its retrain, or where it was imported from
+    trained_by: str | None = Field(None, description='who asked for the retrain that made it: a user, "auto" '
+                                                     '(after corrections); "import": a registered checkpoint')
     # its scores on the project's current validation set; None when not scored on that set (only
     # scores on one set are ever shown side by side)
     scores: ScoresOut | None = None
@@ -192,3 +202,6 @@ class VocabularyOut(BaseModel):
     max_seconds: float  # effort logged with one save
     max_upload_bytes: int
     max_upload_pixels: int
+    image_flags: list[str]  # why an image sorts last
+    min_image_side: int  # px; a shorter side is flagged "too small"
+    min_tissue_share: float  # less tissue is flagged "no tissue"

@@ -104,6 +104,7 @@ class Image(Base):
     updated_by: Mapped[str | None] = mapped_column(String(64), nullable=True)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now)
     grade: Mapped[str | None] = mapped_column(String(32), nullable=True)  # e.g. GlaS benign / malignant
+    flag: Mapped[str | None] = mapped_column(String(32), nullable=True)  # why it sorts last (vocabulary.IMAGE_FLAGS)
     masks: Mapped[list[Mask]] = relationship(back_populates="image", order_by="Mask.version")
 
 
@@ -142,6 +143,7 @@ class ModelVersion(Base):
     # {"digest": ..., "iou": ..., "f1": ..., "images": n} (pathoseg.server.services.validation)
     scores: Mapped[dict | None] = mapped_column(JSON, nullable=True)
     note: Mapped[str | None] = mapped_column(String(500), nullable=True)  # why it is (not) active after training
+    trained_by: Mapped[str | None] = mapped_column(String(64), nullable=True)  # its retrain's requester; "import"
 
 
 class Job(Base):
@@ -164,6 +166,7 @@ class Job(Base):
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)  # database clock
     model_version: Mapped[int | None] = mapped_column(Integer, nullable=True)  # the version a train job made
+    requested_by: Mapped[str | None] = mapped_column(String(64), nullable=True)  # a user's name, "auto", "upload"
 
 
 class Project:

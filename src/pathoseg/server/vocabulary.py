@@ -38,5 +38,15 @@ MAX_LOG = 10_000  # entries of the operation log saved with one mask
 MAX_GLAND_ID = IGNORE - 1  # 65534: 65535 marks unlabelled pixels in training targets
 
 
+# Images that cannot hold a gland are flagged when added and sorted last in every order.
+# Shorter side under MIN_IMAGE_SIDE: the smallest GlaS glands (2% are under ~1,060 px at
+# 0.62 µm/px, a disc ~37 px across) do not fit in it.
+MIN_IMAGE_SIDE = 32  # px
+# Tissue under MIN_TISSUE_SHARE of the pixels (the slide engine's tissue detection, Otsu on
+# saturation): blank glass, a background tile, a scan margin.
+MIN_TISSUE_SHARE = 0.05
+IMAGE_FLAGS = ("too small", "no tissue")
+
+
 OPERATION_TYPES = EDITOR_OPERATIONS  # what a saved operation log may hold
 MASK_KINDS = ("auto", "labels", "binary")

@@ -1,4 +1,5 @@
-"""Images: the review queue, uploads (admins), the image and the model's view of it."""
+"""Images: the review queue (images that cannot hold a gland last), uploads (admins; each is
+predicted by the active model in the background), the image and the model's view of it."""
 
 from __future__ import annotations
 
@@ -20,13 +21,16 @@ from pathoseg.server.deps import (
     Annotator,
     Id,
     ProjectDep,
+    WorkerDep,
     get_image,
+    image_outs,
     placed,
     png,
     prediction,
 )
 from pathoseg.server.schemas import ImageOut
 from pathoseg.server.services.images import add_image, decode_upload, predicted_instances, safe_name
+from pathoseg.server.services.queue import queue
 from pathoseg.server.storage import Image
 from pathoseg.server.vocabulary import MAX_UPLOAD_BYTES
 
@@ -35,6 +39,8 @@ router = APIRouter(prefix="/api/images", tags=["images"])
 
 @router.get("", response_model=list[ImageOut])
 def list_images(u: Annotator, project: ProjectDep, order: str = "uncertainty") -> list[ImageOut]:
+    """The review queue: most uncertain unfinished first (or by name, or shuffled per user);
+    in every order, images flagged as unable to hold a gland ("too small", "no tissue") last."""
     if order not in ("uncertainty", "random", "name"):
         raise HTTPException(422, "order must be uncertainty, random or name")
     with project.session() as s:
@@ -43,24 +49,30 @@ def list_images(u: Annotator, project: ProjectDep, order: str = "uncertainty") -
         images.sort(key=lambda i: (i.status in ("corrected", "approved"), -(i.uncertainty or 0.0)))
     elif order == "random":
         random.Random(u.id).shuffle(images)
-    return [ImageOut.of(i) for i in images]
+    images.sort(key=lambda i: i.flag is not None)  # stable: each order holds within both groups
+    return image_outs(project, images)
 
 
 @router.post("", response_model=ImageOut, status_code=201, responses={**ADMIN_ONLY, **BAD_BODY})
-async def upload(u: Admin, project: ProjectDep, file: Annotated[UploadFile, File()]) -> ImageOut:
-    """Add an image (admins)."""
+async def upload(u: Admin, project: ProjectDep, worker: WorkerDep, file: Annotated[UploadFile, File()]) -> ImageOut:
+    """Add an image (admins). With an active model, a prediction job is queued (or the queued
+    one reused): it predicts the images the model has not predicted yet, this one."""
     data = await file.read(MAX_UPLOAD_BYTES + 1)  # never more than the limit in memory
     try:
         name = safe_name(file.filename or "")
         image = add_image(project, name, decode_upload(data, file.filename or "upload"), user=u.name)
     except PathosegError as exc:
         raise HTTPException(422, str(exc)) from None
-    return ImageOut.of(image)
+    with project.session() as s:
+        active = project.active_model(s) is not None
+    if active:
+        queue(project, worker, "predict", "upload")
+    return image_outs(project, [image])[0]
 
 
 @router.get("/{image_id}", response_model=ImageOut, responses=NOT_FOUND)
 def image_info(image_id: Id, u: Annotator, project: ProjectDep) -> ImageOut:
-    return ImageOut.of(get_image(project, image_id))
+    return image_outs(project, [get_image(project, image_id)])[0]
 
 
 @router.get("/{image_id}/image.png", response_class=Response, responses={**PNG, **NOT_FOUND})

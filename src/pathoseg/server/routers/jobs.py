@@ -26,14 +26,14 @@ def train(u: Admin, project: ProjectDep, worker: WorkerDep) -> JobOut:
     """Queue a retrain: a new model version from every saved mask, warm-started from the
     active one. While a retrain is queued (not yet started) this returns that job: it will
     read every mask saved until it starts."""
-    return job_out(project, queue(project, worker, "train"))
+    return job_out(project, queue(project, worker, "train", u.name))
 
 
 @router.post("/predict", response_model=JobOut, status_code=202, responses=ADMIN_ONLY)
 def predict(u: Admin, project: ProjectDep, worker: WorkerDep) -> JobOut:
-    """Refresh every image's prediction with the active model (while one such job is queued:
-    that one)."""
-    return job_out(project, queue(project, worker, "predict"))
+    """Predict with the active model every image it has not predicted yet, and recompute every
+    image's uncertainty from its stored prediction (while one such job is queued: that one)."""
+    return job_out(project, queue(project, worker, "predict", u.name))
 
 
 @router.get("/jobs/{job_id}", response_model=JobOut, responses=NOT_FOUND)

@@ -20,6 +20,7 @@ from pathoseg.server.deps import (
     ProjectDep,
     WorkerDep,
     get_image,
+    image_outs,
     placed,
     png,
     prediction,
@@ -83,5 +84,5 @@ def put_mask(image_id: Id, body: MaskIn, u: Annotator, project: ProjectDep, work
     # An automatic retrain: not while one is queued or running (saves made meanwhile count
     # toward the next one, as the active model did not train on them).
     if cfg.retrain_every and corrections_since_last_model(project) >= cfg.retrain_every:
-        queue(project, worker, "train", automatic=True)
-    return ImageOut.of(saved)
+        queue(project, worker, "train", "auto", automatic=True)
+    return image_outs(project, [saved])[0]

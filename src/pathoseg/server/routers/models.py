@@ -27,7 +27,7 @@ def models(u: Annotator, project: ProjectDep, cfg: ConfigDep) -> list[ModelOut]:
         return ScoresOut(**{k: found[k] for k in ("iou", "f1", "images")}) if found.get("digest") == digest else None
 
     return [ModelOut(version=m.version, active=m.active, trained_on=m.trained_on, created_at=aware(m.created_at),
-                     note=m.note, scores=scores(m)) for m in rows]
+                     note=m.note, scores=scores(m), trained_by=m.trained_by) for m in rows]
 
 
 @router.post("/{version}/activate", response_model=JobOut, status_code=202, responses={**NOT_FOUND, **ADMIN_ONLY})
@@ -36,4 +36,4 @@ def activate(version: Id, u: Admin, project: ProjectDep, worker: WorkerDep) -> J
     retrain running meanwhile stores its model without activating it (see the job's message)."""
     if not project.activate_model(version):
         raise HTTPException(404, f"no model version {version}")
-    return job_out(project, queue(project, worker, "predict"))
+    return job_out(project, queue(project, worker, "predict", u.name))

@@ -1,5 +1,6 @@
-"""Images: names and uploads checked, images imported (with a first mask), and the masks an
-image shows (its latest saved one, or the active model's glands)."""
+"""Images: names and uploads checked, images imported (with a first mask and a flag when they
+cannot hold a gland), and the masks an image shows (its latest saved one, or the active
+model's glands)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,8 @@ from pathoseg.data.images import (
     open_image,
     read_target,
 )
+from pathoseg.data.resolution import resample_image
+from pathoseg.data.slides import tissue_mask
 from pathoseg.errors import PathosegError
 from pathoseg.server.services.files import (
     as_labels,
@@ -26,7 +29,17 @@ from pathoseg.server.services.files import (
     write_png,
 )
 from pathoseg.server.storage import Image, Mask, Project
-from pathoseg.server.vocabulary import MASK_KINDS, MAX_UPLOAD_BYTES, MAX_UPLOAD_PIXELS, NAME, WINDOWS_DEVICES
+from pathoseg.server.vocabulary import (
+    MASK_KINDS,
+    MAX_UPLOAD_BYTES,
+    MAX_UPLOAD_PIXELS,
+    MIN_IMAGE_SIDE,
+    MIN_TISSUE_SHARE,
+    NAME,
+    WINDOWS_DEVICES,
+)
+
+FLAG_THUMBNAIL = 1024  # longest side tissue is looked for at: cheap, and a share hardly moves with it
 
 
 def safe_name(filename: str) -> str:
@@ -80,6 +93,16 @@ def decode_mask(data: bytes, filename: str, kind: str = "auto") -> np.ndarray:
     return checked_ids(label_components(binary), filename)
 
 
+def image_flag(rgb: np.ndarray) -> str | None:
+    """Why an image cannot hold a gland ("too small", "no tissue"; see ``vocabulary``), or
+    None. Tissue is the slide engine's (:func:`pathoseg.data.slides.tissue_mask`), found on
+    a thumbnail."""
+    if min(rgb.shape[:2]) < MIN_IMAGE_SIDE:
+        return "too small"
+    thumb = resample_image(rgb, min(1.0, FLAG_THUMBNAIL / max(rgb.shape[:2])))
+    return "no tissue" if tissue_mask(thumb).mean() < MIN_TISSUE_SHARE else None
+
+
 def add_image(project: Project, name: str, rgb: np.ndarray, mask: np.ndarray | None = None,
               user: str | None = None, grade: str | None = None) -> Image:
     """Import an image (and its mask as version 1); files are staged, the rows committed, then
@@ -94,7 +117,8 @@ def add_image(project: Project, name: str, rgb: np.ndarray, mask: np.ndarray | N
             final = project.image_path(name)
             staged.append((project.staged_path(final), final))
             write_png(staged[-1][0], np.asarray(rgb, dtype=np.uint8))
-            row = Image(name=name, width=rgb.shape[1], height=rgb.shape[0], updated_by=user, grade=grade)
+            row = Image(name=name, width=rgb.shape[1], height=rgb.shape[0], updated_by=user, grade=grade,
+                        flag=image_flag(rgb))
             s.add(row)
             s.flush()
             if mask is not None:

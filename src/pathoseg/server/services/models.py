@@ -19,7 +19,7 @@ from pathoseg.server.storage import ModelVersion, Project
 def store_model(project: Project, checkpoint, *, val_iou: float | None, trained_on: list | None,
                 only_if_active: int | str | None = "always",
                 in_transaction: Callable[[Session, int], None] | None = None, scores: dict | None = None,
-                note: str | None = None) -> tuple[int, bool]:
+                note: str | None = None, trained_by: str | None = None) -> tuple[int, bool]:
     """Store ``checkpoint`` as the next model version; returns (version, activated).
 
     ``only_if_active``: ``"always"`` activates it, ``"never"`` stores it inactive (the gate
@@ -28,7 +28,8 @@ def store_model(project: Project, checkpoint, *, val_iou: float | None, trained_
     in the same transaction), else it is stored inactive. ``in_transaction(session, version)``
     runs before the commit (a job checks that it still owns itself). The file is staged, the
     row committed, then the file renamed into place; a version number taken at the same
-    moment by another process is retried with the next one."""
+    moment by another process is retried with the next one. ``trained_by``: who asked for the
+    retrain that made it (``"import"`` for a registered checkpoint)."""
     from pathoseg.server.storage import lock_models
 
     tmp: Path | None = None
@@ -49,7 +50,7 @@ def store_model(project: Project, checkpoint, *, val_iou: float | None, trained_
                         in_transaction(s, version)
                     lock_models(s)
                     s.add(ModelVersion(version=version, val_iou=val_iou, active=False, trained_on=trained_on or [],
-                                       scores=scores, note=note))
+                                       scores=scores, note=note, trained_by=trained_by))
                     s.flush()
                     if only_if_active == "never":
                         activate = False
@@ -82,5 +83,6 @@ def register_model(project: Project, checkpoint: str | Path) -> int:
 
     ckpt = load_checkpoint(checkpoint)  # refuses foreign files with a one-line error
     version, _ = store_model(project, ckpt, val_iou=ckpt.metrics.get("best_val_iou"),
-                             trained_on=[["(imported checkpoint)", 0]], note=f"imported from {Path(checkpoint).name}")
+                             trained_on=[["(imported checkpoint)", 0]], note=f"imported from {Path(checkpoint).name}",
+                             trained_by="import")
     return version

@@ -35,7 +35,13 @@ The rules:
   rollback), the new version is stored inactive, the job's message says so, and it can be
   activated from the model menu.
 - A train job that died after storing its model (while predicting) does not train again on
-  retry: it refreshes the predictions of the version it made."""
+  retry: it refreshes the predictions of the version it made.
+- A prediction job predicts only the images the active model has not predicted yet (and
+  recomputes the others' uncertainty): an upload queues one (``requested_by="upload"``), and
+  it costs that image (:mod:`pathoseg.server.services.predictions`).
+- Every job records who asked for it (``requested_by``: an admin's name, ``"auto"`` for the
+  retrain after corrections, ``"upload"``); a retrain's model version records its job's
+  (``trained_by``)."""
 
 from __future__ import annotations
 
@@ -59,10 +65,11 @@ FINISHED = ("done", "failed")
 
 
 # -- the queue ---------------------------------------------------------------------------------
-def enqueue(project: Project, kind: str, automatic: bool = False) -> int | None:
+def enqueue(project: Project, kind: str, automatic: bool = False, requested_by: str | None = None) -> int | None:
     """Queue a job of ``kind`` and return its id; when one of that kind is queued already,
-    return that one. ``automatic`` (a retrain after saves): queue nothing and return None while
-    a train job is queued or running."""
+    return that one (it keeps its requester). ``automatic`` (a retrain after saves): queue
+    nothing and return None while a train job is queued or running. ``requested_by``: who
+    asked (a user's name, ``"auto"``, ``"upload"``); a retrain's model records it."""
     if kind not in KINDS:
         raise ValueError(f"job kind must be one of {', '.join(KINDS)}, not {kind!r:.40}")
     for _ in range(10):
@@ -71,7 +78,7 @@ def enqueue(project: Project, kind: str, automatic: bool = False) -> int | None:
                                                                             else ("queued",)))
             if (existing := s.scalars(pending.order_by(Job.id)).first()) is not None:
                 return None if automatic else existing
-            job = Job(kind=kind, message="waiting for a worker")
+            job = Job(kind=kind, message="waiting for a worker", requested_by=requested_by)
             s.add(job)
             try:
                 s.commit()
@@ -151,10 +158,10 @@ def corrections_since_last_model(project: Project) -> int:
     return sum(1 for name, version, _ in rows if version > trained.get(name, 0))
 
 
-def queue(project: Project, worker: Waker, kind: str, automatic: bool = False) -> int | None:
+def queue(project: Project, worker: Waker, kind: str, requested_by: str, automatic: bool = False) -> int | None:
     """Queue a job (or find the queued one, see :func:`enqueue`) and tell the server's own
     worker, if it runs, to look at the queue now."""
-    job_id = enqueue(project, kind, automatic)
+    job_id = enqueue(project, kind, automatic, requested_by)
     if job_id is not None:
         worker.wake()
     return job_id

@@ -17,28 +17,22 @@ from sqlalchemy import exists, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import aliased
 
-from pathoseg.data.images import (
-    read_image,
-    write_label_png,
-)
 from pathoseg.data.resolution import checkpoint_mpp
-from pathoseg.engine.backends import BackendConfig, load_backend
 from pathoseg.engine.checkpoint import load_checkpoint
 from pathoseg.engine.device import choose_device
 from pathoseg.engine.rounds import (
     ScaledCache,
     Tallies,
-    review_maps,
     run_round,
     validation_digest,
 )
-from pathoseg.metrics.uncertainty import mean_entropy
 from pathoseg.server.config import DEAD_AFTER, WorkerSettings
 from pathoseg.server.services.imports import project_mpp
 from pathoseg.server.services.models import store_model
+from pathoseg.server.services.predictions import predict_images
 from pathoseg.server.services.queue import MAX_ATTEMPTS, enqueue, reap_dead_jobs, wait_for
 from pathoseg.server.services.validation import labelled_images, score_stale_versions, store_scores
-from pathoseg.server.storage import Image, Job, ModelVersion, Project, now
+from pathoseg.server.storage import Job, ModelVersion, Project, now
 
 
 class JobLost(Exception):
@@ -58,6 +52,7 @@ class Claim:
     kind: str
     attempt: int
     model_version: int | None  # a train job's model, stored by an earlier attempt
+    requested_by: str | None = None  # who asked for it (a train job's model records it)
     lost: bool = False  # declared dead and requeued meanwhile: write nothing more
     reported: float = -1e9  # when progress was last written (monotonic clock)
 
@@ -86,8 +81,8 @@ class Worker:
         self._tallies: dict[int, Tallies] = {}
 
     # -- the queue side, for the CLI and tests ---------------------------------------------
-    def submit(self, kind: str) -> int:
-        job_id = enqueue(self.project, kind)
+    def submit(self, kind: str, requested_by: str | None = None) -> int:
+        job_id = enqueue(self.project, kind, requested_by=requested_by)
         self.wake()
         return job_id
 
@@ -179,7 +174,7 @@ class Worker:
                 if claimed:
                     job = s.get(Job, candidate)
                     s.refresh(job)
-                    return Claim(job.id, job.kind, job.attempts, job.model_version)
+                    return Claim(job.id, job.kind, job.attempts, job.model_version, job.requested_by)
         return None
 
     def _owned(self, claim: Claim):
@@ -311,7 +306,8 @@ class Worker:
         version, activated = store_model(self.project, outcome.candidate, val_iou=None,
                                          trained_on=outcome.candidate.trained_on,
                                          only_if_active=base_version if outcome.activate else "never",
-                                         in_transaction=still_mine, scores=scores, note=outcome.reason)
+                                         in_transaction=still_mine, scores=scores, note=outcome.reason,
+                                         trained_by=claim.requested_by)
         if outcome.base_scores is not None and base_version is not None:
             store_scores(self.project, base_version, outcome.base_scores, digest)
         if activated:
@@ -344,8 +340,9 @@ class Worker:
             active = self.project.active_model(session)
         if active is None:
             raise ValueError("no model yet: correct a few images and retrain first")
-        self._predict_all(claim, active.version)
-        return f"predictions of model v{active.version} refreshed"
+        predicted = self._predict_all(claim, active.version)
+        return (f"predictions of model v{active.version} refreshed: {predicted} image{'s' * (predicted != 1)} "
+                "predicted, the others kept (their uncertainty recomputed)")
 
     def _model_file(self, version: int):
         path = self.project.model_path(version)
@@ -353,21 +350,8 @@ class Worker:
             self.project.settle_staged_files()
         return path
 
-    def _predict_all(self, claim: Claim, version: int) -> None:
-        """The model's review maps (:func:`pathoseg.engine.rounds.review_maps`, the same the
-        HITL study plans from) for every image."""
-        with self.project.session() as session:
-            names = [i.name for i in session.scalars(select(Image).order_by(Image.id))]
-        device = choose_device(self.settings.device)
-        model, ckpt = load_backend(self._model_file(version), BackendConfig(self.settings.predict_backend), device)
-        for k, name in enumerate(names):
-            maps = review_maps(model, ckpt, read_image(self.project.image_path(name)), device)
-            write_label_png(self.project.prediction_path(version, name), maps.probs)
-            write_label_png(self.project.instances_path(version, name), maps.glands)
-            with self.project.session() as session:
-                image = session.scalars(select(Image).where(Image.name == name)).one()
-                image.uncertainty = mean_entropy(maps.gland_probs)
-                if image.status == "new":
-                    image.status = "predicted"
-                session.commit()
-            self._progress(claim, 0.9 + 0.1 * (k + 1) / len(names))
+    def _predict_all(self, claim: Claim, version: int) -> int:
+        """The model's review maps for every image it has not predicted yet, every image's
+        uncertainty (:func:`pathoseg.server.services.predictions.predict_images`)."""
+        return predict_images(self.project, version, self._model_file(version), self.settings,
+                              lambda done: self._progress(claim, 0.9 + 0.1 * done))
