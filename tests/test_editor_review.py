@@ -7,12 +7,14 @@ from __future__ import annotations
 import json
 
 import pytest
+from PIL import Image as PILImage
 
 from pathoseg.data.synthetic import SyntheticConfig, synthetic_sample
 from pathoseg.server.services.images import add_image
+from pathoseg.server.services.models import register_model
 from pathoseg.server.storage import Image, Project
 from test_server_browser import CHROMIUM, FLAGS, app_in_thread, logged_in_page
-from tiny import create_user
+from tiny import create_user, untrained_checkpoint
 
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (make test installs it)")
 
@@ -152,3 +154,20 @@ def test_a_failing_request_shows_a_message(served):
                                                                           body=json.dumps({"detail": "gone"})))
         page.click("#queue-list li:nth-child(1)")
         page.wait_for_function("document.getElementById('status-line').textContent.includes('could not be opened')")
+
+
+def test_a_freshly_uploaded_image_gets_glands_without_a_manual_predict(served, tmp_path):
+    url, admin, _, project = served
+    register_model(project, untrained_checkpoint(tmp_path / "m.pt"))
+    image = synthetic_sample(99, SyntheticConfig(size=(240, 320)))[0]
+    path = tmp_path / "fresh.png"
+    PILImage.fromarray(image).save(path)
+    with logged_in_page(url, admin) as page:
+        page.set_input_files("#upload", str(path))
+        page.wait_for_selector("#queue-list li:has-text('fresh')")
+        # the server's worker predicts it; the queue follows the job (no predict button pressed)
+        page.wait_for_selector("#queue-list li:has-text('fresh') .badge.predicted", timeout=60_000)
+        open_image(page, "fresh")
+        page.wait_for_function(f"{STATE}.prob !== null")
+        assert page.evaluate(f"{STATE}.prob.length") == 240 * 320  # the model's probability map, as served
+        assert page.evaluate(f"{STATE}.current.status") == "predicted"

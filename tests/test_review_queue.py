@@ -33,23 +33,11 @@ from pathoseg.server.services.worker import Worker
 from pathoseg.server.storage import Image as ImageRow
 from pathoseg.server.storage import Job, Project
 from pathoseg.server.vocabulary import MIN_IMAGE_SIDE
-from tiny import create_user, tiny_worker
+from tiny import HEAD_BIAS, create_user, tiny_worker, untrained_checkpoint
 
 CFG = SyntheticConfig(size=(64, 64))
 TINY = tiny_worker(first_steps=2, warm_steps=2, batch_size=2)
 ROOT = Path(__file__).resolve().parents[1]
-HEAD_BIAS = "net.segmentation_head.0.bias"
-
-
-def _checkpoint(path: Path, gland_bias: float | None = None) -> Path:
-    """An untrained lite0 checkpoint at scale 1; ``gland_bias`` makes it sure of gland (+) or of
-    background (-) everywhere."""
-    torch.manual_seed(0)
-    model = build_model(ModelConfig("lite0", weights="none"))
-    if gland_bias is not None:
-        with torch.no_grad():
-            model.state_dict()[HEAD_BIAS][0] = gland_bias
-    return Checkpoint.of(model, 1.0).save(path)
 
 
 def _png(array: np.ndarray) -> bytes:
@@ -122,7 +110,7 @@ def test_an_upload_is_predicted_by_the_worker_without_asking(lab, tmp_path):
     image = synthetic_sample(7, CFG)[0]
     before = _upload(client, h, "before_any_model", image)
     assert not before["predicting"] and _jobs(project) == []  # no model: nothing to predict with
-    register_model(project, _checkpoint(tmp_path / "m.pt"))
+    register_model(project, untrained_checkpoint(tmp_path / "m.pt"))
     new = _upload(client, h, "fresh", image)
     assert new["predicting"] and new["status"] == "new"
     (job,) = _jobs(project)
@@ -142,7 +130,7 @@ def test_an_upload_is_predicted_by_the_worker_without_asking(lab, tmp_path):
 
 def test_a_prediction_job_predicts_only_what_is_missing_and_still_refreshes_uncertainties(lab, tmp_path):
     client, h, project, worker = lab
-    register_model(project, _checkpoint(tmp_path / "v1.pt"))
+    register_model(project, untrained_checkpoint(tmp_path / "v1.pt"))
     worker.run_once(client.post("/api/predict", headers=h).json()["id"])
     files = [project.prediction_path(1, "img0"), project.instances_path(1, "img0")]
     kept = [(f.stat().st_mtime_ns, f.read_bytes()) for f in files]
@@ -160,10 +148,10 @@ def test_a_prediction_job_predicts_only_what_is_missing_and_still_refreshes_unce
 
 def test_activating_an_older_version_reorders_the_queue_from_its_stored_predictions(lab, tmp_path):
     client, h, project, worker = lab
-    register_model(project, _checkpoint(tmp_path / "v1.pt"))
+    register_model(project, untrained_checkpoint(tmp_path / "v1.pt"))
     worker.run_once(client.post("/api/predict", headers=h).json()["id"])
     first = {i["name"]: i["uncertainty"] for i in client.get("/api/images", headers=h).json()}
-    register_model(project, _checkpoint(tmp_path / "v2.pt", gland_bias=30.0))  # sure of everything
+    register_model(project, untrained_checkpoint(tmp_path / "v2.pt", gland_bias=30.0))  # sure of everything
     worker.run_once(client.post("/api/predict", headers=h).json()["id"])
     sure = {i["name"]: i["uncertainty"] for i in client.get("/api/images", headers=h).json()}
     assert max(sure.values()) < 0.01 < min(first.values())
@@ -176,7 +164,7 @@ def test_activating_an_older_version_reorders_the_queue_from_its_stored_predicti
 
 def test_images_wait_for_a_prediction_while_a_job_is_queued(lab, tmp_path):
     client, h, project, worker = lab
-    register_model(project, _checkpoint(tmp_path / "v1.pt"))
+    register_model(project, untrained_checkpoint(tmp_path / "v1.pt"))
     worker.run_once(client.post("/api/predict", headers=h).json()["id"])
     add_image(project, "late", synthetic_sample(9, CFG)[0])  # `pathoseg project add`: not predicted
     assert not any(i["predicting"] for i in client.get("/api/images", headers=h).json())  # no job: not waiting
@@ -189,7 +177,7 @@ def test_images_wait_for_a_prediction_while_a_job_is_queued(lab, tmp_path):
 def test_each_version_says_who_asked_for_it(lab, tmp_path, monkeypatch):
     client, h, project, worker = lab
     monkeypatch.setattr(rounds, "fit", lambda *args, **kwargs: None)  # the round without its training
-    register_model(project, _checkpoint(tmp_path / "v1.pt"))
+    register_model(project, untrained_checkpoint(tmp_path / "v1.pt"))
     job = client.post("/api/train", headers=h).json()
     assert job["requested_by"] == "ana"
     worker.run_once(job["id"])

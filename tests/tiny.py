@@ -4,9 +4,13 @@ small helpers the tests share."""
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
 
+import torch
+
+from pathoseg.engine.checkpoint import Checkpoint
 from pathoseg.engine.settings import GateConfig, RoundConfig, TrainConfig, WarmRound
-from pathoseg.models import ModelConfig
+from pathoseg.models import ModelConfig, build_model
 from pathoseg.server.config import WorkerSettings
 from pathoseg.server.storage import DEFAULT_TOKEN_DAYS, add_user
 
@@ -28,3 +32,17 @@ def tiny_worker(*, device: str = "cpu", predict_backend: str = "torch", **round_
 def create_user(project, name: str, admin: bool = False, days: int = DEFAULT_TOKEN_DAYS) -> str:
     """A user's login token (only its hash is stored)."""
     return add_user(project, name, "admin" if admin else "annotator", days).token
+
+
+HEAD_BIAS = "net.segmentation_head.0.bias"  # the gland channel's logit offset
+
+
+def untrained_checkpoint(path: Path, gland_bias: float | None = None) -> Path:
+    """An untrained lite0 checkpoint at scale 1; ``gland_bias`` makes it sure of gland (+) or of
+    background (-) everywhere."""
+    torch.manual_seed(0)
+    model = build_model(ModelConfig("lite0", weights="none"))
+    if gland_bias is not None:
+        with torch.no_grad():
+            model.state_dict()[HEAD_BIAS][0] = gland_bias
+    return Checkpoint.of(model, 1.0).save(path)
