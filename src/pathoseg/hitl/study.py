@@ -279,11 +279,13 @@ class StudyRunner:
             split = self.plan.split
             test_split = subset_test(split, self.cfg.test_limit)
             pool = make_pool(self.plan.data, split, self.cfg.initial_fraction, seed)
+            # every seed and strategy labels images its own way, all as "version 1": what the
+            # cache holds from another one is not this one's label (the app: one project each)
+            self.cache, self.tallies = ScaledCache(), {}
             ckpt0, rec0 = self.round0(pool, seed, test_split)
             records.append(rec0)
             bar.update(1)
             for strategy in self.cfg.strategies:
-                # strategies label the same images differently (all "version 1")
                 self.cache, self.tallies = ScaledCache(), {}
                 active, test = ckpt0, rec0["test"]
                 labels = {n: Label(pool.pixels[n][1], True) for n in pool.initial}
