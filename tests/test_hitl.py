@@ -93,6 +93,20 @@ def test_resume_after_interrupted_round_gives_the_same_record(synth_dir, tmp_pat
     assert len(delivered) == len(set(delivered)) == 12 - 2
 
 
+def test_every_seed_trains_on_its_own_labels_as_if_it_ran_alone(synth_dir, tmp_path):
+    """Seeds (and strategies) label the same images differently, all as "version 1": seed 1's
+    models must be the ones it makes when run alone, not trained on seed 0's corrections."""
+    cfg = StudyConfig(strategies=[BUILTIN["auto"]], rounds=2, seeds=2, round=tiny_round(4, 3),
+                      initial_fraction=0.3, test_limit=1, device="cpu")
+    StudyRunner(synth_dir, cfg, tmp_path / "a").run()
+    shutil.copytree(tmp_path / "a", tmp_path / "b")
+    shutil.rmtree(tmp_path / "b" / "seed1")
+    StudyRunner(synth_dir, cfg, tmp_path / "b").run()  # seed 0 resumed from its records, seed 1 afresh
+    for model in ("round0/model.pt", "auto/round1/model.pt"):
+        a, b = (torch.load(tmp_path / run / "seed1" / model, weights_only=True)["state_dict"] for run in "ab")
+        assert all(torch.equal(a[k], b[k]) for k in a), model
+
+
 def test_frozen_stages_stay_as_round_zero_left_them(synth_dir, tmp_path):
     from pathoseg.engine.checkpoint import load_model
 
