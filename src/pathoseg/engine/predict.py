@@ -56,7 +56,12 @@ def _tiled(model: GlandSegmenter, x: torch.Tensor, tile: int, tta: bool) -> torc
         for b in range(cols):
             v0, v1, u0, u1 = grid.window(a, b)
             weights = torch.from_numpy(grid.weights(a, b)).to(x.device)
-            out[..., v0:v1, u0:u1] += forward_padded(model, x[..., v0:v1, u0:u1], tta) * weights
+            # the network's input grown to a multiple of its stride with the image itself where
+            # there is more (padding only at the image's own edge): real context, not a mirror
+            s = model.stride
+            v2, u2 = min(h, v0 + -(-(v1 - v0) // s) * s), min(w, u0 + -(-(u1 - u0) // s) * s)
+            logits = forward_padded(model, x[..., v0:v2, u0:u2], tta)[..., :v1 - v0, :u1 - u0]
+            out[..., v0:v1, u0:u1] += logits * weights
     return out  # the ramps of overlapping windows add up to 1
 
 
