@@ -21,7 +21,7 @@ const state = {
   overlay: null, overlayCtx: null, overlayData: null, centres: {},
   selected: 0, accepted: new Set(), edited: new Set(), deleteArmed: 0,
   zoom: 1, ox: 0, oy: 0, undo: [], redo: [], polygon: [], line: [],
-  log: [], dirty: false, openedAt: 0,
+  log: [], dirty: false, openedAt: 0, eventAt: 0, timings: [],
   drawing: false, stroke: null, last: null, panning: false, spaceDown: false,
 };
 
@@ -309,6 +309,10 @@ function wire() {
   });
 
   const c = $("view");
+  // when the input being handled arrived (edits.js times each edit from it)
+  for (const kind of ["mousedown", "mouseup", "keydown", "dblclick"]) {
+    window.addEventListener(kind, () => { state.eventAt = performance.now(); }, { capture: true });
+  }
   c.addEventListener("mousedown", (ev) => {
     if (!state.img) return;
     const [x, y] = screenToImage(ev);
