@@ -218,6 +218,7 @@ async function pollJobs() {
     const j = jobs[0];
     const text = j ? `${j.kind} #${j.id}: ${j.status} ${Math.round(j.progress * 100)}% ${j.message}` : "";
     $("job").textContent = text;
+    $("job").title = text;  // the line is cut to fit the header; the whole message on hover
     const key = j ? j.id + j.status : "";
     if (j && key !== lastJobState && j.status === "done") { await refreshModels(); await loadQueue(); }
     lastJobState = key;

@@ -61,9 +61,9 @@ export function heatColour(p) {
   return c0.map((v, j) => Math.round(v + f * (c1[j] - v)));
 }
 
-// Opacity of the heat map at probability p: 0 below 0.1, rising to 0.8 at 1, so the tissue
-// shows through where the model is unsure and glands stand out where it is sure.
-export const heatAlpha = (p) => (p < 0.1 ? 0 : Math.round(Math.min(0.8, p * 0.8) * 255));
+// Opacity of the heat map at probability p: 0 below 0.1, rising to 0.55 at 1, so the tissue
+// shows through everywhere (nuclei stay readable) and sure glands stand out.
+export const heatAlpha = (p) => (p < 0.1 ? 0 : Math.round(Math.min(0.55, p * 0.55) * 255));
 
 // The heat map of a probability map given as bytes (probability x 255) into ``rgba``.
 export function paintHeat(rgba, probBytes) {
