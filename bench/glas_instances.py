@@ -9,6 +9,11 @@ evaluated on testA, testB and both with the model's own instance decoder and, fo
 comparison, with connected components of the same gland map. ``seed<k>/result.json`` is
 written last: a finished seed is never redone, and a seed whose settings differ from the
 command's stops with an error naming the setting (``--fresh`` starts over).
+
+``--select f1`` makes ``best.pt`` the epoch best by validation object F1 (default: pooled
+IoU); ``--variants`` also evaluates flip TTA, flip + multi-scale TTA (``--tta-scales``) and
+the checkpoint the other selection rule picked. Every evaluation adds the error anatomy
+(merged, split, missed, false glands and stray outlines) per test part.
 """
 
 from __future__ import annotations
@@ -58,7 +63,8 @@ def run_seed(args: argparse.Namespace, cfg: TrainConfig, out: Path, data: Path) 
     if done.is_file():
         result = json.loads(done.read_text())
         stored = result["config"] | {"progress": None}
-        differing = [k for k in wanted if stored.get(k) != wanted[k]]
+        defaults = TrainConfig().to_dict()  # settings added since a seed ran had their defaults then
+        differing = [k for k in wanted if stored.get(k, defaults.get(k)) != wanted[k]]
         if differing:
             raise SystemExit(f"{done}: made with another {differing[0]} ({stored.get(differing[0])!r}, "
                              f"now {wanted[differing[0]]!r}); pass --fresh to start over")
@@ -79,14 +85,26 @@ def run_seed(args: argparse.Namespace, cfg: TrainConfig, out: Path, data: Path) 
     result: dict = {"config": cfg.to_dict(), "train_minutes": elapsed / 60,
                     "instance_config": asdict(ckpt.instance_config()),
                     "epochs": epochs, "best_epoch": ckpt.epoch, "decoders": {}}
-    decoders = {"model": ckpt.instance_config(), "components": ckpt.instance_config(method="components")}
-    for name, icfg in decoders.items():
+    base = PredictConfig(scale=ckpt.scale, tta=args.tta)
+    variants = {"model": (model, base, ckpt.instance_config()),
+                "components": (model, base, ckpt.instance_config(method="components"))}
+    if args.variants:
+        scales = tuple(float(f) for f in args.tta_scales.split(","))
+        variants |= {"flip": (model, replace(base, tta=True), ckpt.instance_config()),
+                     "flip+scales": (model, replace(base, tta=True, tta_scales=scales), ckpt.instance_config())}
+        other = next((m for m in ("iou", "f1") if m != cfg.select), None)
+        if (out / f"best-{other}.pt").is_file():
+            alt, alt_ckpt = load_model(out / f"best-{other}.pt", device)
+            alt_ckpt.instances = ckpt.instances
+            variants[f"select-{other}"] = (alt, base, alt_ckpt.instance_config())
+            result[f"best_epoch_{other}"] = alt_ckpt.epoch
+    for name, (net, pcfg, icfg) in variants.items():
         start = time.perf_counter()
-        segment = model_segmenter(model, PredictConfig(scale=ckpt.scale, tta=args.tta), icfg, device)
+        segment = model_segmenter(net, pcfg, icfg, device)
         metrics = summarize_parts(evaluate_parts(plan.data, plan.split, segment, progress=False,
                                                  keep_pictures=False))
         result["decoders"][name] = {"eval_s": time.perf_counter() - start, **metrics}
-        print(f"seed {cfg.seed}, decoder {name}:\n" + "\n".join(metrics_lines(metrics)), flush=True)
+        print(f"seed {cfg.seed}, {name}:\n" + "\n".join(metrics_lines(metrics)), flush=True)
     done.write_text(json.dumps(result, indent=2))
     return result
 
@@ -134,8 +152,13 @@ def main() -> None:
     ap.add_argument("--crop", type=int, default=d.crop)
     ap.add_argument("--batch-size", type=int, default=d.batch_size)
     ap.add_argument("--lr", type=float, default=d.lr)
+    ap.add_argument("--select", default=d.select, choices=("iou", "f1"))
     ap.add_argument("--val-fraction", type=float, default=0.1)
-    ap.add_argument("--tta", action="store_true")
+    ap.add_argument("--tta", action="store_true", help="flip test-time augmentation for every evaluation")
+    ap.add_argument("--variants", action="store_true",
+                    help="also evaluate flip TTA, flip + multi-scale TTA and the checkpoint the other "
+                         "selection rule picked (best-<other>.pt)")
+    ap.add_argument("--tta-scales", default="0.75,1.25", help="--variants: the extra input scales")
     ap.add_argument("--device")
     ap.add_argument("--fresh", action="store_true", help="delete earlier results in OUT first")
     ap.add_argument("--reevaluate", action="store_true",
@@ -152,7 +175,7 @@ def main() -> None:
     results = []
     for seed in (int(s) for s in args.seeds.split(",")):
         cfg = replace(d, model=model, epochs=args.epochs, scale=args.scale, crop=args.crop, lr=args.lr,
-                      batch_size=args.batch_size, seed=seed, progress=sys.stderr.isatty())
+                      batch_size=args.batch_size, select=args.select, seed=seed, progress=sys.stderr.isatty())
         results.append(run_seed(args, cfg, out / f"seed{seed}", data))
     command = "python bench/glas_instances.py " + shlex.join(sys.argv[1:])
     summary = summary_json(results, command)

@@ -74,6 +74,25 @@ def test_tiles_blend_to_the_whole_image_away_from_window_edges():
     assert error.max() < 2 * 3.5 / 32 + 1e-4
 
 
+class SizeModel(torch.nn.Module):
+    """Logits that say how tall the network's input was: multi-scale TTA must show each scale's."""
+
+    stride = 32
+    head = type("Head", (), {"channels": ("gland",)})()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.full_like(x[:, :1], float(x.shape[-2]))
+
+
+def test_multiscale_tta_averages_the_scales_at_the_image_size():
+    image = np.zeros((64, 96, 3), np.uint8)
+    plain = predict_logits(SizeModel(), image, PredictConfig(scale=1.0))
+    multi = predict_logits(SizeModel(), image, PredictConfig(scale=1.0, tta_scales=(0.5, 2.0)))
+    assert plain.shape == multi.shape == (1, 64, 96)
+    assert torch.allclose(plain, torch.tensor(64.0))  # the input padded to the stride, then cropped
+    assert torch.allclose(multi, torch.tensor((64 + 32 + 128) / 3))
+
+
 def test_unknown_preset():
     with pytest.raises(PathosegError, match="unknown model preset 'lite9'"):
         get_preset("lite9")

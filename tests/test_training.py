@@ -57,7 +57,12 @@ def test_checkpoints_and_log_written(trained):
     assert lines[0].startswith("epoch,train_loss,val_iou") and len(lines) == 1 + len(result.history)
     _, ckpt = load_model(out / "best.pt")
     assert ckpt.model_config.preset == "lite0" and ckpt.epoch >= 1
-    assert ckpt.metrics["best_val_iou"] == max(h["val_iou"] for h in result.history)
+    ious, f1s = [h["val_iou"] for h in result.history], [h["val_f1"] for h in result.history]
+    assert ckpt.metrics["best_val_iou"] == max(ious) and ckpt.epoch == 1 + int(np.argmax(ious))
+    # the other selection rule's pick is kept beside it: the epoch with the best object F1
+    _, by_f1 = load_model(out / "best-f1.pt")
+    assert max(f1s) > 0.5 and all(0 <= f <= 1 for f in f1s)
+    assert by_f1.epoch == 1 + int(np.argmax(f1s)) and by_f1.metrics["val_f1"] == max(f1s)
 
 
 def test_schedule_warms_up_then_decays():

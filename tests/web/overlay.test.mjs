@@ -47,6 +47,26 @@ test("unreviewed outlines are dashed, accepted and edited ones solid", () => {
   assert.equal(O.reviewState(1, new Set(), new Set()), O.UNREVIEWED);
 });
 
+test("repainting a stroke's box gives what a full repaint gives there, and leaves the rest", () => {
+  const m = maskOf(["..........", ".111..222.", ".111..222.", ".111..222.", ".........."]);
+  const rgba = new Uint8ClampedArray(m.w * m.h * 4);
+  O.paintGlands(rgba, m, { accepted: new Set([2]) });
+  const before = rgba.slice();
+  m.labels[2 * m.w + 4] = 1;  // the brush adds one pixel to gland 1: (4, 2)
+  assert.equal(O.paintGlands(rgba, m, { accepted: new Set([2]), rect: [4, 2, 5, 3] }), null);
+  const full = new Uint8ClampedArray(rgba.length);
+  O.paintGlands(full, m, { accepted: new Set([2]) });
+  const [x0, y0, x1, y1] = O.clipRect([4, 2, 5, 3], m.w, m.h);
+  assert.deepEqual([x0, y0, x1, y1], [3, 1, 6, 4]);  // grown by the pixels whose outline may flip
+  for (let y = 0; y < m.h; y++) {
+    for (let x = 0; x < m.w; x++) {
+      const inside = x >= x0 && x < x1 && y >= y0 && y < y1;
+      assert.deepEqual(px(rgba, m.w, x, y), px(inside ? full : before, m.w, x, y), `pixel (${x}, ${y})`);
+    }
+  }
+  assert.notDeepEqual(px(rgba, m.w, 4, 2), px(before, m.w, 4, 2));
+});
+
 test("the heat map is transparent where the model sees nothing and warm where it is sure", () => {
   const rgba = new Uint8ClampedArray(3 * 4);
   O.paintHeat(rgba, Uint8Array.from([0, 128, 255]));

@@ -55,7 +55,7 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
 
 
 def add_train_args(p: argparse.ArgumentParser) -> None:
-    from pathoseg.engine.settings import TrainConfig
+    from pathoseg.engine.settings import SELECTIONS, TrainConfig
 
     d = TrainConfig()
     p.add_argument("--epochs", type=int, default=d.epochs)
@@ -65,6 +65,9 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lr", type=float, default=d.lr)
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--budget", type=float, default=None, metavar="MINUTES", help="cap training wall time")
+    p.add_argument("--select", default=d.select, choices=SELECTIONS,
+                   help="best.pt is the epoch best by the validation images' pooled IoU or GlaS object F1 "
+                   "(the other's best is kept as best-<other>.pt)")
 
 
 def add_predict_args(p: argparse.ArgumentParser) -> None:
@@ -104,5 +107,5 @@ def train_config(args: argparse.Namespace):
     return TrainConfig(
         model=ModelConfig(args.model, args.output_stride, args.weights, head=args.head), epochs=args.epochs,
         batch_size=args.batch_size, crop=args.crop, scale=args.scale, lr=args.lr, seed=args.seed,
-        budget_minutes=args.budget,
+        budget_minutes=args.budget, select=args.select,
     )

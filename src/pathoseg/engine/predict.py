@@ -1,5 +1,5 @@
 """Prediction on whole images of any size: resize to the working scale, pad to the network
-stride, optionally tile and flip, and bring the logits back to native resolution."""
+stride, optionally tile, flip and rescale, and bring the logits back to native resolution."""
 
 from __future__ import annotations
 
@@ -19,6 +19,9 @@ from pathoseg.models import GlandSegmenter
 class PredictConfig:
     scale: float = 0.5
     tta: bool = False  # average over horizontal and vertical flips
+    # Multi-scale test-time augmentation: also run the network on the input resized by each of
+    # these factors (relative to ``scale``) and average the logits, brought back to one size.
+    tta_scales: tuple[float, ...] = ()
     tile: int | None = None  # window side at working scale; None = whole image
     threshold: float = 0.5
 
@@ -65,6 +68,12 @@ def _tiled(model: GlandSegmenter, x: torch.Tensor, tile: int, tta: bool) -> torc
     return out  # the ramps of overlapping windows add up to 1
 
 
+def _network(model: GlandSegmenter, x: torch.Tensor, cfg: PredictConfig) -> torch.Tensor:
+    if cfg.tile and max(x.shape[-2:]) > cfg.tile:
+        return _tiled(model, x, cfg.tile, cfg.tta)
+    return forward_padded(model, x, cfg.tta)
+
+
 @torch.inference_mode()
 def predict_logits(model: GlandSegmenter, image: np.ndarray, cfg: PredictConfig,
                    device: torch.device | str = "cpu", native: bool = True) -> torch.Tensor:
@@ -74,10 +83,12 @@ def predict_logits(model: GlandSegmenter, image: np.ndarray, cfg: PredictConfig,
     small = resample_image(image, cfg.scale)
     x = torch.from_numpy(np.ascontiguousarray(small)).to(device).permute(2, 0, 1)[None].float().div_(255)
     del small  # x is a copy: a large image's working-scale bytes need not wait for the network
-    if cfg.tile and max(x.shape[-2:]) > cfg.tile:
-        logits = _tiled(model, x, cfg.tile, cfg.tta)
-    else:
-        logits = forward_padded(model, x, cfg.tta)
+    logits = _network(model, x, cfg)
+    for factor in cfg.tta_scales:
+        resized = F.interpolate(x, scale_factor=factor, mode="bilinear", align_corners=False, antialias=factor < 1)
+        logits += F.interpolate(_network(model, resized, cfg), size=x.shape[-2:], mode="bilinear",
+                                align_corners=False)
+    logits /= 1 + len(cfg.tta_scales)
     if native and logits.shape[-2:] != image.shape[:2]:
         logits = F.interpolate(logits, size=image.shape[:2], mode="bilinear", align_corners=False)
     return logits[0].float().cpu()

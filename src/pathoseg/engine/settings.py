@@ -26,9 +26,19 @@ class TrainConfig:
     budget_minutes: float | None = None  # stop (and finish the schedule) by this wall time
     workers: int = 0
     progress: bool = True
+    # Which epoch becomes best.pt: the validation images' pooled IoU, or their GlaS object F1
+    # (what grading needs: whole glands, not pixels); the other's best is kept as best-<other>.pt.
+    select: str = "iou"
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def __post_init__(self) -> None:
+        if self.select not in SELECTIONS:
+            raise ValueError(f"select must be one of {', '.join(SELECTIONS)}, not {self.select!r}")
+
+
+SELECTIONS = ("iou", "f1")  # validation metrics a training can select its best epoch by
 
 
 @dataclass(frozen=True)

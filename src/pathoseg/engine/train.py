@@ -1,5 +1,6 @@
 """Training DeepLabV3+: augmented crops, BCE + Dice, AdamW with warm-up and cosine decay,
-validation each epoch, best/last checkpoints, resume, optional wall-clock budget."""
+validation each epoch (pooled IoU and GlaS object F1), best/last checkpoints, resume,
+optional wall-clock budget."""
 
 from __future__ import annotations
 
@@ -33,10 +34,12 @@ from pathoseg.engine.distributed import (
     train_sampler,
     wrap_model,
 )
-from pathoseg.engine.instances import learned_min_size
+from pathoseg.engine.instances import InstanceConfig, decode_instances, learned_min_size
 from pathoseg.engine.predict import forward_padded
+from pathoseg.engine.settings import SELECTIONS
 from pathoseg.engine.settings import TrainConfig as TrainConfig  # re-exported: settings live there
 from pathoseg.io import atomic_path
+from pathoseg.metrics import ObjectTally, object_metrics, object_tally
 from pathoseg.models import GlandSegmenter
 
 
@@ -45,6 +48,7 @@ class EpochRecord:
     epoch: int
     train_loss: float
     val_iou: float
+    val_f1: float
     lr: float
     seconds: float
 
@@ -91,25 +95,33 @@ class SegmentationLoss(torch.nn.Module):
 
 
 @torch.inference_mode()
-def validate(model: GlandSegmenter, pairs: Sequence[ScaledPair], device: torch.device) -> float:
-    """Pooled IoU over whole validation images at the working scale."""
+def validate(model: GlandSegmenter, pairs: Sequence[ScaledPair], device: torch.device,
+             decoder: InstanceConfig) -> tuple[float, float]:
+    """Pooled IoU (of the thresholded gland map) and GlaS object F1 (of the glands the
+    ``decoder`` makes, sizes in working-scale pixels) over whole validation images at the
+    working scale. Unlabelled pixels count for neither."""
     model.eval()
     inter = union = 0
+    tally = ObjectTally()
     for pair in pairs:
         x = torch.from_numpy(pair.image).to(device).permute(2, 0, 1)[None].float().div_(255)
-        pred = (forward_padded(model, x, tta=False)[0, 0] > 0).cpu().numpy()
+        logits = forward_padded(model, x, tta=False)[0].float().cpu()
+        pred = (logits[0] > 0).numpy()
         valid = pair.target != IGNORE
         gt = gland_pixels(pair.target)
         inter += int((pred & gt & valid).sum())
         union += int(((pred | gt) & valid).sum())
-    return inter / union if union else 1.0
+        glands = decode_instances(dict(zip(model.head.channels, torch.sigmoid(logits).numpy(), strict=True)), decoder)
+        tally += object_tally(np.where(valid, pair.target, 0), np.where(valid, glands, 0))
+    return (inter / union if union else 1.0), object_metrics([tally])["f1"]
 
 
 def write_history(path: Path, history: Sequence[dict]) -> None:
     if not history:
         return
+    columns = list(dict.fromkeys(k for row in history for k in row))  # a resumed older run adds columns
     with atomic_path(path) as tmp, tmp.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(history[0]))
+        writer = csv.DictWriter(f, fieldnames=columns)
         writer.writeheader()
         writer.writerows(history)
 
@@ -122,13 +134,14 @@ class FitState:
     elapsed: float = 0.0
     history: list[dict] = field(default_factory=list)
     best_iou: float = -1.0
+    best_f1: float = -1.0
     optimizer: dict | None = None
 
 
 def fit(model: GlandSegmenter, train_pairs: Sequence[ScaledPair], val_pairs: Sequence[ScaledPair],
         cfg: TrainConfig, device: torch.device, state: FitState | None = None,
         on_epoch: Callable[[EpochRecord, GlandSegmenter, FitState, torch.optim.Optimizer], None] | None = None,
-        ranks: Ranks = SINGLE) -> FitState:
+        ranks: Ranks = SINGLE, decoder: InstanceConfig | None = None) -> FitState:
     """Train ``model`` in place. The schedule runs on progress = max(epoch, time) fraction,
     so a wall-clock budget still ends with a fully decayed learning rate.
 
@@ -136,8 +149,12 @@ def fit(model: GlandSegmenter, train_pairs: Sequence[ScaledPair], val_pairs: Seq
     every rank calls this with its own device: each takes its share of the samples and of
     the global batch, DDP averages the gradients, rank 0 validates and calls ``on_epoch``, and
     rank 0's clock decides the schedule and the budget for all.
+
+    ``decoder``: the instance decoder for the validation's object F1, sizes in native pixels
+    (default: the decoder's defaults).
     """
     state = state or FitState()
+    val_decoder = (decoder or InstanceConfig()).scaled(cfg.scale)
     seed = rank_seed(cfg.seed + state.epoch, ranks.rank)  # rank 0 (and one process): the seed itself
     seed_everything(seed)
     model.to(device)
@@ -183,17 +200,18 @@ def fit(model: GlandSegmenter, train_pairs: Sequence[ScaledPair], val_pairs: Seq
             optimizer.step()
             losses.append(loss.item())
         average_buffers(model, ranks)
-        val_iou = validate(model, val_pairs, device) if val_pairs and ranks.is_main else float("nan")
+        val_iou, val_f1 = (validate(model, val_pairs, device, val_decoder) if val_pairs and ranks.is_main
+                           else (float("nan"), float("nan")))
         seconds = time.perf_counter() - start
         # Rank 0's clock and validation for all (the others wait here): the ranks stop together.
-        seconds, val_iou = from_main(ranks, seconds, val_iou)
+        seconds, val_iou, val_f1 = from_main(ranks, seconds, val_iou, val_f1)
         state.elapsed += seconds
         state.epoch += 1
-        record = EpochRecord(state.epoch, mean_over_ranks(ranks, float(np.mean(losses))), val_iou,
+        record = EpochRecord(state.epoch, mean_over_ranks(ranks, float(np.mean(losses))), val_iou, val_f1,
                              optimizer.param_groups[0]["lr"], seconds)
         state.history.append(asdict(record))
         bar.update(1)
-        bar.set_postfix(loss=f"{record.train_loss:.3f}", val_iou=f"{val_iou:.3f}")
+        bar.set_postfix(loss=f"{record.train_loss:.3f}", val_iou=f"{val_iou:.3f}", val_f1=f"{val_f1:.3f}")
         if on_epoch and ranks.is_main:
             on_epoch(record, model, state, optimizer)
         if budget_s and state.elapsed >= budget_s:
@@ -216,37 +234,44 @@ def train_to_dir(model: GlandSegmenter, train_pairs: Sequence[ScaledPair], val_p
                  state: FitState | None = None, mpp: float | None = None, ranks: Ranks = SINGLE) -> TrainResult:
     """:func:`fit` plus ``best.pt``, ``last.pt`` and ``history.csv`` written each epoch (by rank 0).
 
-    Without validation images the best checkpoint is the last one. The checkpoints carry the
-    instance decoder's gland size floor learned from the training masks, and ``mpp``, the
-    training images' native µm per pixel (None: unknown).
+    ``best.pt`` is the epoch best by ``cfg.select`` on the validation images (pooled IoU or
+    object F1); ``best-<other>.pt`` the best by the other, so the two rules can be compared on
+    one run. Without validation images the best checkpoint is the last one. The checkpoints
+    carry the instance decoder's gland size floor learned from the training masks (validation
+    decodes with it too), and ``mpp``, the training images' native µm per pixel (None: unknown).
     """
     min_size = learned_min_size((p.target for p in train_pairs), cfg.scale)
     instances = {"min_size": min_size} if min_size else {}
     out.mkdir(parents=True, exist_ok=True)
-    best, last = out / "best.pt", out / "last.pt"
+    last = out / "last.pt"
+    best = {m: out / ("best.pt" if m == cfg.select else f"best-{m}.pt") for m in SELECTIONS}
 
     def checkpoint(st: FitState, model: GlandSegmenter, opt: dict | None) -> Checkpoint:
+        latest = st.history[-1] if st.history else {}
         return Checkpoint.of(
             model, cfg.scale, train_config=cfg.to_dict(), split=split, epoch=st.epoch,
-            metrics={"val_iou": st.history[-1]["val_iou"] if st.history else float("nan"),
-                     "best_val_iou": st.best_iou, "elapsed": st.elapsed},
+            metrics={"val_iou": latest.get("val_iou", float("nan")), "val_f1": latest.get("val_f1", float("nan")),
+                     "best_val_iou": st.best_iou, "best_val_f1": st.best_f1, "elapsed": st.elapsed},
             history=list(st.history), optimizer=opt, instances=instances, mpp=mpp,
         )
 
     def on_epoch(record: EpochRecord, model: GlandSegmenter, st: FitState, opt: torch.optim.Optimizer) -> None:
-        improved = not val_pairs or record.val_iou > st.best_iou
-        if improved:
-            st.best_iou = record.val_iou if val_pairs else st.best_iou
+        improved = {"iou": not val_pairs or record.val_iou > st.best_iou,
+                    "f1": bool(val_pairs) and record.val_f1 > st.best_f1}
+        if val_pairs:
+            st.best_iou, st.best_f1 = max(st.best_iou, record.val_iou), max(st.best_f1, record.val_f1)
         checkpoint(st, model, opt.state_dict()).save(last)
-        if improved:
-            checkpoint(st, model, None).save(best)
+        for metric, path in best.items():
+            if improved[metric] or (metric == cfg.select and not val_pairs):
+                checkpoint(st, model, None).save(path)
         write_history(out / "history.csv", st.history)
 
-    state = fit(model, train_pairs, val_pairs, cfg, device, state, on_epoch, ranks)
-    return TrainResult(best, last, state.history, state)
+    decoder = InstanceConfig(**instances)
+    state = fit(model, train_pairs, val_pairs, cfg, device, state, on_epoch, ranks, decoder)
+    return TrainResult(best[cfg.select], last, state.history, state)
 
 
 def resume_state(ckpt: Checkpoint) -> FitState:
     return FitState(epoch=ckpt.epoch, elapsed=float(ckpt.metrics.get("elapsed", 0.0)),
                     history=list(ckpt.history), best_iou=float(ckpt.metrics.get("best_val_iou", -1.0)),
-                    optimizer=ckpt.optimizer)
+                    best_f1=float(ckpt.metrics.get("best_val_f1", -1.0)), optimizer=ckpt.optimizer)

@@ -184,7 +184,7 @@ class StudyRunner:
         device, how many seeds and which other strategies run (the seed is in the folder's name)."""
         c = self.cfg
         train = {k: v for k, v in c.round.train.to_dict().items() if k not in ("epochs", "seed", "budget_minutes",
-                                                                               "progress")}
+                                                                               "progress", "select")}
         rounds = {**asdict(replace(c.round, seed=0)), "train": train}
         settings = {"split": split_settings(self.plan.split), "round": rounds, "initial_fraction": c.initial_fraction,
                     "annotator": {"tolerance_um": c.tolerance_um, "um_per_px": self.mpp, "cost": asdict(c.cost)},

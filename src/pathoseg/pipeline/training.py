@@ -79,7 +79,8 @@ def plan_data(data_path: str | Path, split_kind: str = "official", split_file: s
 
 # Settings that change no result: left out of a run's fingerprint.
 NO_EFFECT = ("progress",)
-RUN_FILES = ("best.pt", "last.pt", "history.csv", SETTINGS_FILE)  # what a fresh start deletes
+# what a fresh start deletes
+RUN_FILES = ("best.pt", "best-iou.pt", "best-f1.pt", "last.pt", "history.csv", SETTINGS_FILE)
 
 
 def split_settings(split: Split | Mapping[str, Any]) -> dict:

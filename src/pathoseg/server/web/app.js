@@ -29,7 +29,7 @@ const state = {
 const ui = { status, refuse, setTool, vocab: () => vocab };
 Object.assign(ui, createView(state, ui));
 Object.assign(ui, createEdits(state, ui));
-const { paintOverlay, render, resizeCanvas, fit, zoomToGland, imageToScreen, screenToImage } = ui;
+const { paintOverlay, render, renderSoon, resizeCanvas, fit, zoomToGland, imageToScreen, screenToImage } = ui;
 const { select, selectAt, deleteKey, deleteGland, acceptGland, acceptAll, addClick, addPolygon, closePolygon, splitAlong,
   mergeGlands, mergeClick, fillHoles, beginStroke, strokeSegment, endStroke, undo, redo, compactIds } = ui;
 
@@ -331,12 +331,12 @@ function wire() {
   c.addEventListener("mousemove", (ev) => {
     if (state.panning) {
       state.ox += ev.clientX - state.last[0]; state.oy += ev.clientY - state.last[1];
-      state.last = [ev.clientX, ev.clientY]; render(); return;
+      state.last = [ev.clientX, ev.clientY]; renderSoon(); return;
     }
     if (!state.drawing) return;
     const p = screenToImage(ev);
-    if (state.tool === "split") { state.line.push(p); render(); return; }
-    if (state.stroke) { strokeSegment(state.last, p); state.last = p; paintOverlay(); }
+    if (state.tool === "split") { state.line.push(p); renderSoon(); return; }
+    if (state.stroke) { paintOverlay(strokeSegment(state.last, p)); state.last = p; }
   });
   window.addEventListener("mouseup", () => {
     if (state.drawing && state.tool === "split") {
@@ -354,7 +354,7 @@ function wire() {
     const r = c.getBoundingClientRect(), mx = ev.clientX - r.left, my = ev.clientY - r.top;
     const f = ev.deltaY < 0 ? 1.15 : 1 / 1.15;
     state.ox = mx - (mx - state.ox) * f; state.oy = my - (my - state.oy) * f; state.zoom *= f;
-    render();
+    renderSoon();
   }, { passive: false });
   window.addEventListener("resize", () => { resizeCanvas(); fit(); });
   // a failed request nobody waited on still shows in the page

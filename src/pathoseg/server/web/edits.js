@@ -270,8 +270,11 @@ export function createEdits(state, ui) {
     return true;
   }
 
+  // Paint (or erase) along a -> b; returns the box it may have changed, for a partial repaint.
   function strokeSegment(a, b) {
-    state.stroke.changed += L.strokeSegment(mask(), a, b, state.size / 2, state.stroke.id, state.tool === "eraser");
+    const r = state.size / 2;
+    state.stroke.changed += L.strokeSegment(mask(), a, b, r, state.stroke.id, state.tool === "eraser");
+    return [Math.min(a[0], b[0]) - r, Math.min(a[1], b[1]) - r, Math.max(a[0], b[0]) + r + 1, Math.max(a[1], b[1]) + r + 1];
   }
 
   function endStroke() {

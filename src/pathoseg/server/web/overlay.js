@@ -23,29 +23,44 @@ const dashed = (x, y) => Math.floor((x + y) / 3) % 2 === 0;
 // Paint the glands layer into ``rgba`` (a Uint8ClampedArray of w x h x 4): fills at ``fill``
 // (0-255) in the gland's colour, outlines opaque in it (dashed while unreviewed), the selected
 // gland's outline yellow. Returns each gland's centre and size, {id: [x, y, n]}, for badges.
+// ``rect`` [x0, y0, x1, y1) repaints only that part (a brush stroke's reach) and returns null:
+// the centres are left as they were. One pass over the pixels with per-id tables (no Map, no
+// colour maths per pixel): a 2048 x 2048 tile of ~300 glands repaints in tens of ms, not 300.
 export function paintGlands(rgba, { labels, w, h }, { selected = 0, accepted = new Set(), edited = new Set(),
-  fill = 51 } = {}) {
-  const sums = new Map();
-  for (let i = 0; i < labels.length; i++) {
-    const id = labels[i], o = 4 * i;
-    if (!id) { rgba[o + 3] = 0; continue; }
-    const x = i % w, y = (i - x) / w;
-    const s = sums.get(id) || [0, 0, 0];
-    s[0] += x; s[1] += y; s[2] += 1; sums.set(id, s);
-    const edge = x === 0 || x === w - 1 || y === 0 || y === h - 1
-      || labels[i - 1] !== id || labels[i + 1] !== id || labels[i - w] !== id || labels[i + w] !== id;
-    const c = colour(id);
-    if (edge && id === selected) { rgba[o] = 255; rgba[o + 1] = 235; rgba[o + 2] = 59; rgba[o + 3] = 255; }
-    else if (edge && (dashed(x, y) || reviewState(id, accepted, edited) !== UNREVIEWED)) {
-      rgba[o] = c[0]; rgba[o + 1] = c[1]; rgba[o + 2] = c[2]; rgba[o + 3] = 255;
-    } else {
-      rgba[o] = c[0]; rgba[o + 1] = c[1]; rgba[o + 2] = c[2];
-      rgba[o + 3] = id === selected ? Math.min(255, fill + 50) : fill;
+  fill = 51, rect = null } = {}) {
+  const [x0, y0, x1, y1] = rect ? clipRect(rect, w, h) : [0, 0, w, h];
+  let maxId = 0;
+  for (let y = y0; y < y1; y++) for (let i = y * w + x0, end = y * w + x1; i < end; i++) if (labels[i] > maxId) maxId = labels[i];
+  const n = maxId + 1, rgb = new Uint8Array(3 * n), solid = new Uint8Array(n), seen = new Uint8Array(n);
+  const sx = rect ? null : new Float64Array(n), sy = rect ? null : new Float64Array(n), count = rect ? null : new Float64Array(n);
+  const interior = Math.min(255, fill), chosen = Math.min(255, fill + 50);
+  for (let y = y0; y < y1; y++) {
+    for (let x = x0; x < x1; x++) {
+      const i = y * w + x, o = 4 * i, id = labels[i];
+      if (!id) { rgba[o + 3] = 0; continue; }
+      if (!seen[id]) {
+        seen[id] = 1;
+        rgb.set(colour(id), 3 * id);
+        solid[id] = reviewState(id, accepted, edited) !== UNREVIEWED ? 1 : 0;
+      }
+      if (count) { sx[id] += x; sy[id] += y; count[id] += 1; }
+      const edge = x === 0 || x === w - 1 || y === 0 || y === h - 1
+        || labels[i - 1] !== id || labels[i + 1] !== id || labels[i - w] !== id || labels[i + w] !== id;
+      if (edge && id === selected) { rgba[o] = 255; rgba[o + 1] = 235; rgba[o + 2] = 59; rgba[o + 3] = 255; continue; }
+      rgba[o] = rgb[3 * id]; rgba[o + 1] = rgb[3 * id + 1]; rgba[o + 2] = rgb[3 * id + 2];
+      rgba[o + 3] = edge && (solid[id] || dashed(x, y)) ? 255 : id === selected ? chosen : interior;
     }
   }
+  if (!count) return null;
   const centres = {};
-  for (const [id, [sx, sy, n]] of sums) centres[id] = [sx / n, sy / n, n];
+  for (let id = 1; id < n; id++) if (count[id]) centres[id] = [sx[id] / count[id], sy[id] / count[id], count[id]];
   return centres;
+}
+
+// ``rect`` [x0, y0, x1, y1) grown by the 1 px whose outline a change inside it can flip, within the image.
+export function clipRect([x0, y0, x1, y1], w, h) {
+  return [Math.max(0, Math.floor(x0) - 1), Math.max(0, Math.floor(y0) - 1),
+    Math.min(w, Math.ceil(x1) + 1), Math.min(h, Math.ceil(y1) + 1)];
 }
 
 // The heat map's colour scale: dark purple through red to yellow ("inferno"-like, readable on

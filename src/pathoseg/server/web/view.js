@@ -10,12 +10,29 @@ export function createView(state, ui) {
 
   // The mask layer (overlay.js): each gland in its own colour, unreviewed outlines dashed,
   // accepted and edited ones solid with a badge, the selected gland's outline yellow.
-  function paintOverlay() {
+  // ``rect`` [x0, y0, x1, y1): only that part changed (a brush stroke's segment); badges stay put.
+  function paintOverlay(rect = null) {
     if (!state.labels) return;
-    state.centres = O.paintGlands(state.overlayData.data, mask(), { selected: state.selected, accepted: state.accepted,
-      edited: state.edited, fill: Math.round(($("opacity").value / 100) * 255) });
-    state.overlayCtx.putImageData(state.overlayData, 0, 0);
-    render();
+    const opts = { selected: state.selected, accepted: state.accepted, edited: state.edited,
+      fill: Math.round(($("opacity").value / 100) * 255) };
+    if (rect) {
+      O.paintGlands(state.overlayData.data, mask(), { ...opts, rect });
+      const [x0, y0, x1, y1] = O.clipRect(rect, state.w, state.h);
+      state.overlayCtx.putImageData(state.overlayData, 0, 0, x0, y0, x1 - x0, y1 - y0);
+      renderSoon();
+    } else {
+      state.centres = O.paintGlands(state.overlayData.data, mask(), opts);
+      state.overlayCtx.putImageData(state.overlayData, 0, 0);
+      render();
+    }
+  }
+
+  // Render at the next frame, once however often asked before it: a moving mouse (a stroke, a
+  // cut line, a pan) sends more events than the screen shows frames, and on a 2048 x 2048 tile
+  // a render per event would fall behind the hand.
+  let frame = 0;
+  function renderSoon() {
+    if (!frame) frame = requestAnimationFrame(() => { frame = 0; render(); });
   }
 
   // Badges of reviewed glands, drawn at their centres in screen pixels (a fixed size at any zoom).
@@ -91,5 +108,6 @@ export function createView(state, ui) {
     if ($("show-mask").checked) drawBadges(ctx);
   }
 
-  return { drawBadges, fit, imageToScreen, paintOverlay, render, resizeCanvas, screenToImage, setView, zoomToGland };
+  return { drawBadges, fit, imageToScreen, paintOverlay, render, renderSoon, resizeCanvas, screenToImage, setView,
+    zoomToGland };
 }
