@@ -67,10 +67,12 @@ def _upload(client: TestClient, h: dict, name: str, array: np.ndarray) -> dict:
     return r.json()
 
 
-def _set_uncertainty(project: Project, values: dict[str, float]) -> None:
+def _set_uncertainty(project: Project, values: dict[str, float | None]) -> None:
+    """Stored uncertainties; None: none, from no model (as before migration 0005)."""
     with project.session() as s:
         for name, value in values.items():
-            s.execute(update(ImageRow).where(ImageRow.name == name).values(uncertainty=value))
+            scored = {} if value is not None else {"uncertainty_version": None}
+            s.execute(update(ImageRow).where(ImageRow.name == name).values(uncertainty=value, **scored))
         s.commit()
 
 
@@ -128,14 +130,14 @@ def test_an_upload_is_predicted_by_the_worker_without_asking(lab, tmp_path):
     assert r.status_code == 200 and np.array(Image.open(io.BytesIO(r.content))).shape == (64, 64)
 
 
-def test_a_prediction_job_predicts_only_what_is_missing_and_still_refreshes_uncertainties(lab, tmp_path):
+def test_a_prediction_job_predicts_only_what_is_missing_and_refreshes_only_stale_uncertainties(lab, tmp_path):
     client, h, project, worker = lab
     register_model(project, untrained_checkpoint(tmp_path / "v1.pt"))
     worker.run_once(client.post("/api/predict", headers=h).json()["id"])
     files = [project.prediction_path(1, "img0"), project.instances_path(1, "img0")]
     kept = [(f.stat().st_mtime_ns, f.read_bytes()) for f in files]
     stored = np.array(Image.open(files[0]))
-    _set_uncertainty(project, {"img0": None})
+    _set_uncertainty(project, {"img0": None, "img1": 0.4321})  # img1's stays v1's: not read again
     new = _upload(client, h, "fresh", synthetic_sample(8, CFG)[0])
     job_id = _jobs(project)[-1].id
     worker.run_once(job_id)
@@ -143,6 +145,7 @@ def test_a_prediction_job_predicts_only_what_is_missing_and_still_refreshes_unce
     assert [(f.stat().st_mtime_ns, f.read_bytes()) for f in files] == kept  # not predicted again
     shown = {i["name"]: i for i in client.get("/api/images", headers=h).json()}
     assert shown["img0"]["uncertainty"] == pytest.approx(mean_entropy(stored.astype(np.float32) / 255))
+    assert shown["img1"]["uncertainty"] == 0.4321
     assert project.prediction_path(1, "fresh").is_file() and shown["fresh"]["id"] == new["id"]
 
 

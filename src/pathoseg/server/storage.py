@@ -100,6 +100,7 @@ class Image(Base):
     height: Mapped[int] = mapped_column(Integer)
     status: Mapped[str] = mapped_column(String(16), default="new")  # new/predicted/corrected/approved
     uncertainty: Mapped[float | None] = mapped_column(Float, nullable=True)
+    uncertainty_version: Mapped[int | None] = mapped_column(Integer, nullable=True)  # the model it came from
     mask_version: Mapped[int] = mapped_column(Integer, default=0)  # 0 = no saved mask yet
     updated_by: Mapped[str | None] = mapped_column(String(64), nullable=True)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now)

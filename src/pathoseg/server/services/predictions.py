@@ -3,9 +3,10 @@ image's uncertainty (the queue's order), and which images are waiting for a pred
 
 A prediction job predicts only the images without both files of the model version
 (``predictions/v<k>/<name>.png`` and ``instances/<name>.png``): so the job an upload queues
-costs that one image, not the whole project. For the others it recomputes the uncertainty
-from the stored probability bytes, so activating an older version reorders the queue
-without predicting anything again.
+costs that one image, not the whole project. An image whose stored uncertainty came from
+another version gets it recomputed from that version's stored probability bytes, so
+activating an older version reorders the queue without predicting anything again; the
+others are left as they are.
 """
 
 from __future__ import annotations
@@ -46,11 +47,14 @@ def predict_images(project: Project, version: int, model_file: Path, settings: W
     image; returns how many were predicted. ``progress(fraction)`` after each image (it may
     raise to stop the job). The model is loaded only when an image needs it."""
     with project.session() as session:
-        names = [i.name for i in session.scalars(select(Image).order_by(Image.id))]
+        images = [(i.name, i.uncertainty_version) for i in session.scalars(select(Image).order_by(Image.id))]
     model = None
     predicted = 0
-    for k, name in enumerate(names):
+    for k, (name, scored_by) in enumerate(images):
         if has_prediction(project, version, name):
+            if scored_by == version:
+                progress((k + 1) / len(images))
+                continue
             uncertainty = stored_uncertainty(project, version, name)
         else:
             if model is None:
@@ -63,11 +67,11 @@ def predict_images(project: Project, version: int, model_file: Path, settings: W
             predicted += 1
         with project.session() as session:
             image = session.scalars(select(Image).where(Image.name == name)).one()
-            image.uncertainty = uncertainty
+            image.uncertainty, image.uncertainty_version = uncertainty, version
             if image.status == "new":
                 image.status = "predicted"
             session.commit()
-        progress((k + 1) / len(names))
+        progress((k + 1) / len(images))
     return predicted
 
 
