@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from pathoseg.cli import main
+from pathoseg.cli import build_parser, main
 
 
 def run_cli(capsys, *argv: str) -> str:
@@ -137,3 +137,13 @@ def test_no_traceback_from_the_installed_command(tmp_path):
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert proc.stderr.strip() == f"pathoseg: error: {tmp_path / 'missing'}: no such dataset folder"
+
+
+@pytest.mark.parametrize("value", ["1", "0.5,x", "-0.5", ""])
+def test_tta_scales_are_factors_other_than_one(capsys, value):
+    with pytest.raises(SystemExit) as exc:
+        main(["evaluate", "model.pt", "--tta-scales", value])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and "argument --tta-scales" in err and "Traceback" not in err
+    assert build_parser().parse_args(["evaluate", "m.pt", "--tta-scales", "0.75,1.25"]).tta_scales \
+        == (0.75, 1.25)

@@ -57,8 +57,8 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     run_evaluate(EvaluateRequest(
         out=args.out, predictions=args.predictions, data=args.data, split_kind=kind, parts=parts,
         split_file=args.split_file, device=args.device, mpp=args.mpp, tta=args.tta, tile=args.tile,
-        instances=args.instances, min_size=args.min_size, json=args.json, pictures=not args.no_pictures,
-        anatomy_um=args.anatomy_tolerance, **model))
+        tta_scales=args.tta_scales, instances=args.instances, min_size=args.min_size, json=args.json,
+        pictures=not args.no_pictures, anatomy_um=args.anatomy_tolerance, **model))
 
 
 def _ray_config(args: argparse.Namespace, backend):
@@ -84,8 +84,8 @@ def cmd_predict(args: argparse.Namespace) -> None:
     run_predict(PredictRequest(
         checkpoint=args.checkpoint, inputs=tuple(args.inputs), out=args.out, backend=backend,
         ray=_ray_config(args, backend), device=args.device, mpp=args.mpp, model_mpp=args.model_mpp,
-        region=args.region, tile=args.tile, tta=args.tta, instances=args.instances, min_size=args.min_size,
-        min_area=args.min_area))
+        region=args.region, tile=args.tile, tta=args.tta, tta_scales=args.tta_scales, instances=args.instances,
+        min_size=args.min_size, min_area=args.min_area))
 
 
 def cmd_export(args: argparse.Namespace) -> None:

@@ -70,8 +70,22 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
                    "(the other's best is kept as best-<other>.pt)")
 
 
+def tta_scales(text: str) -> tuple[float, ...]:
+    """``--tta-scales``: positive factors other than 1, comma-separated."""
+    try:
+        factors = tuple(float(f) for f in text.split(",") if f.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of numbers") from None
+    if not factors or any(not (0 < f <= 4) or f == 1 for f in factors):
+        raise argparse.ArgumentTypeError(f"{text!r}: each factor must be above 0, at most 4 and not 1")
+    return factors
+
+
 def add_predict_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tta", action="store_true", help="average over flips (3x slower, slightly better)")
+    p.add_argument("--tta-scales", type=tta_scales, default=(), metavar="F,F",
+                   help="also average over the input resized by these factors, e.g. 0.75,1.25 (images, not "
+                   "slides; each factor costs a forward pass, times 3 with --tta)")
     p.add_argument("--tile", type=int, default=None,
                    help="predict in windows of this side at working scale (large images; slides: default 1024)")
     d = InstanceConfig()

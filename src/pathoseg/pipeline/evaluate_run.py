@@ -41,6 +41,7 @@ class EvaluateRequest:
     device: str | None = None
     mpp: str | float | None = None  # the data's µm/px, or "auto"
     tta: bool = False
+    tta_scales: tuple[float, ...] = ()  # multi-scale test-time augmentation (PredictConfig.tta_scales)
     tile: int | None = None
     instances: str = InstanceConfig.method
     min_size: int | None = None
@@ -85,7 +86,7 @@ def run_evaluate(req: EvaluateRequest, say: Callable[[str], None] = print) -> di
             plan = plan_data(data, req.split_kind)
             plan.split = Split.from_dict(ckpt.split, req.checkpoint)
             plan.split.check(plan.data)
-        pcfg = PredictConfig(scale=ckpt.scale, tta=req.tta, tile=req.tile)
+        pcfg = PredictConfig(scale=ckpt.scale, tta=req.tta, tile=req.tile, tta_scales=req.tta_scales)
         icfg = ckpt.instance_config(method=req.instances, min_size=req.min_size)
         model_mpp = model_mpp_of(ckpt, None, req.checkpoint)
         input_mpp = data_input_mpp(plan.data, req.mpp, model_mpp, req.checkpoint)

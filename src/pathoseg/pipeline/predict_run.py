@@ -42,6 +42,7 @@ class PredictRequest:
     region: str | None = None  # slides: x,y,w,h in level-0 pixels
     tile: int | None = None
     tta: bool = False
+    tta_scales: tuple[float, ...] = ()  # images only: multi-scale test-time augmentation
     instances: str = InstanceConfig.method
     min_size: int | None = None  # native pixels
     min_area: float | None = None  # µm²
@@ -56,11 +57,14 @@ def run_predict(req: PredictRequest, say: Callable[[str], None] = print) -> None
     auto_mpp, mpp = parsed == AUTO, parsed if parsed != AUTO else None
     if req.min_size is not None and req.min_area is not None:
         raise PathosegError("pass --min-size (pixels) or --min-area (µm²), not both")
+    if req.tta_scales and slides:
+        raise PathosegError("--tta-scales applies to images; whole slides average over flips only (--tta)",
+                            slides[0])
     if req.region is not None and not slides:
         raise PathosegError("--region applies to whole-slide images; none given", first)
     slide_cfg = slide_config(req.tile, req.tta, slides[0]) if slides else None
     model_mpp = model_mpp_of(ckpt, req.model_mpp, req.checkpoint)
-    pcfg = PredictConfig(scale=ckpt.scale, tta=req.tta, tile=req.tile)
+    pcfg = PredictConfig(scale=ckpt.scale, tta=req.tta, tile=req.tile, tta_scales=req.tta_scales)
     icfg = ckpt.instance_config(method=req.instances, min_size=req.min_size)
     icfg = min_size_from_area(icfg, req.min_area, model_mpp, req.checkpoint)
     if slides:
