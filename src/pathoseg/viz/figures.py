@@ -75,7 +75,10 @@ def learning_curve_figure(history: Sequence[dict]) -> plt.Figure:
     ax1.set_ylabel("train loss (BCE + Dice)", color="tab:blue")
     ax2 = ax1.twinx()
     ax2.plot(epochs, [h["val_iou"] for h in history], color="tab:green", marker="o", ms=3, label="val IoU")
-    ax2.set_ylabel("validation IoU", color="tab:green")
+    if all("val_f1" in h for h in history):  # checkpoints from before it was measured lack it
+        ax2.plot(epochs, [h["val_f1"] for h in history], color="tab:purple", marker="s", ms=3, label="val object F1")
+        ax2.legend(loc="lower right", fontsize=8)
+    ax2.set_ylabel("validation IoU / object F1")
     ax1.set_title("Learning curve")
     fig.tight_layout()
     return fig
