@@ -31,10 +31,11 @@ def glas_subset(glas_dir, tmp_path_factory) -> Path:
 @pytest.mark.slow
 def test_gpu_protocol_runs_on_the_cpu_with_a_tiny_budget(glas_subset, tmp_path):
     out, summary = tmp_path / "run", tmp_path / "glas_gpu.json"
-    # the GPU command of docs/benchmarks.md with the device, schedule and seeds cut down
+    # the GPU command of docs/benchmarks.md with the device, schedule, seeds and pixels cut down
     cmd = [sys.executable, str(ROOT / "bench" / "glas_instances.py"), "--model", "lite2", "--output-stride", "8",
-           "--crop", "64", "--epochs", "1", "--batch-size", "2", "--select", "f1", "--variants",
-           "--device", "cpu", "--seeds", "0", "--data", str(glas_subset), "--out", str(out), "--json", str(summary)]
+           "--crop", "64", "--epochs", "1", "--batch-size", "2", "--scale", "0.25", "--select", "f1", "--variants",
+           "--tta-scales", "0.5", "--device", "cpu", "--seeds", "0", "--data", str(glas_subset), "--out", str(out),
+           "--json", str(summary)]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-2000:]
     result = json.loads((out / "seed0" / "result.json").read_text())
