@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from pathoseg.cli.options import tta_scales
 from pathoseg.data.cache import load_scaled
 from pathoseg.engine.checkpoint import load_checkpoint, load_model
 from pathoseg.engine.device import choose_device
@@ -89,9 +90,9 @@ def run_seed(args: argparse.Namespace, cfg: TrainConfig, out: Path, data: Path) 
     variants = {"model": (model, base, ckpt.instance_config()),
                 "components": (model, base, ckpt.instance_config(method="components"))}
     if args.variants:
-        scales = tuple(float(f) for f in args.tta_scales.split(","))
         variants |= {"flip": (model, replace(base, tta=True), ckpt.instance_config()),
-                     "flip+scales": (model, replace(base, tta=True, tta_scales=scales), ckpt.instance_config())}
+                     "flip+scales": (model, replace(base, tta=True, tta_scales=args.tta_scales),
+                                     ckpt.instance_config())}
         other = next((m for m in ("iou", "f1") if m != cfg.select), None)
         if (out / f"best-{other}.pt").is_file():
             alt, alt_ckpt = load_model(out / f"best-{other}.pt", device)
@@ -158,7 +159,7 @@ def main() -> None:
     ap.add_argument("--variants", action="store_true",
                     help="also evaluate flip TTA, flip + multi-scale TTA and the checkpoint the other "
                          "selection rule picked (best-<other>.pt)")
-    ap.add_argument("--tta-scales", default="0.75,1.25", help="--variants: the extra input scales")
+    ap.add_argument("--tta-scales", type=tta_scales, default=(0.75, 1.25), help="--variants: the extra input scales")
     ap.add_argument("--device")
     ap.add_argument("--fresh", action="store_true", help="delete earlier results in OUT first")
     ap.add_argument("--reevaluate", action="store_true",
