@@ -37,6 +37,7 @@ from pathoseg.engine.checkpoint import load_checkpoint, load_model
 from pathoseg.engine.device import choose_device
 from pathoseg.engine.instances import learned_min_size
 from pathoseg.engine.predict import PredictConfig
+from pathoseg.engine.settings import SELECTIONS
 from pathoseg.engine.train import TrainConfig
 from pathoseg.models import DEFAULT_HEAD, ModelConfig
 from pathoseg.pipeline.evaluation import evaluate_parts, metrics_lines, model_segmenter, summarize_parts
@@ -93,7 +94,7 @@ def run_seed(args: argparse.Namespace, cfg: TrainConfig, out: Path, data: Path) 
         variants |= {"flip": (model, replace(base, tta=True), ckpt.instance_config()),
                      "flip+scales": (model, replace(base, tta=True, tta_scales=args.tta_scales),
                                      ckpt.instance_config())}
-        other = next((m for m in ("iou", "f1") if m != cfg.select), None)
+        other = next(m for m in SELECTIONS if m != cfg.select)
         if (out / f"best-{other}.pt").is_file():
             alt, alt_ckpt = load_model(out / f"best-{other}.pt", device)
             alt_ckpt.instances = ckpt.instances
@@ -153,7 +154,7 @@ def main() -> None:
     ap.add_argument("--crop", type=int, default=d.crop)
     ap.add_argument("--batch-size", type=int, default=d.batch_size)
     ap.add_argument("--lr", type=float, default=d.lr)
-    ap.add_argument("--select", default=d.select, choices=("iou", "f1"))
+    ap.add_argument("--select", default=d.select, choices=SELECTIONS)
     ap.add_argument("--val-fraction", type=float, default=0.1)
     ap.add_argument("--tta", action="store_true", help="flip test-time augmentation for every evaluation")
     ap.add_argument("--variants", action="store_true",

@@ -270,7 +270,8 @@ export function createEdits(state, ui) {
     return true;
   }
 
-  // Paint (or erase) along a -> b; returns the box it may have changed, for a partial repaint.
+  // Paint (or erase) along a -> b; returns the box it may have changed, for a partial repaint
+  // (exclusive on the right and bottom: + 1 past the last pixel labels.strokeSegment may paint).
   function strokeSegment(a, b) {
     const r = state.size / 2;
     state.stroke.changed += L.strokeSegment(mask(), a, b, r, state.stroke.id, state.tool === "eraser");
