@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pathoseg.cli.options import tta_scales
+from pathoseg.cli.options import non_negative, tta_scales
 from pathoseg.data.cache import load_scaled
 from pathoseg.engine.checkpoint import load_checkpoint, load_model
 from pathoseg.engine.device import choose_device
@@ -155,6 +155,8 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=d.batch_size)
     ap.add_argument("--lr", type=float, default=d.lr)
     ap.add_argument("--select", default=d.select, choices=SELECTIONS)
+    ap.add_argument("--boundary-weight", type=non_negative, default=d.boundary_weight,
+                    help="loss weight near gland outlines (TrainConfig.boundary_weight)")
     ap.add_argument("--val-fraction", type=float, default=0.1)
     ap.add_argument("--tta", action="store_true", help="flip test-time augmentation for every evaluation")
     ap.add_argument("--variants", action="store_true",
@@ -177,7 +179,8 @@ def main() -> None:
     results = []
     for seed in (int(s) for s in args.seeds.split(",")):
         cfg = replace(d, model=model, epochs=args.epochs, scale=args.scale, crop=args.crop, lr=args.lr,
-                      batch_size=args.batch_size, select=args.select, seed=seed, progress=sys.stderr.isatty())
+                      batch_size=args.batch_size, select=args.select, seed=seed,
+                      boundary_weight=args.boundary_weight, progress=sys.stderr.isatty())
         results.append(run_seed(args, cfg, out / f"seed{seed}", data))
     command = "python bench/glas_instances.py " + shlex.join(sys.argv[1:])
     summary = summary_json(results, command)

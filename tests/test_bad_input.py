@@ -147,3 +147,13 @@ def test_tta_scales_are_factors_other_than_one(capsys, value):
     assert exc.value.code == 2 and "argument --tta-scales" in err and "Traceback" not in err
     assert build_parser().parse_args(["evaluate", "m.pt", "--tta-scales", "0.75,1.25"]).tta_scales \
         == (0.75, 1.25)
+
+
+@pytest.mark.parametrize("value", ["-1", "x", "nan", "inf"])
+def test_boundary_weight_is_a_finite_number_not_below_zero(capsys, value):
+    with pytest.raises(SystemExit) as exc:
+        main(["train", "--data", "d", "--out", "o", "--boundary-weight", value])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and "argument --boundary-weight" in err and "Traceback" not in err
+    assert build_parser().parse_args(["train", "--data", "d", "--out", "o", "--boundary-weight", "3"]) \
+        .boundary_weight == 3.0

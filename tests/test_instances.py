@@ -10,7 +10,7 @@ import torch
 from skimage.draw import disk
 
 from pathoseg.data.images import BinaryMaskWarning, read_mask, write_label_png
-from pathoseg.data.targets import IGNORE, contour_target, head_targets
+from pathoseg.data.targets import IGNORE, boundary_weights, contour_target, head_targets
 from pathoseg.engine.checkpoint import FORMAT, Checkpoint, load_model
 from pathoseg.engine.instances import InstanceConfig, InstanceFallbackWarning, decode_instances
 from pathoseg.engine.predict import PredictConfig, predict_logits
@@ -48,6 +48,50 @@ def test_targets_ignore_ignored_pixels():
     assert targets.shape == (2, *labels.shape)
     assert not valid[:, :20].any() and valid[:, 20:].all()
     assert targets[0][:, :20].sum() == 0  # ignored pixels are never glands
+
+
+def test_boundary_weights_peak_on_outlines_and_skip_unlabelled_pixels():
+    labels = touching_discs()
+    labels[:, :10] = IGNORE
+    plain = boundary_weights(labels, 0.0, 5.0)
+    assert set(np.unique(plain)) == {0.0, 1.0} and not plain[:, :10].any() and plain[:, 10:].all()
+    w = boundary_weights(labels, 4.0, 5.0)
+    assert not w[:, :10].any()
+    line = np.argwhere((labels[:, :-1] == 1) & (labels[:, 1:] == 2))
+    assert np.allclose(w[line[:, 0], line[:, 1]], 5.0)  # the line between touching glands: 1 + 4
+    assert w[50, 52] == pytest.approx(1.0, abs=1e-3) and w[50, 108] == pytest.approx(1.0, abs=1e-3)  # centres
+    assert w[95, 150] == pytest.approx(1.0, abs=1e-3)  # background far from any outline
+    assert 1.0 < w[50, 24] < 5.0  # 4 px inside the left disc's rim: part of the extra weight
+    assert np.array_equal(boundary_weights(np.zeros((8, 8), np.uint16), 4.0, 5.0), np.ones((8, 8), np.float32))
+
+
+def test_loss_with_weights_0_and_1_is_smp_bce_plus_dice_and_outline_errors_cost_more():
+    from segmentation_models_pytorch.losses import DiceLoss, SoftBCEWithLogitsLoss
+
+    from pathoseg.engine.train import SegmentationLoss
+
+    torch.manual_seed(0)
+    labels = touching_discs()
+    targets, valid = head_targets(labels, ("gland", "contour"))
+    valid[:, :10] = False
+    y = torch.from_numpy(targets)[None]
+    logits = torch.randn(1, 2, *labels.shape)
+    loss = SegmentationLoss(("gland", "contour"))
+    masked = torch.where(torch.from_numpy(valid)[None, None], y, torch.full_like(y, -1.0))
+    bce, dice = SoftBCEWithLogitsLoss(ignore_index=-1.0), DiceLoss("binary", from_logits=True, ignore_index=-1.0)
+    expected = sum(bce(logits[:, c:c + 1], masked[:, c:c + 1]) + dice(logits[:, c:c + 1], masked[:, c:c + 1])
+                   for c in range(2))
+    assert loss(logits, y, torch.from_numpy(valid)[None]).item() == pytest.approx(expected.item(), rel=1e-5)
+    # One wrong pixel on the outline against one wrong pixel at a gland's centre.
+    weights = torch.from_numpy(boundary_weights(labels, 4.0, 5.0))[None]
+    right = torch.where(y > 0, 8.0, -8.0)
+    costs = []
+    on_line = tuple(np.argwhere((labels[:, :-1] == 1) & (labels[:, 1:] == 2))[10])
+    for r, c in (on_line, (50, 52)):  # on the line between the glands, at the left one's centre
+        wrong = right.clone()
+        wrong[0, 0, r, c] = -wrong[0, 0, r, c]
+        costs.append(loss(wrong, y, weights).item() - loss(right, y, weights).item())
+    assert costs[0] > 3 * costs[1] > 0
 
 
 def test_decoder_separates_touching_discs_that_components_merge():

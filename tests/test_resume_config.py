@@ -158,6 +158,17 @@ def test_compare_reuses_only_runs_made_with_the_same_settings(synth_dir, tmp_pat
     assert not (run_dir / "stale.png").exists()
 
 
+def test_a_setting_added_later_keeps_older_runs_fingerprints_while_it_is_off():
+    from pathoseg.pipeline.training import training_settings
+
+    split = {"kind": "official", "train": ["a"], "val": [], "test": ["b"]}
+    before = {k: v for k, v in TrainConfig().to_dict().items() if k != "boundary_weight"}  # a run made before
+    assert training_settings(TrainConfig(), split) == training_settings(before, split)
+    assert training_settings(TrainConfig().to_dict(), split) == training_settings(before, split)  # a checkpoint's
+    on = training_settings(TrainConfig(boundary_weight=3.0), split)
+    assert first_difference(on, training_settings(before, split))[0] == "boundary_weight"
+
+
 def test_compare_run_settings_follow_the_split(synth_dir):
     cfg = compare.CompareConfig(models=["lite0"], protocol="seed", device="cpu")
     s0, s1 = (compare.run_settings(str(synth_dir), cfg, "lite0", seed) for seed in (0, 1))

@@ -68,6 +68,18 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--select", default=d.select, choices=SELECTIONS,
                    help="best.pt is the epoch best by the validation images' pooled IoU or GlaS object F1 "
                    "(the other's best is kept as best-<other>.pt)")
+    p.add_argument("--boundary-weight", type=non_negative, default=d.boundary_weight, metavar="W",
+                   help="weigh the loss up to 1 + W near gland outlines (U-Net's weight map; 0: off)")
+
+
+def non_negative(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r} must be a finite number >= 0")
+    return value
 
 
 def tta_scales(text: str) -> tuple[float, ...]:
@@ -121,5 +133,5 @@ def train_config(args: argparse.Namespace):
     return TrainConfig(
         model=ModelConfig(args.model, args.output_stride, args.weights, head=args.head), epochs=args.epochs,
         batch_size=args.batch_size, crop=args.crop, scale=args.scale, lr=args.lr, seed=args.seed,
-        budget_minutes=args.budget, select=args.select,
+        budget_minutes=args.budget, select=args.select, boundary_weight=args.boundary_weight,
     )

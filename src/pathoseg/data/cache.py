@@ -17,7 +17,7 @@ from tqdm import tqdm
 
 from pathoseg.data.resolution import resample_image, resample_labels
 from pathoseg.data.samples import Sample
-from pathoseg.data.targets import IGNORE, head_targets
+from pathoseg.data.targets import IGNORE, boundary_weights, head_targets
 
 __all__ = ["IGNORE", "CropDataset", "ScaledPair", "load_scaled", "to_target"]
 
@@ -50,22 +50,27 @@ def load_scaled(samples: Sequence[Sample], scale: float, progress: bool = True) 
 
 class CropDataset(Dataset):
     """Random augmented crops, ``repeats`` per image per epoch, with the targets of the
-    model's output ``channels`` made from the augmented instance ids."""
+    model's output ``channels`` made from the augmented instance ids, and each pixel's loss
+    weight (:func:`~pathoseg.data.targets.boundary_weights`; 0 where unlabelled)."""
 
     def __init__(self, pairs: Sequence[ScaledPair], transform: A.Compose, repeats: int = 1,
-                 channels: tuple[str, ...] = ("gland",)) -> None:
+                 channels: tuple[str, ...] = ("gland",), boundary_weight: float = 0.0,
+                 boundary_sigma: float = 5.0) -> None:
         self.pairs = list(pairs)
         self.transform = transform
         self.repeats = repeats
         self.channels = channels
+        self.boundary_weight = boundary_weight
+        self.boundary_sigma = boundary_sigma
 
     def __len__(self) -> int:
         return len(self.pairs) * self.repeats
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Image (3, h, w) in [0, 1], targets (C, h, w) float and valid pixels (h, w) bool."""
+        """Image (3, h, w) in [0, 1], targets (C, h, w) float and pixel weights (h, w) float."""
         pair = self.pairs[i % len(self.pairs)]
         out = self.transform(image=pair.image, mask=pair.target)
         image = torch.from_numpy(out["image"]).permute(2, 0, 1).float().div_(255)
-        targets, valid = head_targets(out["mask"], self.channels)
-        return image, torch.from_numpy(targets), torch.from_numpy(valid)
+        targets, _ = head_targets(out["mask"], self.channels)
+        weights = boundary_weights(out["mask"], self.boundary_weight, self.boundary_sigma)
+        return image, torch.from_numpy(targets), torch.from_numpy(weights)

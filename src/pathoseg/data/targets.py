@@ -30,6 +30,20 @@ def contour_target(labels: np.ndarray, width: int = CONTOUR_WIDTH) -> np.ndarray
     return edge.astype(np.float32)
 
 
+def boundary_weights(labels: np.ndarray, weight: float, sigma: float) -> np.ndarray:
+    """Per-pixel loss weights (H, W) float32: 1 + ``weight`` * exp(-d² / 2 ``sigma``²), d the
+    distance to the nearest gland outline (touching glands' shared line included), 0 where
+    unlabelled. ``weight`` 0: 1 on every labelled pixel."""
+    valid = labels != IGNORE
+    if weight == 0:
+        return valid.astype(np.float32)
+    edge = find_boundaries(np.where(valid, labels, 0), connectivity=1, mode="thick")
+    if not edge.any():  # no outline in the crop: nothing to weigh up
+        return valid.astype(np.float32)
+    d = ndi.distance_transform_edt(~edge)
+    return np.where(valid, 1 + weight * np.exp(-(d * d) / (2 * sigma * sigma)), 0).astype(np.float32)
+
+
 def head_targets(labels: np.ndarray, channels: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray]:
     """Targets (C, H, W) float32 for a head's channels and the valid-pixel mask (H, W) bool."""
     maps = []

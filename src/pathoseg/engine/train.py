@@ -36,7 +36,7 @@ from pathoseg.engine.distributed import (
 )
 from pathoseg.engine.instances import InstanceConfig, decode_instances, learned_min_size
 from pathoseg.engine.predict import forward_padded
-from pathoseg.engine.settings import SELECTIONS
+from pathoseg.engine.settings import BOUNDARY_SIGMA, SELECTIONS
 from pathoseg.engine.settings import TrainConfig as TrainConfig  # re-exported: settings live there
 from pathoseg.io import atomic_path
 from pathoseg.metrics import ObjectTally, object_metrics, object_tally
@@ -71,26 +71,31 @@ _MASKED = -1.0  # target value of pixels outside the valid mask (smp's ignore_in
 
 
 class SegmentationLoss(torch.nn.Module):
-    """Sum over the head's channels; pixels outside ``valid`` do not count.
+    """Sum over the head's channels; pixels of weight 0 (unlabelled) do not count.
 
     Each channel (gland, contour) is BCE + soft Dice: the contour band is a few percent of
-    the pixels, and Dice keeps it from collapsing to background.
+    the pixels, and Dice keeps it from collapsing to background. BCE is the mean over all
+    pixels of each pixel's BCE times its weight (smp's ``SoftBCEWithLogitsLoss`` with an
+    ignore index when the weights are 0 or 1; torch's own weighted BCE, since smp's weight is
+    one tensor for every batch).
     """
 
     def __init__(self, channels: tuple[str, ...] = ("gland",), ranks: Ranks = SINGLE) -> None:
         super().__init__()
         self.channels = channels
-        self.bce = smp.losses.SoftBCEWithLogitsLoss(ignore_index=_MASKED)
         # Across processes Dice needs the whole batch's sums (BCE, a mean, is averaged by DDP).
         self.dice = (GlobalDiceLoss(ranks, ignore_index=_MASKED) if ranks.distributed
                      else smp.losses.DiceLoss("binary", from_logits=True, ignore_index=_MASKED))
 
-    def forward(self, logits: torch.Tensor, targets: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-        targets = torch.where(valid.unsqueeze(1), targets, torch.full_like(targets, _MASKED))
+    def forward(self, logits: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        """``logits`` and ``targets`` (N, C, H, W), ``weights`` (N, H, W): 0 where unlabelled."""
+        weights = weights.unsqueeze(1).to(logits.dtype)  # a bool mask is weights 0 and 1
+        masked = torch.where(weights > 0, targets, torch.full_like(targets, _MASKED))
         total = logits.new_zeros(())
         for c in range(len(self.channels)):
             out, target = logits[:, c:c + 1], targets[:, c:c + 1]
-            total = total + self.bce(out, target) + self.dice(out, target)
+            bce = torch.nn.functional.binary_cross_entropy_with_logits(out, target, weight=weights)
+            total = total + bce + self.dice(out, masked[:, c:c + 1])
         return total
 
 
@@ -158,7 +163,8 @@ def fit(model: GlandSegmenter, train_pairs: Sequence[ScaledPair], val_pairs: Seq
     seed = rank_seed(cfg.seed + state.epoch, ranks.rank)  # rank 0 (and one process): the seed itself
     seed_everything(seed)
     model.to(device)
-    dataset = CropDataset(train_pairs, train_transform(cfg.crop, seed=seed), cfg.repeats, model.head.channels)
+    dataset = CropDataset(train_pairs, train_transform(cfg.crop, seed=seed), cfg.repeats, model.head.channels,
+                          cfg.boundary_weight, BOUNDARY_SIGMA * cfg.scale)
     batch_size = per_rank_batch(cfg.batch_size, ranks.world_size)
     sampler = train_sampler(dataset, ranks, cfg.seed) if ranks.distributed else None
     loader = DataLoader(
@@ -184,7 +190,7 @@ def fit(model: GlandSegmenter, train_pairs: Sequence[ScaledPair], val_pairs: Seq
             sampler.set_epoch(state.epoch)
         start = time.perf_counter()
         losses = []
-        for step, (x, y, valid) in enumerate(loader):
+        for step, (x, y, weights) in enumerate(loader):
             progress = (state.epoch + step / steps_per_epoch) / cfg.epochs
             if budget_s:
                 (spent,) = from_main(ranks, state.elapsed + time.perf_counter() - start)  # one schedule for all
@@ -192,9 +198,9 @@ def fit(model: GlandSegmenter, train_pairs: Sequence[ScaledPair], val_pairs: Seq
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(min(progress, 1.0), cfg.lr, cfg.warmup)
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            valid = valid.to(device, non_blocking=True)
+            weights = weights.to(device, non_blocking=True)
             with amp:
-                loss = loss_fn(net(x).float(), y, valid)
+                loss = loss_fn(net(x).float(), y, weights)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

@@ -47,7 +47,7 @@ from pathoseg.engine.rounds import (
     review_maps,
     run_round,
 )
-from pathoseg.engine.settings import RoundConfig, TrainConfig
+from pathoseg.engine.settings import RoundConfig, TrainConfig, without_unused_additions
 from pathoseg.hitl import STUDY_SCALE
 from pathoseg.hitl.annotator import DEFAULT_TOLERANCE_UM, CostModel, Effort, SimulatedAnnotator
 from pathoseg.hitl.selection import rank
@@ -183,8 +183,8 @@ class StudyRunner:
         and the test subset. Later rounds add the strategy and the round plan. Left out: the
         device, how many seeds and which other strategies run (the seed is in the folder's name)."""
         c = self.cfg
-        train = {k: v for k, v in c.round.train.to_dict().items() if k not in ("epochs", "seed", "budget_minutes",
-                                                                               "progress", "select")}
+        each_round = ("epochs", "seed", "budget_minutes", "progress", "select")  # set by each round, or no effect
+        train = {k: v for k, v in without_unused_additions(c.round.train.to_dict()).items() if k not in each_round}
         rounds = {**asdict(replace(c.round, seed=0)), "train": train}
         settings = {"split": split_settings(self.plan.split), "round": rounds, "initial_fraction": c.initial_fraction,
                     "annotator": {"tolerance_um": c.tolerance_um, "um_per_px": self.mpp, "cost": asdict(c.cost)},

@@ -25,6 +25,7 @@ from pathoseg.engine.distributed import (
     rank_device,
     ranks_from_env,
 )
+from pathoseg.engine.settings import without_unused_additions
 from pathoseg.engine.train import TrainConfig, TrainResult, resume_state, train_to_dir
 from pathoseg.errors import PathosegError
 from pathoseg.models import build_model
@@ -94,7 +95,7 @@ def split_settings(split: Split | Mapping[str, Any]) -> dict:
 def training_settings(cfg: TrainConfig | Mapping[str, Any], split: Split | Mapping[str, Any]) -> dict:
     """What a training run's results depend on: the training config (less progress bars) and
     the split. The device is left out: a run stopped on one device may resume on another."""
-    d = cfg.to_dict() if isinstance(cfg, TrainConfig) else dict(cfg)
+    d = without_unused_additions(cfg.to_dict() if isinstance(cfg, TrainConfig) else dict(cfg))
     return {**{k: v for k, v in d.items() if k not in NO_EFFECT}, "split": split_settings(split)}
 
 
