@@ -12,8 +12,9 @@ command's stops with an error naming the setting (``--fresh`` starts over).
 
 ``--select f1`` makes ``best.pt`` the epoch best by validation object F1 (default: pooled
 IoU); ``--variants`` also evaluates flip TTA, flip + multi-scale TTA (``--tta-scales``) and
-the checkpoint the other selection rule picked. Every evaluation adds the error anatomy
-(merged, split, missed, false glands and stray outlines) per test part.
+the checkpoint the other selection rule picked (alone and with flip + multi-scale TTA);
+``--headline`` picks the evaluation the summary reports. Every evaluation adds the error
+anatomy (merged, split, missed, false glands and stray outlines) per test part.
 """
 
 from __future__ import annotations
@@ -99,6 +100,8 @@ def run_seed(args: argparse.Namespace, cfg: TrainConfig, out: Path, data: Path) 
             alt, alt_ckpt = load_model(out / f"best-{other}.pt", device)
             alt_ckpt.instances = ckpt.instances
             variants[f"select-{other}"] = (alt, base, alt_ckpt.instance_config())
+            variants[f"select-{other}+flip+scales"] = (alt, replace(base, tta=True, tta_scales=args.tta_scales),
+                                                       alt_ckpt.instance_config())
             result[f"best_epoch_{other}"] = alt_ckpt.epoch
     for name, (net, pcfg, icfg) in variants.items():
         start = time.perf_counter()
@@ -111,11 +114,17 @@ def run_seed(args: argparse.Namespace, cfg: TrainConfig, out: Path, data: Path) 
     return result
 
 
-def summary_json(results: list[dict], command: str) -> dict:
-    out: dict = {"command": command, "device": device_name(),
+def summary_json(results: list[dict], command: str, headline: str = "model") -> dict:
+    """Each seed's numbers of the ``headline`` evaluation (``model``: best.pt, no TTA; or a
+    variant) and, for comparison, of connected components of best.pt's gland map."""
+    missing = [r["config"]["seed"] for r in results if headline not in r["decoders"]]
+    if missing:
+        raise SystemExit(f"--headline {headline}: not evaluated for seed {missing[0]} (add --variants "
+                         "--reevaluate, or choose from: " + ", ".join(results[0]["decoders"]) + ")")
+    out: dict = {"command": command, "device": device_name(), "headline": headline,
                  "train_minutes": [r["train_minutes"] for r in results]}
     for part in PARTS:
-        out[part] = {k: [r["decoders"]["model"][part][k] for r in results] for k in KEYS}
+        out[part] = {k: [r["decoders"][headline][part][k] for r in results] for k in KEYS}
     out["components_decoder"] = {part: {k: [r["decoders"]["components"][part][k] for r in results] for k in KEYS}
                                  for part in PARTS}
     return out
@@ -128,7 +137,9 @@ def table(summary: dict) -> str:
 
     lines = ["| method | testA F1 | testA obj. Dice | testA obj. Hausdorff | testB F1 | testB obj. Dice | "
              "testB obj. Hausdorff | pooled IoU (both) |", "|---" * 8 + "|"]
-    for label, parts in (("pathoseg (instance decoder)", {p: summary[p] for p in PARTS}),
+    headline = summary.get("headline", "model")
+    for label, parts in ((f"pathoseg ({'instance decoder' if headline == 'model' else headline})",
+                          {p: summary[p] for p in PARTS}),
                          ("same models, connected components", summary["components_decoder"])):
         cells = [cell(parts[p][k], 1 if k == "object_hausdorff" else 3)
                  for p in ("testA", "testB") for k in KEYS[:3]]
@@ -163,6 +174,9 @@ def main() -> None:
                     help="also evaluate flip TTA, flip + multi-scale TTA and the checkpoint the other "
                          "selection rule picked (best-<other>.pt)")
     ap.add_argument("--tta-scales", type=tta_scales, default=(0.75, 1.25), help="--variants: the extra input scales")
+    ap.add_argument("--headline", default="model",
+                    help="the evaluation whose numbers the summary and --json hold: model (best.pt, no TTA) "
+                         "or a --variants name, e.g. flip+scales or select-iou+flip+scales")
     ap.add_argument("--device")
     ap.add_argument("--fresh", action="store_true", help="delete earlier results in OUT first")
     ap.add_argument("--reevaluate", action="store_true",
@@ -183,7 +197,7 @@ def main() -> None:
                       boundary_weight=args.boundary_weight, progress=sys.stderr.isatty())
         results.append(run_seed(args, cfg, out / f"seed{seed}", data))
     command = "python bench/glas_instances.py " + shlex.join(sys.argv[1:])
-    summary = summary_json(results, command)
+    summary = summary_json(results, command, args.headline)
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)

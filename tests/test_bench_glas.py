@@ -34,13 +34,15 @@ def test_gpu_protocol_runs_on_the_cpu_with_a_tiny_budget(glas_subset, tmp_path):
     # the GPU command of docs/benchmarks.md with the device, schedule, seeds and pixels cut down
     cmd = [sys.executable, str(ROOT / "bench" / "glas_instances.py"), "--model", "lite2", "--output-stride", "8",
            "--crop", "64", "--epochs", "1", "--batch-size", "2", "--scale", "0.25", "--select", "f1", "--variants",
-           "--tta-scales", "0.5", "--device", "cpu", "--seeds", "0", "--data", str(glas_subset), "--out", str(out),
+           "--tta-scales", "0.5", "--headline", "select-iou+flip+scales",
+           "--device", "cpu", "--seeds", "0", "--data", str(glas_subset), "--out", str(out),
            "--json", str(summary)]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-2000:]
     result = json.loads((out / "seed0" / "result.json").read_text())
     assert result["config"]["model"]["preset"] == "lite2" and result["config"]["model"]["output_stride"] == 8
-    assert set(result["decoders"]) == {"model", "components", "flip", "flip+scales", "select-iou"}
+    assert set(result["decoders"]) == {"model", "components", "flip", "flip+scales", "select-iou",
+                                       "select-iou+flip+scales"}
     for variant in result["decoders"].values():
         for part in ("testA", "testB"):
             errors = variant[part]["errors"]
@@ -49,4 +51,6 @@ def test_gpu_protocol_runs_on_the_cpu_with_a_tiny_budget(glas_subset, tmp_path):
     written = json.loads(summary.read_text())
     assert written["command"].startswith("python bench/glas_instances.py --model lite2")
     assert len(written["testB"]["f1"]) == 1 and "CPU" in written["device"]
+    assert written["headline"] == "select-iou+flip+scales"
+    assert written["testB"]["f1"] == [result["decoders"]["select-iou+flip+scales"]["testB"]["f1"]]
     assert "DCAN" in done.stdout  # the table against the published methods
