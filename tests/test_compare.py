@@ -62,9 +62,10 @@ def test_compare_json_keeps_every_seed_in_the_issue_schema():
                         record("resnet50", 0, 0.85, 0.75, 600.0)], "pathoseg compare --protocol seed")
     assert out["command"] == "pathoseg compare --protocol seed" and out["device"] == "cpu"
     lite0, resnet = out["rows"]
-    assert lite0 == {"model": "lite0", "params_m": 3.9, "iou_pooled": [0.80, 0.81], "object_f1": [0.69, 0.70],
-                     "train_minutes": [1.0, 2.0]}  # in seed order
+    assert lite0 == {"model": "lite0", "params_m": 3.9, "weights": "imagenet (offline)", "iou_pooled": [0.80, 0.81],
+                     "object_f1": [0.69, 0.70], "train_minutes": [1.0, 2.0]}  # in seed order
     assert resnet["iou_pooled"] == [0.85] and resnet["train_minutes"] == [10.0]
+    assert resnet["weights"] == "random init"  # no ResNet-50 weights ship offline
     # the original study's protocol: 15 epochs unless told otherwise
     assert CompareConfig.of(["lite0"], "seed").train.epochs == 15
     assert CompareConfig.of(["lite0"], "seed", epochs=3).train.epochs == 3

@@ -164,6 +164,13 @@ def aggregate(records: list[dict]) -> list[dict]:
     return rows
 
 
+def weights_used(record: dict) -> str:
+    """What a run's encoder started from: ImageNet weights where they ship offline, else random."""
+    asked = record.get("settings", {}).get("training", {}).get("model", {}).get("weights", "default")
+    offline = get_preset(record["model"]).offline_weights is not None
+    return "imagenet (offline)" if offline and asked in ("default", "imagenet") else "random init"
+
+
 def results_json(records: list[dict], command: str) -> dict:
     """Per model, each seed's pooled test IoU, object F1 and training minutes (the schema of
     docs/results/compare_seed.json)."""
@@ -171,7 +178,7 @@ def results_json(records: list[dict], command: str) -> dict:
     for model in dict.fromkeys(r["model"] for r in records):
         rs = sorted((r for r in records if r["model"] == model), key=lambda r: r["seed"])
         heads = [r["metrics"][headline_part(r["metrics"])] for r in rs]
-        rows.append({"model": model, "params_m": float(rs[0]["params_m"]),
+        rows.append({"model": model, "params_m": float(rs[0]["params_m"]), "weights": weights_used(rs[0]),
                      "iou_pooled": [float(h["iou_pooled"]) for h in heads],
                      "object_f1": [float(h["f1"]) for h in heads],
                      "train_minutes": [float(r["train_s"]) / 60 for r in rs]})
