@@ -59,7 +59,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--run", action="append", required=True, metavar="LABEL=FOLDER",
                     help="a factor's label and its bench/glas_instances.py --out folder (repeat)")
-    ap.add_argument("--device", default="CPU (x86_64, 2 threads)")
+    ap.add_argument("--device", default="CPU (x86_64, 2 threads); train_minutes is wall clock, other jobs shared "
+                    "the CPU during parts of some runs; cpu_minutes_alone is the median epoch times the epochs")
     ap.add_argument("--json", help="write the rows here")
     args = ap.parse_args()
     rows = []
