@@ -17,7 +17,7 @@ from tqdm import tqdm
 
 from pathoseg.data.resolution import resample_image, resample_labels
 from pathoseg.data.samples import Sample
-from pathoseg.data.targets import IGNORE, boundary_weights, head_targets
+from pathoseg.data.targets import BOUNDARY_SIGMA, IGNORE, boundary_weights, head_targets
 
 __all__ = ["IGNORE", "CropDataset", "ScaledPair", "load_scaled", "to_target"]
 
@@ -55,7 +55,7 @@ class CropDataset(Dataset):
 
     def __init__(self, pairs: Sequence[ScaledPair], transform: A.Compose, repeats: int = 1,
                  channels: tuple[str, ...] = ("gland",), boundary_weight: float = 0.0,
-                 boundary_sigma: float = 5.0) -> None:
+                 boundary_sigma: float = BOUNDARY_SIGMA) -> None:
         self.pairs = list(pairs)
         self.transform = transform
         self.repeats = repeats

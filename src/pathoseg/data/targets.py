@@ -13,6 +13,7 @@ from skimage.segmentation import find_boundaries
 
 IGNORE = 65535  # label value excluded from the loss (unlabelled or unsure pixels); ids stay below it
 CONTOUR_WIDTH = 2  # px at working scale on each side of a gland's rim (see docs/metrics.md)
+BOUNDARY_SIGMA = 5.0  # native px: the reach of the boundary loss weight (U-Net's σ), scaled with the image
 
 
 def gland_pixels(labels: np.ndarray) -> np.ndarray:

@@ -30,14 +30,13 @@ class TrainConfig:
     # (what grading needs: whole glands, not pixels); the other's best is kept as best-<other>.pt.
     select: str = "iou"
     # Extra weight of the loss near gland outlines: a pixel at distance d (native px)
-    # from an outline weighs 1 + boundary_weight * exp(-d² / 2σ²), σ = BOUNDARY_SIGMA; the
+    # from an outline weighs 1 + boundary_weight * exp(-d² / 2σ²), σ = data.targets.BOUNDARY_SIGMA; the
     # weight map of U-Net (Ronneberger et al., 2015) made for every outline, not only the
     # gaps between touching glands. 0: every labelled pixel weighs the same.
     boundary_weight: float = 0.0
 
     def to_dict(self) -> dict:
         return asdict(self)
-
 
     def __post_init__(self) -> None:
         if self.select not in SELECTIONS:
@@ -47,7 +46,6 @@ class TrainConfig:
 
 
 SELECTIONS = ("iou", "f1")  # validation metrics a training can select its best epoch by
-BOUNDARY_SIGMA = 5.0  # native px: the reach of the boundary weight (U-Net's σ), scaled with the image
 # Settings added after runs were made, with the value that leaves training as it was then.
 ADDED_LATER = {"boundary_weight": 0.0}
 

@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from pathoseg.data.cache import IGNORE, CropDataset, ScaledPair
-from pathoseg.data.targets import gland_pixels
+from pathoseg.data.targets import BOUNDARY_SIGMA, gland_pixels
 from pathoseg.data.transforms import train_transform
 from pathoseg.engine.checkpoint import Checkpoint
 from pathoseg.engine.distributed import (
@@ -36,7 +36,7 @@ from pathoseg.engine.distributed import (
 )
 from pathoseg.engine.instances import InstanceConfig, decode_instances, learned_min_size
 from pathoseg.engine.predict import forward_padded
-from pathoseg.engine.settings import BOUNDARY_SIGMA, SELECTIONS
+from pathoseg.engine.settings import SELECTIONS
 from pathoseg.engine.settings import TrainConfig as TrainConfig  # re-exported: settings live there
 from pathoseg.io import atomic_path
 from pathoseg.metrics import ObjectTally, object_metrics, object_tally
