@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import shlex
 import shutil
 import sys
@@ -30,12 +29,11 @@ from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from pathoseg.cli.options import non_negative, tta_scales
 from pathoseg.data.cache import load_scaled
 from pathoseg.engine.checkpoint import load_checkpoint, load_model
-from pathoseg.engine.device import choose_device
+from pathoseg.engine.device import choose_device, describe_device
 from pathoseg.engine.instances import learned_min_size
 from pathoseg.engine.predict import PredictConfig
 from pathoseg.engine.settings import SELECTIONS
@@ -52,12 +50,6 @@ REFERENCES = {
     "MILD-Net (2019)": {"testA": (0.914, 0.913, 41.5), "testB": (0.844, 0.836, 105.9)},
     "SDT (MICCAI 2023)": {"testA": (0.931, 0.919, 32.3), "testB": (0.866, 0.851, 82.4)},
 }
-
-
-def device_name() -> str:
-    if torch.cuda.is_available():
-        return torch.cuda.get_device_name(0)
-    return f"CPU ({platform.machine()}, {torch.get_num_threads()} threads)"
 
 
 def run_seed(args: argparse.Namespace, cfg: TrainConfig, out: Path, data: Path) -> dict:
@@ -121,7 +113,7 @@ def summary_json(results: list[dict], command: str, headline: str = "model") -> 
     if missing:
         raise SystemExit(f"--headline {headline}: not evaluated for seed {missing[0]} (add --variants "
                          "--reevaluate, or choose from: " + ", ".join(results[0]["decoders"]) + ")")
-    out: dict = {"command": command, "device": device_name(), "headline": headline,
+    out: dict = {"command": command, "device": describe_device(), "headline": headline,
                  "train_minutes": [r["train_minutes"] for r in results]}
     for part in PARTS:
         out[part] = {k: [r["decoders"][headline][part][k] for r in results] for k in KEYS}

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from glas_instances import device_name
+from pathoseg.engine.device import describe_device
 from pathoseg.engine.settings import RoundConfig, WarmRound
 from pathoseg.engine.train import TrainConfig
 from pathoseg.hitl.strategies import parse_strategy
@@ -101,7 +101,7 @@ def main() -> None:
     if args.step_times:
         times = step_seconds([int(v) for v in args.step_times.split(",")], steps=15, batch=8, crop=224)
         if args.json:
-            write_json(args.json, {"command": shlex.join(["python", *sys.argv]), "device": device_name(),
+            write_json(args.json, {"command": shlex.join(["python", *sys.argv]), "device": describe_device(),
                                    "seconds_per_step": {str(k): v for k, v in times.items()}})
         return
 
@@ -133,7 +133,7 @@ def main() -> None:
         print(f"{row['option']:<12} {s.mean():8.1f} {ratio:7.2f} {iou.mean():8.4f} ± {iou.std():.4f} {d_iou:+7.4f} "
               f"{f1.mean():8.4f} ± {f1.std():.4f} {d_f1:+7.4f}")
     if args.json:
-        write_json(args.json, {"command": shlex.join(["python", *sys.argv]), "device": device_name(),
+        write_json(args.json, {"command": shlex.join(["python", *sys.argv]), "device": describe_device(),
                                "strategy": args.strategy, "rounds": args.rounds, "seeds": args.seeds, "rows": rows})
 
 

@@ -25,6 +25,7 @@ def test_compare_two_models_and_resume(synth_dir, tmp_path):
     lite0 = json.loads((tmp_path / "runs" / "lite0" / "seed0" / "result.json").read_text())
     assert 3 < lite0["params_m"] < 6 and lite0["gflops"] > 1 and lite0["latency_ms"] > 0
     assert lite0["peak_mem_mb"] > 100
+    assert lite0["device"].startswith("CPU (") and "threads)" in lite0["device"]  # which machine, not "cpu"
     for name in ("compare.md", "iou_vs_latency.png", "side_by_side.png", "report.html"):
         assert (tmp_path / name).stat().st_size > 0
     # a second call reuses finished runs instead of training again

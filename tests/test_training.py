@@ -70,3 +70,21 @@ def test_schedule_warms_up_then_decays():
     assert lrs[0] == pytest.approx(0.1) and max(lrs) == pytest.approx(1.0, abs=0.02)
     assert lrs[-1] == pytest.approx(0.01)
     assert all(a >= b for a, b in pairwise(lrs[10:]))
+
+
+def test_train_starts_from_a_named_recipe_and_each_flag_overrides_it():
+    from pathoseg.cli import build_parser
+    from pathoseg.cli.options import train_config
+    from pathoseg.engine.settings import RECIPES, recipe
+
+    def config(*flags):
+        return train_config(build_parser().parse_args(["train", "--data", "d", *flags]))
+
+    default = config()
+    assert (default.crop, default.epochs, default.boundary_weight) == (384, 60, 5.0)  # the measured winner
+    assert config("--recipe", "quick") == TrainConfig()  # the demo's and the app's
+    mixed = config("--recipe", "glas", "--crop", "256", "--boundary-weight", "0", "--epochs", "3")
+    assert (mixed.crop, mixed.boundary_weight, mixed.epochs, mixed.lr) == (256, 0.0, 3, TrainConfig().lr)
+    assert set(RECIPES) == {"glas", "quick"} and recipe("quick", crop=96).crop == 96
+    with pytest.raises(ValueError, match="recipe must be one of"):
+        recipe("fast")

@@ -55,21 +55,31 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
 
 
 def add_train_args(p: argparse.ArgumentParser) -> None:
-    from pathoseg.engine.settings import SELECTIONS, TrainConfig
+    from pathoseg.engine.settings import DEFAULT_RECIPE, RECIPES, SELECTIONS, recipe
 
-    d = TrainConfig()
-    p.add_argument("--epochs", type=int, default=d.epochs)
-    p.add_argument("--batch-size", type=int, default=d.batch_size)
-    p.add_argument("--crop", type=int, default=d.crop, help="training crop side at working scale")
-    p.add_argument("--scale", type=float, default=d.scale, help="working resolution as a fraction of native")
-    p.add_argument("--lr", type=float, default=d.lr)
+    d = recipe()
+
+    def default(value) -> str:
+        return f"default {value} ({DEFAULT_RECIPE} recipe)"
+
+    # Each setting left out comes from --recipe, so its defaults live in one place (engine.settings).
+    p.add_argument("--recipe", default=DEFAULT_RECIPE, choices=tuple(RECIPES),
+                   help="training recipe the other settings start from: glas (384 px crops, 60 epochs, "
+                   "boundary-weighted loss; ~48 min on 2 CPU cores) or quick (224 px crops, 100 epochs, ~13 min; "
+                   "what the demo and the app train); see docs/benchmarks.md §5b")
+    p.add_argument("--epochs", type=int, help=default(d.epochs))
+    p.add_argument("--batch-size", type=int, help=default(d.batch_size))
+    p.add_argument("--crop", type=int, help="training crop side at working scale; " + default(d.crop))
+    p.add_argument("--scale", type=float, help="working resolution as a fraction of native; " + default(d.scale))
+    p.add_argument("--lr", type=float, help=default(d.lr))
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--budget", type=float, default=None, metavar="MINUTES", help="cap training wall time")
-    p.add_argument("--select", default=d.select, choices=SELECTIONS,
+    p.add_argument("--select", choices=SELECTIONS,
                    help="best.pt is the epoch best by the validation images' pooled IoU or GlaS object F1 "
-                   "(the other's best is kept as best-<other>.pt)")
-    p.add_argument("--boundary-weight", type=non_negative, default=d.boundary_weight, metavar="W",
-                   help="weigh the loss up to 1 + W near gland outlines (U-Net's weight map; 0: off)")
+                   "(the other's best is kept as best-<other>.pt); " + default(d.select))
+    p.add_argument("--boundary-weight", type=non_negative, metavar="W",
+                   help="weigh the loss up to 1 + W near gland outlines (U-Net's weight map; 0: off); "
+                   + default(d.boundary_weight))
 
 
 def non_negative(text: str) -> float:
@@ -127,11 +137,10 @@ def backend_of(args: argparse.Namespace):
 
 
 def train_config(args: argparse.Namespace):
-    from pathoseg.engine.settings import TrainConfig
+    from pathoseg.engine.settings import recipe
     from pathoseg.models import ModelConfig
 
-    return TrainConfig(
-        model=ModelConfig(args.model, args.output_stride, args.weights, head=args.head), epochs=args.epochs,
-        batch_size=args.batch_size, crop=args.crop, scale=args.scale, lr=args.lr, seed=args.seed,
-        budget_minutes=args.budget, select=args.select, boundary_weight=args.boundary_weight,
-    )
+    given = {"epochs": args.epochs, "batch_size": args.batch_size, "crop": args.crop, "scale": args.scale,
+             "lr": args.lr, "select": args.select, "boundary_weight": args.boundary_weight}
+    return recipe(args.recipe, model=ModelConfig(args.model, args.output_stride, args.weights, head=args.head),
+                  seed=args.seed, budget_minutes=args.budget, **{k: v for k, v in given.items() if v is not None})

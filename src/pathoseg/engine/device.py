@@ -23,3 +23,16 @@ def choose_device(requested: str | None = None) -> torch.device:
     if device.type == "mps" and not torch.backends.mps.is_available():
         raise PathosegError("--device mps asked for, but MPS is not available")
     return device
+
+
+def describe_device(device: torch.device | None = None) -> str:
+    """The machine a number was measured on, for results files: the GPU's name, or the CPU's
+    architecture and the threads torch uses (2 cores' numbers are not a GPU's)."""
+    device = device or choose_device()
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    if device.type == "mps":
+        return "Apple MPS"
+    import platform
+
+    return f"CPU ({platform.machine()}, {torch.get_num_threads()} threads)"

@@ -4,7 +4,7 @@ command line can show their defaults without loading the training code."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 from pathoseg.models.config import ModelConfig
 
@@ -48,6 +48,25 @@ class TrainConfig:
 SELECTIONS = ("iou", "f1")  # validation metrics a training can select its best epoch by
 # Settings added after runs were made, with the value that leaves training as it was then.
 ADDED_LATER = {"boundary_weight": 0.0}
+
+
+# Named training recipes: measured changes to the TrainConfig defaults (presets are data).
+# "glas", the default of `pathoseg train`: the best of the one-factor runs combined, 3 seeds in
+# docs/benchmarks.md §5b (~48 minutes on 2 CPU cores). "quick": the defaults themselves (224 px
+# crops, ~13 minutes), which the demo, the app's loop and the HITL study train; changing them
+# would make every finished study and app round look stale.
+RECIPES: dict[str, dict] = {
+    "glas": {"crop": 384, "epochs": 60, "boundary_weight": 5.0},
+    "quick": {},
+}
+DEFAULT_RECIPE = "glas"
+
+
+def recipe(name: str = DEFAULT_RECIPE, **changes) -> TrainConfig:
+    """The TrainConfig of a named recipe, with ``changes`` on top."""
+    if name not in RECIPES:
+        raise ValueError(f"recipe must be one of {', '.join(RECIPES)}, not {name!r}")
+    return replace(TrainConfig(), **{**RECIPES[name], **changes})
 
 
 def without_unused_additions(train_config: dict) -> dict:

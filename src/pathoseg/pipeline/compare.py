@@ -21,7 +21,7 @@ import torch
 from pathoseg.data.images import read_label_png_or_none, write_label_png
 from pathoseg.engine.checkpoint import load_model
 from pathoseg.engine.cost import gflops, latency_ms, peak_rss_mb
-from pathoseg.engine.device import choose_device
+from pathoseg.engine.device import choose_device, describe_device
 from pathoseg.engine.predict import PredictConfig
 from pathoseg.engine.train import TrainConfig
 from pathoseg.errors import PathosegError
@@ -111,7 +111,7 @@ def run_one(data_path: str, cfg: CompareConfig, model: str, seed: int, out: str,
     metrics = summarize_parts(evaluate_parts(plan.data, plan.split, segment_and_keep, progress=False,
                                              keep_pictures=False))
     record = {
-        "model": model, "seed": seed, "protocol": cfg.protocol, "device": str(device),
+        "model": model, "seed": seed, "protocol": cfg.protocol, "device": describe_device(device),
         "params_m": count_parameters(net) / 1e6, "gflops": gflops(net), "latency_ms": latency_ms(net, pcfg, device),
         "train_s": train_s, "epochs_run": len(result.history), "peak_mem_mb": peak, "metrics": metrics,
         **stamp(settings if settings is not None else run_settings(data_path, cfg, model, seed)),
