@@ -1,7 +1,10 @@
 """Instance-aware DeepLabV3+ on GlaS (official split), seed by seed, resumable.
 
+    python bench/glas_instances.py --data ../shared/data/glas --crop 384 --epochs 60 --boundary-weight 5 \\
+        --variants --headline flip+scales --seeds 0,1,2 --out runs/testb-crop384-bw5 \\
+        --json docs/results/glas_default.json      # the glas recipe, pathoseg train's default
     python bench/glas_instances.py --seeds 0,1,2 --out runs/bench-instances \\
-        --json docs/results/glas_default.json
+        --json docs/results/glas_quick.json        # the quick recipe (the flags' defaults)
     python bench/glas_instances.py --head semantic --epochs 40 --seeds 0 --out runs/bench-semantic-e40
 
 Each seed trains in ``OUT/seed<k>/`` (``last.pt`` lets a stopped seed continue) and is then

@@ -34,6 +34,7 @@ def test_gpu_protocol_runs_on_the_cpu_with_a_tiny_budget(glas_subset, tmp_path):
     # the GPU command of docs/benchmarks.md with the device, schedule, seeds and pixels cut down
     cmd = [sys.executable, str(ROOT / "bench" / "glas_instances.py"), "--model", "lite2", "--output-stride", "8",
            "--crop", "64", "--epochs", "1", "--batch-size", "2", "--scale", "0.25", "--select", "f1", "--variants",
+           "--boundary-weight", "5",
            "--tta-scales", "0.5", "--headline", "select-iou+flip+scales",
            "--device", "cpu", "--seeds", "0", "--data", str(glas_subset), "--out", str(out),
            "--json", str(summary)]
@@ -41,6 +42,7 @@ def test_gpu_protocol_runs_on_the_cpu_with_a_tiny_budget(glas_subset, tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     result = json.loads((out / "seed0" / "result.json").read_text())
     assert result["config"]["model"]["preset"] == "lite2" and result["config"]["model"]["output_stride"] == 8
+    assert result["config"]["boundary_weight"] == 5.0
     assert set(result["decoders"]) == {"model", "components", "flip", "flip+scales", "select-iou",
                                        "select-iou+flip+scales"}
     for variant in result["decoders"].values():

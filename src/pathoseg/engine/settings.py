@@ -51,8 +51,8 @@ ADDED_LATER = {"boundary_weight": 0.0}
 
 
 # Named training recipes: measured changes to the TrainConfig defaults (presets are data).
-# "glas", the default of `pathoseg train`: the best of the one-factor runs combined, 3 seeds in
-# docs/benchmarks.md §5b (~48 minutes on 2 CPU cores). "quick": the defaults themselves (224 px
+# "glas", the default of `pathoseg train`: the one-factor winners at Lite0's cost (context and
+# the boundary-weighted loss), 3 seeds in docs/benchmarks.md §5e (~48 minutes on 2 CPU cores). "quick": the defaults themselves (224 px
 # crops, ~13 minutes), which the demo, the app's loop and the HITL study train; changing them
 # would make every finished study and app round look stale.
 RECIPES: dict[str, dict] = {
