@@ -43,11 +43,12 @@ def run_rows(label: str, folder: Path) -> tuple[str, list[dict]]:
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| factor | variant | epoch | testA F1 / obj. Dice / Hausdorff | testB F1 / obj. Dice / Hausdorff | "
-             "pooled IoU | testB merged / split / missed / false / stray | CPU min |", "|---" * 8 + "|"]
+    lines = ["| factor | seed | variant | epoch | testA F1 / obj. Dice / Hausdorff | "
+             "testB F1 / obj. Dice / Hausdorff | pooled IoU | testB merged / split / missed / false / stray | "
+             "CPU min |", "|---" * 9 + "|"]
     for r in rows:
         a, b, e = r["testA"], r["testB"], r["testB"]["errors"]
-        lines.append(f"| {r['factor']} | {r['variant']} | {r['checkpoint_epoch']} | "
+        lines.append(f"| {r['factor']} | {r['seed']} | {r['variant']} | {r['checkpoint_epoch']} | "
                      f"{a['f1']:.3f} / {a['object_dice']:.3f} / {a['object_hausdorff']:.1f} | "
                      f"{b['f1']:.3f} / {b['object_dice']:.3f} / {b['object_hausdorff']:.1f} | "
                      f"{r['iou_pooled_both']:.4f} | {e['merged']} / {e['split']} / {e['missed']} / {e['false']} / "
