@@ -52,9 +52,9 @@ ADDED_LATER = {"boundary_weight": 0.0}
 
 # Named training recipes: measured changes to the TrainConfig defaults (presets are data).
 # "glas", the default of `pathoseg train`: the one-factor winners at Lite0's cost (context and
-# the boundary-weighted loss), 3 seeds in docs/benchmarks.md §5e (~48 minutes on 2 CPU cores). "quick": the defaults themselves (224 px
-# crops, ~13 minutes), which the demo, the app's loop and the HITL study train; changing them
-# would make every finished study and app round look stale.
+# the boundary-weighted loss), 3 seeds in docs/benchmarks.md §5e (~45 minutes on 2 CPU cores).
+# "quick": the defaults themselves (224 px crops, ~13 minutes), which the demo, the app's loop
+# and the HITL study train; changing them would make every finished study and app round stale.
 RECIPES: dict[str, dict] = {
     "glas": {"crop": 384, "epochs": 60, "boundary_weight": 5.0},
     "quick": {},
