@@ -65,7 +65,7 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     # Each setting left out comes from --recipe, so its defaults live in one place (engine.settings).
     p.add_argument("--recipe", default=DEFAULT_RECIPE, choices=tuple(RECIPES),
                    help="training recipe the other settings start from: glas (384 px crops, 60 epochs, "
-                   "boundary-weighted loss; ~48 min on 2 CPU cores) or quick (224 px crops, 100 epochs, ~13 min; "
+                   "boundary-weighted loss; ~45 min on 2 CPU cores) or quick (224 px crops, 100 epochs, ~13 min; "
                    "what the demo and the app train); see docs/benchmarks.md §5e")
     p.add_argument("--epochs", type=int, help=default(d.epochs))
     p.add_argument("--batch-size", type=int, help=default(d.batch_size))
