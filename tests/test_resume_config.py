@@ -94,6 +94,11 @@ def test_train_resume_checks_settings_and_fresh_starts_over(tiny_data, tmp_path,
     assert (out / "last.pt").stat().st_mtime_ns == stamp_before
     assert main([*base, "--epochs", "2", "--budget", "0.0001", "--crop", "48", "--resume"]) == 2
     assert "crop=64, now crop=48" in capsys.readouterr().err
+    # trained by the default recipe, resumed under another: the line names the recipe to add
+    assert main([*base, "--epochs", "2", "--budget", "0.0001", "--recipe", "quick", "--resume"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "trained with --recipe glas, not quick; add --recipe glas" in err and len(err.splitlines()) == 1
+    assert (out / "last.pt").stat().st_mtime_ns == stamp_before
 
     # a run from before settings were stored is checked against what its checkpoint records
     saved = (out / "settings.json").read_bytes()

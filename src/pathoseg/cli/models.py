@@ -37,12 +37,15 @@ def cmd_demo(args: argparse.Namespace) -> None:
 
 def cmd_train(args: argparse.Namespace) -> None:
     from pathoseg.engine.distributed import ranks_from_env
-    from pathoseg.pipeline.training import plan_data, require_dataset, run_training
+    from pathoseg.engine.settings import RECIPES
+    from pathoseg.pipeline.training import check_recipe, plan_data, require_dataset, run_training
 
     data = require_dataset(args.data)
     plan = plan_data(data, args.split, args.split_file, args.seed, args.val_fraction)
-    result = run_training(plan, train_config(args), Path(args.out), args.device, args.resume and not args.fresh,
-                          nproc=args.nproc)
+    resume = args.resume and not args.fresh
+    if resume:
+        check_recipe(Path(args.out), {name: train_config(args, name) for name in RECIPES}, args.recipe, plan.split)
+    result = run_training(plan, train_config(args), Path(args.out), args.device, resume, nproc=args.nproc)
     if not ranks_from_env().is_main:  # under torchrun: rank 0 speaks for the run
         return
     best = max((h["val_iou"] for h in result.history), default=float("nan"))

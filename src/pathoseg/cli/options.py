@@ -136,11 +136,13 @@ def backend_of(args: argparse.Namespace):
     return backend_config(args.backend, args.checkpoint, args.int8, args.calibration, getattr(args, "data", None))
 
 
-def train_config(args: argparse.Namespace):
+def train_config(args: argparse.Namespace, recipe_name: str | None = None):
+    """The TrainConfig of ``train``'s flags on top of ``recipe_name`` (default: --recipe)."""
     from pathoseg.engine.settings import recipe
     from pathoseg.models import ModelConfig
 
     given = {"epochs": args.epochs, "batch_size": args.batch_size, "crop": args.crop, "scale": args.scale,
              "lr": args.lr, "select": args.select, "boundary_weight": args.boundary_weight}
-    return recipe(args.recipe, model=ModelConfig(args.model, args.output_stride, args.weights, head=args.head),
-                  seed=args.seed, budget_minutes=args.budget, **{k: v for k, v in given.items() if v is not None})
+    model = ModelConfig(args.model, args.output_stride, args.weights, head=args.head)
+    return recipe(recipe_name or args.recipe, model=model, seed=args.seed, budget_minutes=args.budget,
+                  **{k: v for k, v in given.items() if v is not None})

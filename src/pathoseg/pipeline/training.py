@@ -29,7 +29,15 @@ from pathoseg.engine.settings import without_unused_additions
 from pathoseg.engine.train import TrainConfig, TrainResult, resume_state, train_to_dir
 from pathoseg.errors import PathosegError
 from pathoseg.models import build_model
-from pathoseg.runconfig import SETTINGS_FILE, check_fingerprint, digest, remove_results, write_fingerprint
+from pathoseg.runconfig import (
+    SETTINGS_FILE,
+    check_fingerprint,
+    digest,
+    remove_results,
+    run_fingerprint,
+    stored_settings,
+    write_fingerprint,
+)
 
 SHARED_GLAS = Path(__file__).resolve().parents[3] / ".." / "shared" / "data" / "glas"
 
@@ -97,6 +105,20 @@ def training_settings(cfg: TrainConfig | Mapping[str, Any], split: Split | Mappi
     the split. The device is left out: a run stopped on one device may resume on another."""
     d = without_unused_additions(cfg.to_dict() if isinstance(cfg, TrainConfig) else dict(cfg))
     return {**{k: v for k, v in d.items() if k not in NO_EFFECT}, "split": split_settings(split)}
+
+
+def check_recipe(out: Path, recipes: Mapping[str, TrainConfig], chosen: str, split: Split) -> None:
+    """Before a resume: stop with the recipe to add when the run in ``out`` was trained with
+    another of ``recipes`` (name -> the config that recipe gives with this command's flags).
+    A run no recipe explains is left to :func:`check_fingerprint`'s first difference."""
+    old = stored_settings(out)
+    if old is None:
+        return
+    made_by = [name for name, cfg in recipes.items() if run_fingerprint(training_settings(cfg, split)) ==
+               run_fingerprint(old)]
+    if made_by and chosen not in made_by:
+        raise PathosegError(f"trained with --recipe {made_by[0]}, not {chosen}; add --recipe {made_by[0]} to "
+                            "resume it (or --fresh to start it over)", out)
 
 
 def run_training(plan: DataPlan, cfg: TrainConfig, out: Path, device: str | None = None,
