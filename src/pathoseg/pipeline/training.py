@@ -114,8 +114,8 @@ def check_recipe(out: Path, recipes: Mapping[str, TrainConfig], chosen: str, spl
     old = stored_settings(out)
     if old is None:
         return
-    made_by = [name for name, cfg in recipes.items() if run_fingerprint(training_settings(cfg, split)) ==
-               run_fingerprint(old)]
+    fingerprint = run_fingerprint(old)
+    made_by = [name for name, cfg in recipes.items() if run_fingerprint(training_settings(cfg, split)) == fingerprint]
     if made_by and chosen not in made_by:
         raise PathosegError(f"trained with --recipe {made_by[0]}, not {chosen}; add --recipe {made_by[0]} to "
                             "resume it (or --fresh to start it over)", out)
